@@ -1,0 +1,79 @@
+//! The testable entry point: `run` serves clients on a listener with a
+//! config until `shutdown` resolves. Everything an instance needs lives in
+//! `Shared`, created here, so many instances can run in one process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::pool::PoolSet;
+use crate::session::{self, cancel::CancelRegistry};
+
+/// State shared by every session of one sluice instance.
+pub struct Shared {
+    config: ArcSwap<Config>,
+    pub pools: PoolSet,
+    pub cancels: CancelRegistry,
+    /// One permit per connected client (max_client_conn).
+    pub clients: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Self {
+        let max = config.general.max_client_conn;
+        Self {
+            config: ArcSwap::from_pointee(config),
+            pools: PoolSet::default(),
+            cancels: CancelRegistry::default(),
+            clients: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// The current configuration snapshot.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+}
+
+/// Accepts clients until `shutdown` completes. Sessions already running are
+/// left to finish on the runtime.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let shared = Arc::new(Shared::new(config));
+    tokio::spawn(janitor(Arc::downgrade(&shared)));
+    tokio::pin!(shutdown);
+    tracing::info!(addr = %listener.local_addr()?, "sluice listening");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => {
+                    tokio::spawn(session::run(tcp, shared.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Periodic pool upkeep: keeps min_pool_size connections open.
+async fn janitor(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let config = shared.config();
+        shared.pools.top_up(&config).await;
+    }
+}

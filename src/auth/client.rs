@@ -1,0 +1,130 @@
+//! Authenticating a client against its configured secret: SCRAM-SHA-256
+//! (with a stored verifier, so the plaintext is never needed at login), md5
+//! or trust. Unknown users go through the same exchange and fail with the
+//! same message as a wrong password, so user names cannot be probed.
+
+use bytes::BytesMut;
+use pgwire::api::auth::sasl::scram::ScramServerAuth;
+use pgwire::error::PgWireError;
+
+use super::md5;
+use super::secret::{ScramVerifier, Secret};
+use crate::config::{AuthType, User};
+use crate::error::Error;
+use crate::net::Conn;
+use crate::protocol::build;
+use crate::protocol::inspect::{take_cstr, take_i32};
+use crate::protocol::sqlstate;
+use crate::protocol::tags::FrontendTag;
+
+/// PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH.
+const MAX_AUTH_MESSAGE: usize = 65_535;
+
+fn failed(user: &str) -> Error {
+    Error::refuse(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
+}
+
+fn malformed(what: &str) -> Error {
+    Error::refuse(sqlstate::PROTOCOL_VIOLATION, format!("malformed {what}"))
+}
+
+enum Method {
+    Trust,
+    Md5(String),
+    Scram(ScramVerifier),
+    /// A user that may not log in: run an exchange that cannot succeed.
+    Reject(AuthType),
+}
+
+fn method(user: Option<&User>, auth_type: AuthType) -> Method {
+    let Some(u) = user else { return Method::Reject(auth_type) };
+    match (auth_type, &u.secret) {
+        (AuthType::Trust, _) => Method::Trust,
+        (_, Secret::None) => Method::Reject(auth_type),
+        (AuthType::Md5, Secret::Plain { password, .. }) => Method::Md5(password.clone()),
+        (_, Secret::Md5(hash)) => Method::Md5(hash.clone()),
+        (_, Secret::Plain { verifier, .. }) | (_, Secret::Scram(verifier)) => Method::Scram(verifier.clone()),
+    }
+}
+
+/// Runs the exchange; on success the caller sends AuthenticationOk.
+pub async fn authenticate(conn: &mut Conn, name: &str, user: Option<&User>, auth_type: AuthType) -> Result<(), Error> {
+    match method(user, auth_type) {
+        Method::Trust => Ok(()),
+        Method::Md5(secret) => {
+            let stored = if matches!(user.map(|u| &u.secret), Some(Secret::Md5(_))) {
+                secret
+            } else {
+                md5::stored_hash(name, &secret)
+            };
+            md5_exchange(conn, name, Some(&stored)).await
+        }
+        Method::Scram(v) => scram_exchange(conn, name, &v).await,
+        Method::Reject(AuthType::Md5) => md5_exchange(conn, name, None).await,
+        Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible()).await,
+    }
+}
+
+/// Reads the client's next 'p' message body.
+async fn read_password_message(conn: &mut Conn) -> Result<bytes::Bytes, Error> {
+    let f = conn.read_frame(MAX_AUTH_MESSAGE).await?;
+    if FrontendTag::from_byte(f.tag) != FrontendTag::Password {
+        return Err(Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("expected password response, got message type {}", f.tag),
+        ));
+    }
+    Ok(f.bytes.slice(crate::protocol::frame::HEADER_LEN..))
+}
+
+async fn md5_exchange(conn: &mut Conn, name: &str, stored: Option<&str>) -> Result<(), Error> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = BytesMut::new();
+    build::authentication(&mut out, 5, &salt);
+    conn.write_all(&out).await?;
+    let body = read_password_message(conn).await?;
+    let (got, _) = take_cstr(&body).ok_or_else(|| malformed("password message"))?;
+    match stored {
+        Some(s) if md5::responses_match(&md5::response_from_hash(s, &salt), got) => Ok(()),
+        _ => Err(failed(name)),
+    }
+}
+
+async fn scram_exchange(conn: &mut Conn, name: &str, verifier: &ScramVerifier) -> Result<(), Error> {
+    let mut out = BytesMut::new();
+    build::auth_sasl_mechanisms(&mut out, &["SCRAM-SHA-256"]);
+    conn.write_all(&out).await?;
+
+    let body = read_password_message(conn).await?;
+    let (mechanism, rest) = take_cstr(&body).ok_or_else(|| malformed("SASL initial response"))?;
+    if mechanism != b"SCRAM-SHA-256" {
+        return Err(Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let (len, data) = take_i32(rest).ok_or_else(|| malformed("SASL initial response"))?;
+    if len < 0 || len as usize != data.len() {
+        return Err(malformed("SASL initial response"));
+    }
+    let server = ScramServerAuth::new();
+    let (server_first, waiting) = server
+        .on_client_first_message_with_secret(data, verifier.to_scram_secret())
+        .map_err(|_| malformed("SCRAM client-first message"))?;
+    out.clear();
+    build::authentication(&mut out, 11, server_first.as_bytes());
+    conn.write_all(&out).await?;
+
+    let client_final = read_password_message(conn).await?;
+    match waiting.on_client_final_message(&client_final) {
+        Ok(server_final) => {
+            out.clear();
+            build::authentication(&mut out, 12, server_final.as_bytes());
+            conn.write_all(&out).await?;
+            Ok(())
+        }
+        Err(PgWireError::InvalidPassword(_)) => Err(failed(name)),
+        // A proof of the wrong length or a bad nonce is a failed login too.
+        Err(_) => Err(failed(name)),
+    }
+}

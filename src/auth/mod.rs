@@ -1,0 +1,5 @@
+//! Client authentication (SCRAM-SHA-256, md5, trust) and the secrets it uses.
+
+pub mod client;
+pub mod md5;
+pub mod secret;

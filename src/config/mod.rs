@@ -1,0 +1,133 @@
+//! Configuration: `pooler.toml` read by serde (`raw`), then checked and
+//! converted into the typed `Config` the rest of sluice uses (`validate`).
+
+mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::auth::secret::Secret;
+
+pub use validate::Problem;
+
+/// How long a client keeps its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Session,
+    Transaction,
+    Statement,
+}
+
+impl PoolMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "session" => Some(Self::Session),
+            "transaction" => Some(Self::Transaction),
+            "statement" => Some(Self::Statement),
+            _ => None,
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    ScramSha256,
+    Md5,
+    Trust,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub general: General,
+    pub databases: BTreeMap<String, Database>,
+    pub users: BTreeMap<String, User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct General {
+    pub listen_addr: SocketAddr,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: usize,
+    pub min_pool_size: usize,
+    pub max_client_conn: usize,
+    pub query_wait_timeout: Duration,
+    pub server_connect_timeout: Duration,
+    pub server_reset_query: String,
+    pub max_packet_size: usize,
+    pub auth_type: AuthType,
+    pub server_lifetime: Duration,
+}
+
+/// A server address, kept as host name and port so DNS names work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub primary: HostPort,
+    pub replicas: Vec<HostPort>,
+    /// The database name on the server.
+    pub dbname: String,
+    pub pool_size: Option<usize>,
+    pub min_pool_size: Option<usize>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub secret: Secret,
+    pub server_user: Option<String>,
+    pub server_password: Option<String>,
+    pub pool_mode: Option<PoolMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        validate::validate(raw).map_err(ConfigError::Invalid)
+    }
+
+    /// Pool size for `db`: its own override or the default.
+    pub fn pool_size(&self, db: &Database) -> usize {
+        db.pool_size.unwrap_or(self.general.default_pool_size)
+    }
+
+    pub fn min_pool_size(&self, db: &Database) -> usize {
+        db.min_pool_size.unwrap_or(self.general.min_pool_size)
+    }
+
+    /// Pool mode for a (database, user) pair: user beats database beats general.
+    pub fn pool_mode(&self, db: &Database, user: Option<&User>) -> PoolMode {
+        user.and_then(|u| u.pool_mode).or(db.pool_mode).unwrap_or(self.general.pool_mode)
+    }
+}

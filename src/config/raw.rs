@@ -1,0 +1,72 @@
+//! The file format, exactly as serde reads it. Durations and sizes stay
+//! strings here so that `validate` can report every bad one at once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub general: RawGeneral,
+    #[serde(default)]
+    pub databases: BTreeMap<String, RawDatabase>,
+    #[serde(default)]
+    pub users: BTreeMap<String, RawUser>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGeneral {
+    pub listen_addr: String,
+    pub pool_mode: String,
+    pub default_pool_size: u32,
+    pub min_pool_size: u32,
+    pub max_client_conn: u32,
+    pub query_wait_timeout: String,
+    pub server_connect_timeout: String,
+    pub server_reset_query: String,
+    pub max_packet_size: String,
+    pub auth_type: String,
+    pub server_lifetime: String,
+}
+
+impl Default for RawGeneral {
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:6432".into(),
+            pool_mode: "session".into(),
+            default_pool_size: 20,
+            min_pool_size: 0,
+            max_client_conn: 1000,
+            query_wait_timeout: "120s".into(),
+            server_connect_timeout: "15s".into(),
+            server_reset_query: "DISCARD ALL".into(),
+            max_packet_size: "256MB".into(),
+            auth_type: "scram-sha-256".into(),
+            server_lifetime: "3600s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    pub dbname: Option<String>,
+    pub pool_size: Option<u32>,
+    pub min_pool_size: Option<u32>,
+    pub pool_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub password: Option<String>,
+    pub server_user: Option<String>,
+    pub server_password: Option<String>,
+    pub pool_mode: Option<String>,
+}

@@ -1,0 +1,67 @@
+//! Durations and sizes written as strings with units ("30s", "250ms", "256MB").
+
+use std::time::Duration;
+
+/// Parses "250ms", "30s", "5m", "1h", "1d" or "0".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration \"{s}\": expected a number with a unit, e.g. \"30s\""))?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" => return Err(format!("invalid duration \"{s}\": a unit is required (ms, s, m, h, d)")),
+        u => return Err(format!("invalid duration \"{s}\": unknown unit \"{u}\" (use ms, s, m, h, d)")),
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("invalid duration \"{s}\": too large"))
+}
+
+/// Parses "256MB", "64kB", "1GB", "512B" or a plain byte count.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size \"{s}\": expected a number with a unit, e.g. \"256MB\""))?;
+    let mult: usize = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        u => return Err(format!("invalid size \"{s}\": unknown unit \"{u}\" (use B, kB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size \"{s}\": too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_size("64kB"), Ok(64 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1TB").is_err());
+        assert!(parse_size("MB").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! Turns a `RawConfig` into a `Config`, collecting every problem with its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawDatabase, RawGeneral, RawUser};
+use super::units::{parse_duration, parse_size};
+use super::{AuthType, Config, Database, General, HostPort, PoolMode, User};
+use crate::auth::secret::Secret;
+
+/// One thing wrong with the file, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|m| self.add(key, m)).ok()
+    }
+}
+
+pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems::default();
+    let general = general(&raw.general, &mut p);
+    let databases: BTreeMap<String, Database> = raw
+        .databases
+        .iter()
+        .filter_map(|(name, d)| Some((name.clone(), database(name, d, &mut p)?)))
+        .collect();
+    let users: BTreeMap<String, User> =
+        raw.users.iter().filter_map(|(name, u)| Some((name.clone(), user(name, u, &mut p)?))).collect();
+    if raw.databases.is_empty() {
+        p.add("databases", "at least one [databases.NAME] section is required");
+    }
+    match general {
+        Some(general) if p.0.is_empty() => Ok(Config { general, databases, users }),
+        _ => Err(p.0),
+    }
+}
+
+fn pool_mode(key: &str, s: &str, p: &mut Problems) -> Option<PoolMode> {
+    match PoolMode::parse(s) {
+        Some(PoolMode::Session) => Some(PoolMode::Session),
+        Some(_) => {
+            p.add(key, format!("pool_mode \"{s}\" is not available in this version of sluice; use \"session\""));
+            None
+        }
+        None => {
+            p.add(key, format!("unknown pool mode \"{s}\" (expected session, transaction or statement)"));
+            None
+        }
+    }
+}
+
+fn duration(key: &str, s: &str, p: &mut Problems) -> Option<Duration> {
+    p.check(&format!("general.{key}"), parse_duration(s))
+}
+
+fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
+    let listen_addr = p.check(
+        "general.listen_addr",
+        g.listen_addr.parse::<SocketAddr>().map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
+    );
+    let auth_type = match g.auth_type.as_str() {
+        "scram-sha-256" => Some(AuthType::ScramSha256),
+        "md5" => Some(AuthType::Md5),
+        "trust" => Some(AuthType::Trust),
+        other => {
+            p.add("general.auth_type", format!("unknown auth type \"{other}\" (expected scram-sha-256, md5 or trust)"));
+            None
+        }
+    };
+    let max_packet_size = p.check("general.max_packet_size", parse_size(&g.max_packet_size));
+    if max_packet_size.is_some_and(|m| !(1024..=i32::MAX as usize).contains(&m)) {
+        p.add("general.max_packet_size", "must be between 1kB and 2GB");
+    }
+    if g.default_pool_size == 0 {
+        p.add("general.default_pool_size", "must be at least 1");
+    }
+    if g.min_pool_size > g.default_pool_size {
+        p.add("general.min_pool_size", "must not exceed default_pool_size");
+    }
+    if g.max_client_conn == 0 {
+        p.add("general.max_client_conn", "must be at least 1");
+    }
+    if g.server_reset_query.contains(';') {
+        p.add("general.server_reset_query", "must be a single statement");
+    }
+    Some(General {
+        pool_mode: pool_mode("general.pool_mode", &g.pool_mode, p)?,
+        query_wait_timeout: duration("query_wait_timeout", &g.query_wait_timeout, p)?,
+        server_connect_timeout: duration("server_connect_timeout", &g.server_connect_timeout, p)?,
+        server_lifetime: duration("server_lifetime", &g.server_lifetime, p)?,
+        listen_addr: listen_addr?,
+        default_pool_size: g.default_pool_size as usize,
+        min_pool_size: g.min_pool_size as usize,
+        max_client_conn: g.max_client_conn as usize,
+        server_reset_query: g.server_reset_query.trim().to_string(),
+        max_packet_size: max_packet_size?,
+        auth_type: auth_type?,
+    })
+}
+
+fn host_port(s: &str) -> Result<HostPort, String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("\"{s}\" must be host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("\"{s}\" has an empty host"));
+    }
+    let port = port.parse::<u16>().map_err(|_| format!("\"{s}\" has an invalid port"))?;
+    Ok(HostPort { host: host.to_string(), port })
+}
+
+fn database(name: &str, d: &RawDatabase, p: &mut Problems) -> Option<Database> {
+    let key = format!("databases.{name}");
+    let primary = p.check(&format!("{key}.primary"), host_port(&d.primary));
+    let replicas: Vec<HostPort> = d
+        .replicas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| p.check(&format!("{key}.replicas[{i}]"), host_port(r)))
+        .collect();
+    if d.pool_size == Some(0) {
+        p.add(format!("{key}.pool_size"), "must be at least 1");
+    }
+    if let (Some(min), Some(max)) = (d.min_pool_size, d.pool_size)
+        && min > max
+    {
+        p.add(format!("{key}.min_pool_size"), "must not exceed pool_size");
+    }
+    let mode = match &d.pool_mode {
+        Some(m) => Some(pool_mode(&format!("{key}.pool_mode"), m, p)?),
+        None => None,
+    };
+    Some(Database {
+        primary: primary?,
+        replicas,
+        dbname: d.dbname.clone().unwrap_or_else(|| name.to_string()),
+        pool_size: d.pool_size.map(|n| n as usize),
+        min_pool_size: d.min_pool_size.map(|n| n as usize),
+        pool_mode: mode,
+    })
+}
+
+fn user(name: &str, u: &RawUser, p: &mut Problems) -> Option<User> {
+    let key = format!("users.{name}");
+    let secret = match &u.password {
+        None => Secret::None,
+        Some(pw) => p.check(&format!("{key}.password"), Secret::parse(name, pw))?,
+    };
+    let mode = match &u.pool_mode {
+        Some(m) => Some(pool_mode(&format!("{key}.pool_mode"), m, p)?),
+        None => None,
+    };
+    Some(User { secret, server_user: u.server_user.clone(), server_password: u.server_password.clone(), pool_mode: mode })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::parse("[databases.app]\nprimary = \"127.0.0.1:5432\"\n").unwrap();
+        assert_eq!(c.general.default_pool_size, 20);
+        assert_eq!(c.databases["app"].dbname, "app");
+        assert_eq!(c.general.max_packet_size, 256 << 20);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let p = problems(
+            "[general]\nquery_wait_timeout = \"30\"\nmax_packet_size = \"1TB\"\npool_mode = \"bogus\"\n\
+             [databases.app]\nprimary = \"nohost\"\n[users.u]\npassword = \"SCRAM-SHA-256$bad\"\n",
+        );
+        let joined = p.join("\n");
+        for key in [
+            "general.query_wait_timeout",
+            "general.max_packet_size",
+            "general.pool_mode",
+            "databases.app.primary",
+            "users.u.password",
+        ] {
+            assert!(joined.contains(key), "{key} missing from:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let Err(ConfigError::Syntax(s)) = Config::parse("[general]\nlisten_adr = \"x\"\n") else {
+            panic!("expected a syntax error")
+        };
+        assert!(s.contains("listen_adr"), "{s}");
+    }
+}

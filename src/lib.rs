@@ -1,0 +1,20 @@
+//! sluice: a PostgreSQL connection pooler.
+//!
+//! The path of a message: `app::run` accepts a connection and spawns a
+//! `session`; `session::startup` reads the StartupMessage, `auth` checks the
+//! client, `pool` checks out a server; `session::relay` moves frames split
+//! by `protocol::frame` between the two, tracking the server's state in
+//! `server::state`; when the client leaves, `session::cleanup` resets the
+//! server and returns it to the pool, or discards it.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;
+
+pub use error::Error;

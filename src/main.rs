@@ -1,0 +1,101 @@
+//! The sluice binary: command line, logging, config, then `app::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "PostgreSQL connection pooler and read/write router")]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = "pooler.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (trace, debug, info, warn, error; or a RUST_LOG-style filter).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration file and print every problem.
+    CheckConfig,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    Config::load(path)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig) = cli.command {
+        return match load(&cli.config) {
+            Ok(c) => {
+                println!("{}: OK ({} database(s), {} user(s))", cli.config.display(), c.databases.len(), c.users.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", cli.config.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_tracing(cli.log_format, &cli.log_level);
+    let config = match load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{}: {e}", cli.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
+        sluice::app::run(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,71 @@
+//! A stream with its read buffer: whole-frame reads for the startup and
+//! authentication phases (small, capped messages), and plain writes.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::stream::PgStream;
+use crate::error::Error;
+use crate::protocol::frame::{self, Frame};
+
+/// Initial read buffer; it grows only with traffic.
+const READ_CHUNK: usize = 8 * 1024;
+
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: PgStream,
+    pub rbuf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(stream: PgStream) -> Self {
+        Self { stream, rbuf: BytesMut::new() }
+    }
+
+    /// Reads more bytes into the buffer; `Error::Eof` when the peer closed.
+    async fn fill(&mut self) -> Result<(), Error> {
+        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.rbuf).await? {
+            0 => Err(Error::Eof),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads one typed message no longer than `max` bytes.
+    pub async fn read_frame(&mut self, max: usize) -> Result<Frame, Error> {
+        loop {
+            if let Some(f) = frame::split(&mut self.rbuf, max)? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads one untyped startup-phase packet (length word included).
+    pub async fn read_startup_packet(&mut self) -> Result<bytes::Bytes, Error> {
+        loop {
+            if let Some(len) = frame::peek_startup_len(&self.rbuf)? {
+                if self.rbuf.len() >= len {
+                    return Ok(self.rbuf.split_to(len).freeze());
+                }
+                self.rbuf.reserve(len - self.rbuf.len());
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads exactly `n` bytes without buffering anything past them: used
+    /// before a TLS handshake so no plaintext can be replayed inside it.
+    pub async fn read_exact_unbuffered(&mut self, n: usize) -> Result<Vec<u8>, Error> {
+        let mut v = vec![0; n];
+        self.stream.read_exact(&mut v).await.map_err(Error::from_read)?;
+        Ok(v)
+    }
+
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+}

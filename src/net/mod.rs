@@ -1,0 +1,7 @@
+//! Sockets: the stream type and buffered connection used outside the relay.
+
+pub mod conn;
+pub mod stream;
+
+pub use conn::Conn;
+pub use stream::PgStream;

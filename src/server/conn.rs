@@ -1,0 +1,155 @@
+//! One PostgreSQL connection as the pool holds it: the socket, the
+//! parameters the server reported, its cancel key and its protocol state.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::login::{self, ServerTarget};
+use super::state::ServerState;
+use crate::error::ServerError;
+use crate::net::Conn;
+use crate::protocol::build;
+use crate::protocol::inspect::{self, ErrorFields};
+use crate::protocol::tags::BackendTag;
+
+/// Replies to sluice's own queries (reset, settings) are small.
+const MAX_INTERNAL_REPLY: usize = 1 << 20;
+
+#[derive(Debug)]
+pub struct ServerConn {
+    pub conn: Conn,
+    pub addr: String,
+    /// The server's current values of every parameter it reports.
+    pub params: BTreeMap<String, String>,
+    /// (pid, secret) as the server sent them in BackendKeyData.
+    pub key: (i32, i32),
+    pub state: ServerState,
+    pub created: Instant,
+}
+
+impl ServerConn {
+    pub async fn connect(t: &ServerTarget) -> Result<Self, ServerError> {
+        let r = login::connect(t).await?;
+        Ok(Self {
+            conn: r.conn,
+            addr: t.addr.to_string(),
+            params: r.params,
+            key: r.key,
+            state: ServerState::default(),
+            created: Instant::now(),
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.key.0
+    }
+
+    /// True when the socket is closed, errored or holds unsolicited bytes
+    /// (a FATAL from pg_terminate_backend, say). Costs no round trip.
+    pub fn is_dead(&mut self) -> bool {
+        if !self.conn.rbuf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut self.conn.stream).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => false,
+            Poll::Ready(_) => true,
+        }
+    }
+
+    fn io_err(&self, e: crate::error::Error) -> ServerError {
+        ServerError::from_io(&self.addr, e)
+    }
+
+    /// Sends `out` and reads replies up to ReadyForQuery, swallowing rows and
+    /// completions. Notices are handed to `notices`; ParameterStatus updates
+    /// the cache. The first ErrorResponse is returned after the server is
+    /// ready again, so the connection stays usable.
+    async fn exchange(&mut self, out: &[u8], mut notices: Option<&mut Vec<Bytes>>) -> Result<(), ServerError> {
+        self.conn.write_all(out).await.map_err(|e| self.io_err(e))?;
+        let mut first_error = None;
+        loop {
+            let f = self.conn.read_frame(MAX_INTERNAL_REPLY).await.map_err(|e| self.io_err(e))?;
+            match BackendTag::from_byte(f.tag) {
+                BackendTag::ReadyForQuery => {
+                    if let Some(s) = inspect::ready_status(f.body()) {
+                        self.state.on_backend(BackendTag::ReadyForQuery, Some(s));
+                    }
+                    return match first_error {
+                        None => Ok(()),
+                        Some(fields) => Err(ServerError::Refused { addr: self.addr.clone(), fields }),
+                    };
+                }
+                BackendTag::ErrorResponse if first_error.is_none() => {
+                    first_error = Some(ErrorFields::parse(f.body()));
+                }
+                BackendTag::ParameterStatus => {
+                    if let Some((k, v)) = inspect::parameter_status(f.body()) {
+                        self.params.insert(k, v);
+                    }
+                }
+                BackendTag::NoticeResponse => {
+                    if let Some(n) = notices.as_deref_mut() {
+                        n.push(f.bytes);
+                    }
+                }
+                BackendTag::CopyInResponse | BackendTag::CopyOutResponse | BackendTag::CopyBothResponse => {
+                    return Err(ServerError::Protocol {
+                        addr: self.addr.clone(),
+                        detail: "internal query started COPY".into(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs one statement of sluice's own (reset, rollback) and waits for it.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        build::query(&mut out, sql);
+        self.state.on_frontend(crate::protocol::tags::FrontendTag::Query);
+        self.exchange(&out, None).await
+    }
+
+    /// Sends Sync for extended messages a client left without one, and
+    /// waits for the server to be ready again.
+    pub async fn sync(&mut self) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        build::sync(&mut out);
+        self.state.on_frontend(crate::protocol::tags::FrontendTag::Sync);
+        match self.exchange(&out, None).await {
+            // An error from the abandoned batch is the client's, not ours.
+            Err(ServerError::Refused { .. }) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies session settings (startup parameters) with set_config, in one
+    /// round trip and without quoting: values travel as bind parameters.
+    pub async fn apply_settings(
+        &mut self,
+        settings: &[(String, String)],
+        notices: &mut Vec<Bytes>,
+    ) -> Result<(), ServerError> {
+        if settings.is_empty() {
+            return Ok(());
+        }
+        let mut out = BytesMut::new();
+        build::parse_unnamed(&mut out, "SELECT pg_catalog.set_config($1, $2, false)");
+        for (k, v) in settings {
+            build::bind_unnamed_text(&mut out, &[k, v]);
+            build::execute_unnamed(&mut out);
+        }
+        build::sync(&mut out);
+        self.state.on_frontend(crate::protocol::tags::FrontendTag::Sync);
+        self.exchange(&out, Some(notices)).await
+    }
+}

@@ -1,0 +1,178 @@
+//! Opening a server connection: TCP connect, StartupMessage, authentication
+//! (trust, cleartext, md5, SCRAM-SHA-256), then ParameterStatus and
+//! BackendKeyData up to the first ReadyForQuery.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use pgwire::api::auth::sasl::scram::ScramClientAuth;
+use tokio::net::TcpStream;
+
+use crate::auth::md5;
+use crate::config::HostPort;
+use crate::error::{Error, ServerError};
+use crate::net::{Conn, PgStream};
+use crate::protocol::build;
+use crate::protocol::inspect::{self, ErrorFields, take_cstr, take_i32};
+use crate::protocol::tags::BackendTag;
+
+/// Auth messages from a server are small; anything bigger is hostile.
+const MAX_AUTH_MESSAGE: usize = 64 * 1024;
+
+/// How sluice proves itself to PostgreSQL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ServerPassword {
+    None,
+    Plain(String),
+    /// md5(password || user) in hex: enough for md5 auth, not for SCRAM.
+    Md5Hash(String),
+}
+
+impl std::fmt::Debug for ServerPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerPassword(<redacted>)")
+    }
+}
+
+/// Everything needed to open one server connection.
+#[derive(Debug, Clone)]
+pub struct ServerTarget {
+    pub addr: HostPort,
+    pub dbname: String,
+    pub user: String,
+    pub password: ServerPassword,
+    pub connect_timeout: Duration,
+}
+
+/// What the server told us during login.
+pub struct LoginResult {
+    pub conn: Conn,
+    pub params: BTreeMap<String, String>,
+    pub key: (i32, i32),
+}
+
+pub async fn connect(t: &ServerTarget) -> Result<LoginResult, ServerError> {
+    let addr = t.addr.to_string();
+    let fut = async {
+        let tcp = TcpStream::connect((t.addr.host.as_str(), t.addr.port))
+            .await
+            .map_err(|source| ServerError::Connect { addr: addr.clone(), source })?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Conn::new(PgStream::Plain(tcp));
+        login(&mut conn, t).await.map_err(|e| ServerError::from_io(&addr, e))?;
+        finish_startup(conn, &addr).await
+    };
+    match tokio::time::timeout(t.connect_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ServerError::ConnectTimeout { addr }),
+    }
+}
+
+fn auth_err(t: &ServerTarget, detail: impl Into<String>) -> Error {
+    Error::Server(ServerError::Auth { addr: t.addr.to_string(), detail: detail.into() })
+}
+
+fn plain<'a>(t: &'a ServerTarget, method: &str) -> Result<&'a str, Error> {
+    match &t.password {
+        ServerPassword::Plain(p) => Ok(p),
+        _ => Err(auth_err(t, format!("server asks for {method} but no plaintext server password is configured for user \"{}\"", t.user))),
+    }
+}
+
+/// Runs the authentication exchange until AuthenticationOk.
+async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
+    let mut out = BytesMut::new();
+    build::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
+    conn.write_all(&out).await?;
+    let mut scram = None;
+    let mut scram_final = None;
+    loop {
+        let f = conn.read_frame(MAX_AUTH_MESSAGE).await?;
+        match BackendTag::from_byte(f.tag) {
+            BackendTag::ErrorResponse => {
+                return Err(Error::Server(ServerError::Refused {
+                    addr: t.addr.to_string(),
+                    fields: ErrorFields::parse(f.body()),
+                }));
+            }
+            BackendTag::NoticeResponse | BackendTag::NegotiateProtocolVersion => continue,
+            BackendTag::Authentication => {}
+            _ => return Err(auth_err(t, format!("unexpected message '{}' during authentication", f.tag as char))),
+        }
+        let (code, data) = take_i32(f.body()).ok_or_else(|| auth_err(t, "short authentication message"))?;
+        let mut out = BytesMut::new();
+        match code {
+            0 => return Ok(()),
+            3 => build::password(&mut out, plain(t, "a cleartext password")?.as_bytes()),
+            5 => {
+                let salt: [u8; 4] = data.try_into().map_err(|_| auth_err(t, "bad md5 salt"))?;
+                let hash = match &t.password {
+                    ServerPassword::Plain(p) => md5::stored_hash(&t.user, p),
+                    ServerPassword::Md5Hash(h) => h.clone(),
+                    ServerPassword::None => return Err(auth_err(t, "server asks for md5 but no server password is configured")),
+                };
+                build::password(&mut out, md5::response_from_hash(&hash, &salt).as_bytes());
+            }
+            10 => {
+                if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
+                    return Err(auth_err(t, "server offers no SASL mechanism sluice supports"));
+                }
+                let client = ScramClientAuth::new(t.user.clone(), plain(t, "SCRAM-SHA-256")?.to_string());
+                let (first, waiting) = client.build_client_first().map_err(|e| auth_err(t, e.to_string()))?;
+                build::sasl_initial_response(&mut out, "SCRAM-SHA-256", first.as_bytes());
+                scram = Some(waiting);
+            }
+            11 => {
+                let w = scram.take().ok_or_else(|| auth_err(t, "unexpected SASLContinue"))?;
+                let (fin, waiting) = w.build_client_final(data).map_err(|e| auth_err(t, e.to_string()))?;
+                build::sasl_response(&mut out, fin.as_bytes());
+                scram_final = Some(waiting);
+            }
+            12 => {
+                let w = scram_final.take().ok_or_else(|| auth_err(t, "unexpected SASLFinal"))?;
+                w.verify_server_final(data).map_err(|e| auth_err(t, format!("server signature invalid: {e}")))?;
+            }
+            other => return Err(auth_err(t, format!("unsupported authentication method {other}"))),
+        }
+        if !out.is_empty() {
+            conn.write_all(&out).await?;
+        }
+    }
+}
+
+fn sasl_mechanisms(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (m, rest) = take_cstr(data)?;
+        data = rest;
+        (!m.is_empty()).then_some(m)
+    })
+}
+
+/// Collects ParameterStatus and BackendKeyData until ReadyForQuery.
+async fn finish_startup(mut conn: Conn, addr: &str) -> Result<LoginResult, ServerError> {
+    let mut params = BTreeMap::new();
+    let mut key = (0, 0);
+    loop {
+        let f = conn.read_frame(MAX_AUTH_MESSAGE).await.map_err(|e| ServerError::from_io(addr, e))?;
+        match BackendTag::from_byte(f.tag) {
+            BackendTag::ParameterStatus => {
+                if let Some((k, v)) = inspect::parameter_status(f.body()) {
+                    params.insert(k, v);
+                }
+            }
+            BackendTag::BackendKeyData => key = inspect::backend_key_data(f.body()).unwrap_or((0, 0)),
+            BackendTag::ReadyForQuery => return Ok(LoginResult { conn, params, key }),
+            BackendTag::ErrorResponse => {
+                return Err(ServerError::Refused { addr: addr.to_string(), fields: ErrorFields::parse(f.body()) });
+            }
+            BackendTag::NoticeResponse => {}
+            _ => {
+                return Err(ServerError::Protocol {
+                    addr: addr.to_string(),
+                    detail: format!("unexpected message '{}' after authentication", f.tag as char),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! One PostgreSQL connection: login, the state it is in, reset before reuse.
+
+pub mod conn;
+pub mod login;
+pub mod state;
+
+pub use conn::ServerConn;
+pub use login::{ServerPassword, ServerTarget};
+pub use state::ServerState;

@@ -1,0 +1,88 @@
+//! Cancel keys: the (pid, secret) sluice gave each client, mapped to the
+//! server connection that is running that client's work.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::config::HostPort;
+use crate::protocol::build;
+
+/// Where a cancel for one client must go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub addr: HostPort,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+#[derive(Debug, Default)]
+pub struct CancelRegistry {
+    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+impl CancelRegistry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a client under `pid` with a fresh random secret; returns the secret.
+    pub fn register(&self, pid: i32, target: CancelTarget) -> i32 {
+        let mut map = self.lock();
+        loop {
+            let secret: i32 = rand::random();
+            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
+                e.insert(target);
+                return secret;
+            }
+        }
+    }
+
+    pub fn unregister(&self, pid: i32, secret: i32) {
+        self.lock().remove(&(pid, secret));
+    }
+
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        self.lock().get(&(pid, secret)).cloned()
+    }
+
+    /// Forwards a client's CancelRequest to its server. Unknown keys are
+    /// ignored, as PostgreSQL does, so a late or forged cancel harms nobody.
+    pub async fn cancel(&self, pid: i32, secret: i32, connect_timeout: std::time::Duration) {
+        let Some(t) = self.lookup(pid, secret) else {
+            tracing::debug!(pid, "cancel request with an unknown key ignored");
+            return;
+        };
+        let send = async {
+            let mut s = TcpStream::connect((t.addr.host.as_str(), t.addr.port)).await?;
+            let mut out = BytesMut::new();
+            build::cancel_request(&mut out, t.pid, t.secret);
+            s.write_all(&out).await?;
+            s.shutdown().await
+        };
+        match tokio::time::timeout(connect_timeout, send).await {
+            Ok(Ok(())) => tracing::debug!(server = %t.addr, pid = t.pid, "cancel forwarded"),
+            Ok(Err(e)) => tracing::warn!(server = %t.addr, error = %e, "cancel could not be forwarded"),
+            Err(_) => tracing::warn!(server = %t.addr, "cancel timed out"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_exact_and_removed_on_logout() {
+        let r = CancelRegistry::default();
+        let t = CancelTarget { addr: HostPort { host: "h".into(), port: 1 }, pid: 7, secret: 8 };
+        let s = r.register(7, t.clone());
+        assert_eq!(r.lookup(7, s), Some(t));
+        assert_eq!(r.lookup(7, s.wrapping_add(1)), None);
+        r.unregister(7, s);
+        assert_eq!(r.lookup(7, s), None);
+    }
+}

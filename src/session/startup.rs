@@ -1,0 +1,103 @@
+//! The opening of a client connection: SSL/GSS negotiation, CancelRequest,
+//! StartupMessage, and the session settings it asks for.
+
+use crate::app::Shared;
+use crate::error::Error;
+use crate::net::Conn;
+use crate::protocol::sqlstate;
+use crate::protocol::startup::{self, StartupPacket, StartupParams};
+
+pub enum Opening {
+    Startup(StartupParams),
+    /// A CancelRequest was handled; the connection just closes.
+    Cancelled,
+}
+
+/// Reads packets until a StartupMessage or CancelRequest. SSLRequest and
+/// GSSENCRequest are answered 'N' (at most once each, as libpq expects).
+pub async fn read_opening(conn: &mut Conn, shared: &Shared) -> Result<Opening, Error> {
+    let mut negotiations = 0;
+    loop {
+        let pkt = conn.read_startup_packet().await?;
+        match startup::parse(&pkt)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
+                negotiations += 1;
+                conn.write_all(b"N").await?;
+            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                return Err(Error::refuse(sqlstate::PROTOCOL_VIOLATION, "too many encryption requests"));
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                let timeout = shared.config().general.server_connect_timeout;
+                shared.cancels.cancel(pid, secret, timeout).await;
+                return Ok(Opening::Cancelled);
+            }
+            StartupPacket::Startup(p) => return Ok(Opening::Startup(p)),
+            StartupPacket::Unsupported { major, minor } => {
+                return Err(Error::refuse(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                ));
+            }
+        }
+    }
+}
+
+/// The settings a client asked for at startup, to apply on its server with
+/// set_config: every parameter except the ones that pick the connection,
+/// with `options` (`-c name=value`) expanded.
+pub fn session_settings(p: &StartupParams) -> Result<Vec<(String, String)>, Error> {
+    let mut out = Vec::new();
+    for (k, v) in &p.params {
+        match k.as_str() {
+            "user" | "database" => {}
+            "replication" => {
+                return Err(Error::refuse(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "replication connections are not supported through sluice",
+                ));
+            }
+            "options" => out.extend(
+                startup::parse_options(v).map_err(|m| Error::refuse(sqlstate::PROTOCOL_VIOLATION, m))?,
+            ),
+            k if k.starts_with("_pq_.") => {}
+            _ => out.push((k.clone(), v.clone())),
+        }
+    }
+    Ok(out)
+}
+
+/// Protocol options (`_pq_.*`) the client asked for, which sluice does not support.
+pub fn unsupported_options(p: &StartupParams) -> Vec<&str> {
+    p.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(kv: &[(&str, &str)]) -> StartupParams {
+        StartupParams { minor: 0, params: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+    }
+
+    #[test]
+    fn settings_expand_options_and_skip_identity() {
+        let s = session_settings(&params(&[
+            ("user", "u"),
+            ("database", "d"),
+            ("application_name", "app"),
+            ("options", "-c statement_timeout=5s"),
+            ("_pq_.x", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s,
+            vec![("application_name".into(), "app".into()), ("statement_timeout".into(), "5s".into())]
+        );
+    }
+
+    #[test]
+    fn replication_is_refused() {
+        assert!(session_settings(&params(&[("replication", "true")])).is_err());
+    }
+}
