@@ -1,0 +1,238 @@
+//! A real PostgreSQL primary and streaming replica from the system's
+//! binaries, in a temporary directory on free ports. When the tests run as
+//! root, the server programs run as the `postgres` OS user.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// Test roles: name, password, pg_hba method.
+pub const SCRAM_USER: (&str, &str) = ("sluice_scram", "scram_pw");
+pub const MD5_USER: (&str, &str) = ("sluice_md5", "md5_pw");
+pub const PLAIN_USER: (&str, &str) = ("sluice_plain", "plain_pw");
+pub const TRUST_USER: &str = "sluice_trust";
+pub const DB: &str = "app";
+
+pub fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return Path::new(&dir).join(name);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    match dirs.into_iter().rev().find(|d| d.join(name).exists()) {
+        Some(d) => d.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// A command for a PostgreSQL server program, as `postgres` when we are root.
+fn pg_command(name: &str) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(pg_bin(name));
+        c
+    } else {
+        Command::new(pg_bin(name))
+    }
+}
+
+fn run(c: &mut Command, what: &str) {
+    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn give_to_postgres(path: &Path) {
+    if is_root() {
+        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path), "chown");
+    }
+}
+
+const HBA: &str = "\
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host replication all 127.0.0.1/32 trust
+host all sluice_trust 127.0.0.1/32 trust
+host all sluice_md5 127.0.0.1/32 md5
+host all sluice_plain 127.0.0.1/32 password
+host all all 127.0.0.1/32 scram-sha-256
+";
+
+/// initdb once per test process; clusters copy this directory.
+fn template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("temp dir");
+        give_to_postgres(&root);
+        let data = root.join("template");
+        let mut c = pg_command("initdb");
+        c.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        run(&mut c, "initdb");
+        std::fs::write(data.join("pg_hba.conf"), HBA).expect("write pg_hba.conf");
+        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\n\
+                    synchronous_commit = off\nmax_connections = 300\nshared_buffers = 32MB\n\
+                    max_wal_senders = 10\nwal_level = replica\nhot_standby = on\nlogging_collector = off\n\
+                    log_min_messages = warning\n";
+        append(&data.join("postgresql.conf"), conf);
+        give_to_postgres(&root);
+        spawn_reaper(&root);
+        data
+    })
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open config");
+    f.write_all(text.as_bytes()).expect("append config");
+}
+
+/// Stops every server under `root` and removes it once this process exits,
+/// whether it exits cleanly, panics or is killed.
+fn spawn_reaper(root: &Path) {
+    let pg_ctl = pg_bin("pg_ctl");
+    let stop = if is_root() { format!("runuser -u postgres -- {}", pg_ctl.display()) } else { pg_ctl.display().to_string() };
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+         for d in {root}/*/; do [ -f \"$d/postmaster.pid\" ] && {stop} -D \"$d\" -m immediate stop; done; rm -rf {root}",
+        pid = std::process::id(),
+        root = root.display(),
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// One running PostgreSQL server.
+pub struct PgInstance {
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+impl PgInstance {
+    fn start(data: &Path, port: u16) -> Self {
+        append(&data.join("postgresql.conf"), &format!("port = {port}\nunix_socket_directories = '{}'\n", data.display()));
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D").arg(data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "start"]);
+        run(&mut c, "pg_ctl start");
+        Self { port, data: data.to_path_buf() }
+    }
+
+    pub fn stop(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
+        run(&mut c, "pg_ctl stop");
+    }
+
+    pub fn restart_in_place(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D").arg(&self.data).arg("-l").arg(self.data.join("server.log")).args(["-w", "-t", "60", "start"]);
+        run(&mut c, "pg_ctl start");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL as the superuser with psql; returns stdout.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+pub struct Cluster {
+    pub primary: PgInstance,
+    pub replica: PgInstance,
+    root: PathBuf,
+    owned: bool,
+}
+
+impl Cluster {
+    /// A new primary (with the test roles and database) and its streaming replica.
+    pub fn start() -> Self {
+        let tpl = template();
+        let root = tpl.parent().expect("template parent").join(format!("c{}", free_port()));
+        std::fs::create_dir_all(&root).expect("cluster dir");
+        let pdata = root.join("primary");
+        run(Command::new("cp").arg("-a").arg(tpl).arg(&pdata), "copy template");
+        give_to_postgres(&root);
+        let primary = PgInstance::start(&pdata, free_port());
+        primary.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {s} LOGIN SUPERUSER PASSWORD '{sp}';\
+                 SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN SUPERUSER PASSWORD '{mp}';\
+                 RESET password_encryption; CREATE ROLE {p} LOGIN SUPERUSER PASSWORD '{pp}';\
+                 CREATE ROLE {t} LOGIN SUPERUSER;",
+                s = SCRAM_USER.0,
+                sp = SCRAM_USER.1,
+                m = MD5_USER.0,
+                mp = MD5_USER.1,
+                p = PLAIN_USER.0,
+                pp = PLAIN_USER.1,
+                t = TRUST_USER
+            ),
+        );
+        primary.psql("postgres", &format!("CREATE DATABASE {DB} OWNER {}", SCRAM_USER.0));
+        let rdata = root.join("replica");
+        let mut c = pg_command("pg_basebackup");
+        c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &primary.port.to_string(), "-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&rdata);
+        run(&mut c, "pg_basebackup");
+        let replica = PgInstance::start(&rdata, free_port());
+        Self { primary, replica, root, owned: true }
+    }
+
+    /// One cluster shared by every test in this process that does not stop
+    /// or restart servers; tests isolate themselves by table names.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let mut c = Cluster::start();
+            c.owned = false;
+            c
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        if std::thread::panicking() {
+            eprintln!("--- primary log ---\n{}", self.primary.log());
+        }
+        for inst in [&self.replica, &self.primary] {
+            let mut c = pg_command("pg_ctl");
+            c.arg("-D").arg(&inst.data).args(["-m", "immediate", "stop"]);
+            let _ = c.stdin(Stdio::null()).output();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}

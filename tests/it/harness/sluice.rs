@@ -1,0 +1,96 @@
+//! sluice under test, in-process through `app::run`, on a free port.
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use super::cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TRUST_USER};
+
+/// A config for `cluster` with every test user and the `app` database.
+/// `general` lines go into [general]; `extra` is appended verbatim.
+pub fn config_for(cluster: &Cluster, general: &str, extra: &str) -> String {
+    format!(
+        "[general]\nlisten_addr = \"127.0.0.1:0\"\n{general}\n\
+         [databases.{DB}]\nprimary = \"127.0.0.1:{p}\"\nreplicas = [\"127.0.0.1:{r}\"]\n\
+         [databases.missing_on_server]\nprimary = \"127.0.0.1:{p}\"\ndbname = \"no_such_db\"\n\
+         [users.{su}]\npassword = \"{sp}\"\n\
+         [users.{mu}]\npassword = \"{mp}\"\n\
+         [users.{pu}]\npassword = \"{pp}\"\n\
+         [users.{tu}]\npassword = \"any\"\n{extra}",
+        p = cluster.primary.port,
+        r = cluster.replica.port,
+        su = SCRAM_USER.0,
+        sp = SCRAM_USER.1,
+        mu = MD5_USER.0,
+        mp = MD5_USER.1,
+        pu = PLAIN_USER.0,
+        pp = PLAIN_USER.1,
+        tu = TRUST_USER,
+    )
+}
+
+pub struct Sluice {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Sluice {
+    pub async fn start(toml: &str) -> Self {
+        let config = sluice::config::Config::parse(toml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = sluice::app::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self { port, stop: Some(tx) }
+    }
+
+    pub async fn with(cluster: &Cluster, general: &str) -> Self {
+        Self::start(&config_for(cluster, general, "")).await
+    }
+
+    /// A libpq-style connection string for `user` through sluice.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+    }
+
+    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.url(user, password, db), tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The default test login: the SCRAM user on `app`.
+    pub async fn app(&self) -> tokio_postgres::Client {
+        self.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.expect("connect through sluice")
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `secs` pass; panics with `what` on timeout.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
