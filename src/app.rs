@@ -42,7 +42,11 @@ impl Shared {
 
 /// Accepts clients until `shutdown` completes. Sessions already running are
 /// left to finish on the runtime.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared::new(config));
     tokio::spawn(janitor(Arc::downgrade(&shared)));
     tokio::pin!(shutdown);
@@ -72,7 +76,9 @@ async fn janitor(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let config = shared.config();
         shared.pools.top_up(&config).await;
     }

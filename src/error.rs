@@ -27,12 +27,19 @@ pub enum Error {
 
 impl Error {
     pub fn refuse(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Refuse { code: code.into(), message: message.into() }
+        Error::Refuse {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     /// An unexpected EOF inside read_exact is a closed peer, not an I/O fault.
     pub fn from_read(e: io::Error) -> Self {
-        if e.kind() == io::ErrorKind::UnexpectedEof { Error::Eof } else { Error::Io(e) }
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::Eof
+        } else {
+            Error::Io(e)
+        }
     }
 
     /// The SQLSTATE and message to send the client before closing, if any.
@@ -40,7 +47,10 @@ impl Error {
     pub fn client_message(&self) -> Option<(String, String)> {
         match self {
             Error::Io(_) | Error::Eof => None,
-            Error::Frame(e) => Some((sqlstate::PROTOCOL_VIOLATION.into(), format!("invalid message: {e}"))),
+            Error::Frame(e) => Some((
+                sqlstate::PROTOCOL_VIOLATION.into(),
+                format!("invalid message: {e}"),
+            )),
             Error::Startup(e) => Some((sqlstate::PROTOCOL_VIOLATION.into(), e.to_string())),
             Error::Refuse { code, message } => Some((code.clone(), message.clone())),
             Error::Server(e) => Some(e.client_message()),
@@ -71,9 +81,10 @@ pub enum ServerError {
 impl ServerError {
     pub fn client_message(&self) -> (String, String) {
         match self {
-            ServerError::Refused { fields, .. } => {
-                (fields.code_or_internal().to_string(), fields.message_or_default().to_string())
-            }
+            ServerError::Refused { fields, .. } => (
+                fields.code_or_internal().to_string(),
+                fields.message_or_default().to_string(),
+            ),
             ServerError::Connect { .. } | ServerError::ConnectTimeout { .. } => {
                 (sqlstate::UNABLE_TO_CONNECT.into(), self.to_string())
             }
@@ -88,9 +99,17 @@ impl ServerError {
     pub fn from_io(addr: &str, e: Error) -> Self {
         match e {
             Error::Server(s) => s,
-            Error::Eof => ServerError::Closed { addr: addr.to_string() },
-            Error::Io(source) => ServerError::Io { addr: addr.to_string(), source },
-            other => ServerError::Protocol { addr: addr.to_string(), detail: other.to_string() },
+            Error::Eof => ServerError::Closed {
+                addr: addr.to_string(),
+            },
+            Error::Io(source) => ServerError::Io {
+                addr: addr.to_string(),
+                source,
+            },
+            other => ServerError::Protocol {
+                addr: addr.to_string(),
+                detail: other.to_string(),
+            },
         }
     }
 }

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice::config::{Config, ConfigError};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "PostgreSQL connection pooler and read/write router")]
+#[command(
+    name = "sluice",
+    version,
+    about = "PostgreSQL connection pooler and read/write router"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(short, long, global = true, default_value = "pooler.toml")]
@@ -37,7 +41,9 @@ enum LogFormat {
 fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -53,7 +59,12 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig) = cli.command {
         return match load(&cli.config) {
             Ok(c) => {
-                println!("{}: OK ({} database(s), {} user(s))", cli.config.display(), c.databases.len(), c.users.len());
+                println!(
+                    "{}: OK ({} database(s), {} user(s))",
+                    cli.config.display(),
+                    c.databases.len(),
+                    c.users.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -80,7 +91,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
         sluice::app::run(listener, config, shutdown_signal()).await?;

@@ -21,7 +21,10 @@ use crate::protocol::tags::FrontendTag;
 const MAX_AUTH_MESSAGE: usize = 65_535;
 
 fn failed(user: &str) -> Error {
-    Error::refuse(sqlstate::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
+    Error::refuse(
+        sqlstate::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
 }
 
 fn malformed(what: &str) -> Error {
@@ -37,18 +40,27 @@ enum Method {
 }
 
 fn method(user: Option<&User>, auth_type: AuthType) -> Method {
-    let Some(u) = user else { return Method::Reject(auth_type) };
+    let Some(u) = user else {
+        return Method::Reject(auth_type);
+    };
     match (auth_type, &u.secret) {
         (AuthType::Trust, _) => Method::Trust,
         (_, Secret::None) => Method::Reject(auth_type),
         (AuthType::Md5, Secret::Plain { password, .. }) => Method::Md5(password.clone()),
         (_, Secret::Md5(hash)) => Method::Md5(hash.clone()),
-        (_, Secret::Plain { verifier, .. }) | (_, Secret::Scram(verifier)) => Method::Scram(verifier.clone()),
+        (_, Secret::Plain { verifier, .. }) | (_, Secret::Scram(verifier)) => {
+            Method::Scram(verifier.clone())
+        }
     }
 }
 
 /// Runs the exchange; on success the caller sends AuthenticationOk.
-pub async fn authenticate(conn: &mut Conn, name: &str, user: Option<&User>, auth_type: AuthType) -> Result<(), Error> {
+pub async fn authenticate(
+    conn: &mut Conn,
+    name: &str,
+    user: Option<&User>,
+    auth_type: AuthType,
+) -> Result<(), Error> {
     match method(user, auth_type) {
         Method::Trust => Ok(()),
         Method::Md5(secret) => {
@@ -90,7 +102,11 @@ async fn md5_exchange(conn: &mut Conn, name: &str, stored: Option<&str>) -> Resu
     }
 }
 
-async fn scram_exchange(conn: &mut Conn, name: &str, verifier: &ScramVerifier) -> Result<(), Error> {
+async fn scram_exchange(
+    conn: &mut Conn,
+    name: &str,
+    verifier: &ScramVerifier,
+) -> Result<(), Error> {
     let mut out = BytesMut::new();
     build::auth_sasl_mechanisms(&mut out, &["SCRAM-SHA-256"]);
     conn.write_all(&out).await?;

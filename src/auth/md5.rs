@@ -22,7 +22,12 @@ pub fn response_from_hash(stored_hex: &str, salt: &[u8; 4]) -> String {
 
 /// Compares in constant time with respect to content.
 pub fn responses_match(expected: &str, got: &[u8]) -> bool {
-    expected.len() == got.len() && expected.bytes().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    expected.len() == got.len()
+        && expected
+            .bytes()
+            .zip(got)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]

@@ -36,7 +36,11 @@ impl ScramVerifier {
     pub fn from_password(password: &str) -> Self {
         let salt: [u8; 16] = rand::random();
         let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
-        Self::from_scram_secret(ScramSecret::verifier_from_salted_password(salt.to_vec(), salted, SCRAM_ITERATIONS))
+        Self::from_scram_secret(ScramSecret::verifier_from_salted_password(
+            salt.to_vec(),
+            salted,
+            SCRAM_ITERATIONS,
+        ))
     }
 
     /// A verifier no password matches, so unknown users fail exactly like wrong passwords.
@@ -51,11 +55,22 @@ impl ScramVerifier {
 
     fn from_scram_secret(s: ScramSecret) -> Self {
         match s {
-            ScramSecret::Verifier { salt, iterations, stored_key, server_key } => {
-                Self { iterations, salt, stored_key, server_key }
-            }
+            ScramSecret::Verifier {
+                salt,
+                iterations,
+                stored_key,
+                server_key,
+            } => Self {
+                iterations,
+                salt,
+                stored_key,
+                server_key,
+            },
             // verifier_from_salted_password always returns a Verifier.
-            ScramSecret::SaltedPassword { salt, .. } => Self { salt, ..Self::impossible() },
+            ScramSecret::SaltedPassword { salt, .. } => Self {
+                salt,
+                ..Self::impossible()
+            },
         }
     }
 
@@ -80,7 +95,10 @@ pub enum Secret {
     /// No password configured: the user may log in only with auth_type = "trust".
     None,
     /// Plaintext, with a SCRAM verifier derived from it once at load time.
-    Plain { password: String, verifier: ScramVerifier },
+    Plain {
+        password: String,
+        verifier: ScramVerifier,
+    },
     /// `md5` followed by 32 hex digits: md5(password || user).
     Md5(String),
     Scram(ScramVerifier),
@@ -98,9 +116,14 @@ impl Secret {
             return Ok(Secret::Md5(s[3..].to_ascii_lowercase()));
         }
         if s.is_empty() {
-            return Err(format!("empty password for user \"{user}\"; omit the key instead"));
+            return Err(format!(
+                "empty password for user \"{user}\"; omit the key instead"
+            ));
         }
-        Ok(Secret::Plain { password: s.to_string(), verifier: ScramVerifier::from_password(s) })
+        Ok(Secret::Plain {
+            password: s.to_string(),
+            verifier: ScramVerifier::from_password(s),
+        })
     }
 }
 
@@ -131,8 +154,14 @@ mod tests {
 
     #[test]
     fn md5_and_plain_are_told_apart() {
-        assert!(matches!(Secret::parse("u", "md5d21a2fdb1d8d14b0cd8c1e2ef1e9c4f1"), Ok(Secret::Md5(_))));
-        assert!(matches!(Secret::parse("u", "md5short"), Ok(Secret::Plain { .. })));
+        assert!(matches!(
+            Secret::parse("u", "md5d21a2fdb1d8d14b0cd8c1e2ef1e9c4f1"),
+            Ok(Secret::Md5(_))
+        ));
+        assert!(matches!(
+            Secret::parse("u", "md5short"),
+            Ok(Secret::Plain { .. })
+        ));
         assert!(Secret::parse("u", "").is_err());
     }
 

@@ -98,7 +98,10 @@ pub struct User {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Syntax(String),
     #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
@@ -107,13 +110,16 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: raw::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         validate::validate(raw).map_err(ConfigError::Invalid)
     }
 
@@ -128,6 +134,8 @@ impl Config {
 
     /// Pool mode for a (database, user) pair: user beats database beats general.
     pub fn pool_mode(&self, db: &Database, user: Option<&User>) -> PoolMode {
-        user.and_then(|u| u.pool_mode).or(db.pool_mode).unwrap_or(self.general.pool_mode)
+        user.and_then(|u| u.pool_mode)
+            .or(db.pool_mode)
+            .unwrap_or(self.general.pool_mode)
     }
 }

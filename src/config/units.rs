@@ -10,15 +10,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration \"{s}\": expected a number with a unit, e.g. \"30s\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration \"{s}\": expected a number with a unit, e.g. \"30s\"")
+    })?;
     let ms = match unit.trim() {
         "ms" => 1,
         "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        "" => return Err(format!("invalid duration \"{s}\": a unit is required (ms, s, m, h, d)")),
-        u => return Err(format!("invalid duration \"{s}\": unknown unit \"{u}\" (use ms, s, m, h, d)")),
+        "" => {
+            return Err(format!(
+                "invalid duration \"{s}\": a unit is required (ms, s, m, h, d)"
+            ));
+        }
+        u => {
+            return Err(format!(
+                "invalid duration \"{s}\": unknown unit \"{u}\" (use ms, s, m, h, d)"
+            ));
+        }
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)
@@ -30,15 +40,22 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|_| format!("invalid size \"{s}\": expected a number with a unit, e.g. \"256MB\""))?;
+    let n: usize = num.parse().map_err(|_| {
+        format!("invalid size \"{s}\": expected a number with a unit, e.g. \"256MB\"")
+    })?;
     let mult: usize = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "KB" => 1 << 10,
         "MB" => 1 << 20,
         "GB" => 1 << 30,
-        u => return Err(format!("invalid size \"{s}\": unknown unit \"{u}\" (use B, kB, MB, GB)")),
+        u => {
+            return Err(format!(
+                "invalid size \"{s}\": unknown unit \"{u}\" (use B, kB, MB, GB)"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("invalid size \"{s}\": too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("invalid size \"{s}\": too large"))
 }
 
 #[cfg(test)]

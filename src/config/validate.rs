@@ -27,7 +27,10 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { key: key.into(), message: message.into() });
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     fn check<T>(&mut self, key: &str, r: Result<T, String>) -> Option<T> {
@@ -43,13 +46,23 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         .iter()
         .filter_map(|(name, d)| Some((name.clone(), database(name, d, &mut p)?)))
         .collect();
-    let users: BTreeMap<String, User> =
-        raw.users.iter().filter_map(|(name, u)| Some((name.clone(), user(name, u, &mut p)?))).collect();
+    let users: BTreeMap<String, User> = raw
+        .users
+        .iter()
+        .filter_map(|(name, u)| Some((name.clone(), user(name, u, &mut p)?)))
+        .collect();
     if raw.databases.is_empty() {
-        p.add("databases", "at least one [databases.NAME] section is required");
+        p.add(
+            "databases",
+            "at least one [databases.NAME] section is required",
+        );
     }
     match general {
-        Some(general) if p.0.is_empty() => Ok(Config { general, databases, users }),
+        Some(general) if p.0.is_empty() => Ok(Config {
+            general,
+            databases,
+            users,
+        }),
         _ => Err(p.0),
     }
 }
@@ -58,11 +71,19 @@ fn pool_mode(key: &str, s: &str, p: &mut Problems) -> Option<PoolMode> {
     match PoolMode::parse(s) {
         Some(PoolMode::Session) => Some(PoolMode::Session),
         Some(_) => {
-            p.add(key, format!("pool_mode \"{s}\" is not available in this version of sluice; use \"session\""));
+            p.add(
+                key,
+                format!(
+                    "pool_mode \"{s}\" is not available in this version of sluice; use \"session\""
+                ),
+            );
             None
         }
         None => {
-            p.add(key, format!("unknown pool mode \"{s}\" (expected session, transaction or statement)"));
+            p.add(
+                key,
+                format!("unknown pool mode \"{s}\" (expected session, transaction or statement)"),
+            );
             None
         }
     }
@@ -75,14 +96,19 @@ fn duration(key: &str, s: &str, p: &mut Problems) -> Option<Duration> {
 fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let listen_addr = p.check(
         "general.listen_addr",
-        g.listen_addr.parse::<SocketAddr>().map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
+        g.listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
     );
     let auth_type = match g.auth_type.as_str() {
         "scram-sha-256" => Some(AuthType::ScramSha256),
         "md5" => Some(AuthType::Md5),
         "trust" => Some(AuthType::Trust),
         other => {
-            p.add("general.auth_type", format!("unknown auth type \"{other}\" (expected scram-sha-256, md5 or trust)"));
+            p.add(
+                "general.auth_type",
+                format!("unknown auth type \"{other}\" (expected scram-sha-256, md5 or trust)"),
+            );
             None
         }
     };
@@ -118,13 +144,20 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
 }
 
 fn host_port(s: &str) -> Result<HostPort, String> {
-    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("\"{s}\" must be host:port"))?;
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{s}\" must be host:port"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("\"{s}\" has an empty host"));
     }
-    let port = port.parse::<u16>().map_err(|_| format!("\"{s}\" has an invalid port"))?;
-    Ok(HostPort { host: host.to_string(), port })
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("\"{s}\" has an invalid port"))?;
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
 }
 
 fn database(name: &str, d: &RawDatabase, p: &mut Problems) -> Option<Database> {
@@ -168,7 +201,12 @@ fn user(name: &str, u: &RawUser, p: &mut Problems) -> Option<User> {
         Some(m) => Some(pool_mode(&format!("{key}.pool_mode"), m, p)?),
         None => None,
     };
-    Some(User { secret, server_user: u.server_user.clone(), server_password: u.server_password.clone(), pool_mode: mode })
+    Some(User {
+        secret,
+        server_user: u.server_user.clone(),
+        server_password: u.server_password.clone(),
+        pool_mode: mode,
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(stream: PgStream) -> Self {
-        Self { stream, rbuf: BytesMut::new() }
+        Self {
+            stream,
+            rbuf: BytesMut::new(),
+        }
     }
 
     /// Reads more bytes into the buffer; `Error::Eof` when the peer closed.
@@ -60,7 +63,10 @@ impl Conn {
     /// before a TLS handshake so no plaintext can be replayed inside it.
     pub async fn read_exact_unbuffered(&mut self, n: usize) -> Result<Vec<u8>, Error> {
         let mut v = vec![0; n];
-        self.stream.read_exact(&mut v).await.map_err(Error::from_read)?;
+        self.stream
+            .read_exact(&mut v)
+            .await
+            .map_err(Error::from_read)?;
         Ok(v)
     }
 

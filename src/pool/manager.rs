@@ -30,7 +30,9 @@ impl Manager for ServerManager {
 
     async fn recycle(&self, conn: &mut ServerConn, _m: &Metrics) -> RecycleResult<ServerError> {
         if !conn.state.is_idle() {
-            return Err(RecycleError::message("server was returned in an unknown state"));
+            return Err(RecycleError::message(
+                "server was returned in an unknown state",
+            ));
         }
         if conn.is_dead() {
             return Err(RecycleError::message("server connection closed while idle"));

@@ -33,7 +33,9 @@ pub struct PoolSet {
 
 fn server_password(user: Option<&User>) -> ServerPassword {
     use crate::auth::secret::Secret;
-    let Some(u) = user else { return ServerPassword::None };
+    let Some(u) = user else {
+        return ServerPassword::None;
+    };
     if let Some(p) = &u.server_password {
         return ServerPassword::Plain(p.clone());
     }
@@ -46,7 +48,13 @@ fn server_password(user: Option<&User>) -> ServerPassword {
 
 impl PoolSet {
     /// The pool for (database, user), created on first use.
-    pub fn get_or_create(&self, config: &Config, key: &PoolKey, db: &Database, user: Option<&User>) -> ServerPool {
+    pub fn get_or_create(
+        &self,
+        config: &Config,
+        key: &PoolKey,
+        db: &Database,
+        user: Option<&User>,
+    ) -> ServerPool {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pools.get(key) {
             return p.clone();
@@ -54,11 +62,16 @@ impl PoolSet {
         let target = ServerTarget {
             addr: db.primary.clone(),
             dbname: db.dbname.clone(),
-            user: user.and_then(|u| u.server_user.clone()).unwrap_or_else(|| key.user.clone()),
+            user: user
+                .and_then(|u| u.server_user.clone())
+                .unwrap_or_else(|| key.user.clone()),
             password: server_password(user),
             connect_timeout: config.general.server_connect_timeout,
         };
-        let manager = ServerManager { target, lifetime: config.general.server_lifetime };
+        let manager = ServerManager {
+            target,
+            lifetime: config.general.server_lifetime,
+        };
         let g = &config.general;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size(db))
@@ -80,12 +93,17 @@ impl PoolSet {
     /// Opens connections until every pool holds its min_pool_size.
     pub async fn top_up(&self, config: &Config) {
         for (key, pool) in self.all() {
-            let Some(db) = config.databases.get(&key.database) else { continue };
+            let Some(db) = config.databases.get(&key.database) else {
+                continue;
+            };
             let min = config.min_pool_size(db);
             let missing = min.saturating_sub(pool.status().size);
             let mut held = Vec::new();
             for _ in 0..missing {
-                let t = Timeouts { wait: Some(std::time::Duration::ZERO), ..pool.timeouts() };
+                let t = Timeouts {
+                    wait: Some(std::time::Duration::ZERO),
+                    ..pool.timeouts()
+                };
                 match pool.timeout_get(&t).await {
                     Ok(c) => held.push(c),
                     Err(_) => break,
@@ -117,9 +135,15 @@ impl Checkout {
             )),
             Err(PoolError::Backend(e)) => {
                 let (code, msg) = e.client_message();
-                Err(Error::refuse(code, format!("{msg} (database \"{database}\")")))
+                Err(Error::refuse(
+                    code,
+                    format!("{msg} (database \"{database}\")"),
+                ))
             }
-            Err(e) => Err(Error::refuse(sqlstate::CONNECTION_FAILURE, format!("pool for database \"{database}\": {e}"))),
+            Err(e) => Err(Error::refuse(
+                sqlstate::CONNECTION_FAILURE,
+                format!("pool for database \"{database}\": {e}"),
+            )),
         }
     }
 

@@ -47,7 +47,12 @@ pub fn error_or_notice(out: &mut BytesMut, severity: Severity, code: &str, messa
         Severity::Notice | Severity::Warning => b'N',
     };
     typed(out, tag, |b| {
-        for (field, value) in [(b'S', severity.as_str()), (b'V', severity.as_str()), (b'C', code), (b'M', message)] {
+        for (field, value) in [
+            (b'S', severity.as_str()),
+            (b'V', severity.as_str()),
+            (b'C', code),
+            (b'M', message),
+        ] {
             b.put_u8(field);
             cstr(b, value.as_bytes());
         }
@@ -197,7 +202,12 @@ mod tests {
     #[test]
     fn error_response_round_trips_through_inspect() {
         let mut out = BytesMut::new();
-        error(&mut out, Severity::Fatal, "28P01", "password authentication failed for user \"x\"");
+        error(
+            &mut out,
+            Severity::Fatal,
+            "28P01",
+            "password authentication failed for user \"x\"",
+        );
         let f = split(&mut out, 1 << 20).unwrap().unwrap();
         assert_eq!(f.tag, b'E');
         let e = ErrorFields::parse(f.body());
@@ -216,7 +226,10 @@ mod tests {
     fn startup_packet_length_covers_itself() {
         let mut out = BytesMut::new();
         startup(&mut out, &[("user", "u"), ("database", "d")]);
-        assert_eq!(u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize, out.len());
+        assert_eq!(
+            u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize,
+            out.len()
+        );
         assert_eq!(*out.last().unwrap(), 0);
     }
 }

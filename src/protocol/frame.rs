@@ -49,7 +49,10 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError>
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    Ok(Some(Header { tag: buf[0], total: len + 1 }))
+    Ok(Some(Header {
+        tag: buf[0],
+        total: len + 1,
+    }))
 }
 
 /// A complete typed message: tag and the whole frame (header included).
@@ -77,7 +80,10 @@ pub fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError
         buf.reserve(h.total - buf.len());
         return Ok(None);
     }
-    Ok(Some(Frame { tag: h.tag, bytes: buf.split_to(h.total).freeze() }))
+    Ok(Some(Frame {
+        tag: h.tag,
+        bytes: buf.split_to(h.total).freeze(),
+    }))
 }
 
 /// Length of the untyped packet (StartupMessage, SSLRequest, CancelRequest)
@@ -91,7 +97,10 @@ pub fn peek_startup_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
         return Err(FrameError::BadLength(len));
     }
     if len as usize > MAX_STARTUP_LEN {
-        return Err(FrameError::TooLarge { len: len as usize, max: MAX_STARTUP_LEN });
+        return Err(FrameError::TooLarge {
+            len: len as usize,
+            max: MAX_STARTUP_LEN,
+        });
     }
     Ok(Some(len as usize))
 }

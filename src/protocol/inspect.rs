@@ -26,7 +26,10 @@ pub fn ready_status(body: &[u8]) -> Option<TxnStatus> {
 pub fn parameter_status(body: &[u8]) -> Option<(String, String)> {
     let (name, rest) = take_cstr(body)?;
     let (value, _) = take_cstr(rest)?;
-    Some((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
 }
 
 /// A BackendKeyData body (protocol 3.0: two int32).
@@ -52,7 +55,9 @@ impl ErrorFields {
             if *field == 0 {
                 break;
             }
-            let Some((value, rest)) = take_cstr(rest) else { break };
+            let Some((value, rest)) = take_cstr(rest) else {
+                break;
+            };
             let value = || Some(String::from_utf8_lossy(value).into_owned());
             match field {
                 b'V' => f.severity = value(),
@@ -67,11 +72,15 @@ impl ErrorFields {
     }
 
     pub fn code_or_internal(&self) -> &str {
-        self.code.as_deref().unwrap_or(super::sqlstate::INTERNAL_ERROR)
+        self.code
+            .as_deref()
+            .unwrap_or(super::sqlstate::INTERNAL_ERROR)
     }
 
     pub fn message_or_default(&self) -> &str {
-        self.message.as_deref().unwrap_or("server error without a message")
+        self.message
+            .as_deref()
+            .unwrap_or("server error without a message")
     }
 }
 

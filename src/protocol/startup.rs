@@ -7,10 +7,16 @@ use super::tags::codes;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
     Startup(StartupParams),
     /// A protocol major version other than 3.
-    Unsupported { major: u16, minor: u16 },
+    Unsupported {
+        major: u16,
+        minor: u16,
+    },
 }
 
 /// A StartupMessage: the requested minor version and its parameters in order.
@@ -22,7 +28,10 @@ pub struct StartupParams {
 
 impl StartupParams {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -43,7 +52,9 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
     let (code, body) = take_i32(rest).ok_or(StartupError::BadLength)?;
     let code = code as u32;
     match code {
-        codes::SSL_REQUEST | codes::GSSENC_REQUEST if !body.is_empty() => Err(StartupError::BadLength),
+        codes::SSL_REQUEST | codes::GSSENC_REQUEST if !body.is_empty() => {
+            Err(StartupError::BadLength)
+        }
         codes::SSL_REQUEST => Ok(StartupPacket::SslRequest),
         codes::GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
         codes::CANCEL_REQUEST => {
@@ -59,7 +70,10 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
             if major != 3 {
                 return Ok(StartupPacket::Unsupported { major, minor });
             }
-            Ok(StartupPacket::Startup(StartupParams { minor, params: parse_params(body)? }))
+            Ok(StartupPacket::Startup(StartupParams {
+                minor,
+                params: parse_params(body)?,
+            }))
         }
     }
 }
@@ -106,11 +120,14 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     let mut it = words.into_iter();
     while let Some(w) = it.next() {
         let setting = if w == "-c" {
-            it.next().ok_or_else(|| "-c requires a name=value argument".to_string())?
+            it.next()
+                .ok_or_else(|| "-c requires a name=value argument".to_string())?
         } else if let Some(s) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
             s.to_string()
         } else {
-            return Err(format!("invalid command-line argument for server process: {w}"));
+            return Err(format!(
+                "invalid command-line argument for server process: {w}"
+            ));
         };
         let (name, value) = setting
             .split_once('=')
@@ -134,7 +151,9 @@ mod tests {
     #[test]
     fn parses_startup_parameters_in_order() {
         let p = parse(&packet(codes::PROTOCOL_3_0, b"user\0app\0database\0db\0\0")).unwrap();
-        let StartupPacket::Startup(s) = p else { panic!("not a startup: {p:?}") };
+        let StartupPacket::Startup(s) = p else {
+            panic!("not a startup: {p:?}")
+        };
         assert_eq!(s.get("user"), Some("app"));
         assert_eq!(s.get("database"), Some("db"));
         assert_eq!(s.minor, 0);
@@ -142,26 +161,48 @@ mod tests {
 
     #[test]
     fn rejects_missing_terminator_and_dangling_key() {
-        assert_eq!(parse(&packet(codes::PROTOCOL_3_0, b"user\0app\0")), Err(StartupError::Layout));
-        assert_eq!(parse(&packet(codes::PROTOCOL_3_0, b"user\0\0")), Err(StartupError::Layout));
-        assert_eq!(parse(&packet(codes::PROTOCOL_3_0, b"user")), Err(StartupError::Layout));
+        assert_eq!(
+            parse(&packet(codes::PROTOCOL_3_0, b"user\0app\0")),
+            Err(StartupError::Layout)
+        );
+        assert_eq!(
+            parse(&packet(codes::PROTOCOL_3_0, b"user\0\0")),
+            Err(StartupError::Layout)
+        );
+        assert_eq!(
+            parse(&packet(codes::PROTOCOL_3_0, b"user")),
+            Err(StartupError::Layout)
+        );
     }
 
     #[test]
     fn recognises_ssl_gss_cancel_and_old_protocols() {
-        assert_eq!(parse(&packet(codes::SSL_REQUEST, b"")), Ok(StartupPacket::SslRequest));
-        assert_eq!(parse(&packet(codes::GSSENC_REQUEST, b"")), Ok(StartupPacket::GssEncRequest));
+        assert_eq!(
+            parse(&packet(codes::SSL_REQUEST, b"")),
+            Ok(StartupPacket::SslRequest)
+        );
+        assert_eq!(
+            parse(&packet(codes::GSSENC_REQUEST, b"")),
+            Ok(StartupPacket::GssEncRequest)
+        );
         assert_eq!(
             parse(&packet(codes::CANCEL_REQUEST, &[0, 0, 0, 5, 0, 0, 0, 6])),
             Ok(StartupPacket::Cancel { pid: 5, secret: 6 })
         );
-        assert_eq!(parse(&packet(codes::CANCEL_REQUEST, &[0, 0, 0, 5])), Err(StartupError::BadLength));
-        assert_eq!(parse(&packet(2 << 16, b"")), Ok(StartupPacket::Unsupported { major: 2, minor: 0 }));
+        assert_eq!(
+            parse(&packet(codes::CANCEL_REQUEST, &[0, 0, 0, 5])),
+            Err(StartupError::BadLength)
+        );
+        assert_eq!(
+            parse(&packet(2 << 16, b"")),
+            Ok(StartupPacket::Unsupported { major: 2, minor: 0 })
+        );
     }
 
     #[test]
     fn options_follow_postgres_syntax() {
-        let o = parse_options("-c statement_timeout=5s --search-path=a,b -csearch_path=x\\ y").unwrap();
+        let o =
+            parse_options("-c statement_timeout=5s --search-path=a,b -csearch_path=x\\ y").unwrap();
         assert_eq!(
             o,
             vec![

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -58,10 +58,9 @@ impl ServerConn {
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(&mut self.conn.stream).poll_read(&mut cx, &mut buf) {
-            Poll::Pending => false,
-            Poll::Ready(_) => true,
-        }
+        Pin::new(&mut self.conn.stream)
+            .poll_read(&mut cx, &mut buf)
+            .is_ready()
     }
 
     fn io_err(&self, e: crate::error::Error) -> ServerError {
@@ -72,11 +71,19 @@ impl ServerConn {
     /// completions. Notices are handed to `notices`; ParameterStatus updates
     /// the cache. The first ErrorResponse is returned after the server is
     /// ready again, so the connection stays usable.
-    async fn exchange(&mut self, out: &[u8], mut notices: Option<&mut Vec<Bytes>>) -> Result<(), ServerError> {
+    async fn exchange(
+        &mut self,
+        out: &[u8],
+        mut notices: Option<&mut Vec<Bytes>>,
+    ) -> Result<(), ServerError> {
         self.conn.write_all(out).await.map_err(|e| self.io_err(e))?;
         let mut first_error = None;
         loop {
-            let f = self.conn.read_frame(MAX_INTERNAL_REPLY).await.map_err(|e| self.io_err(e))?;
+            let f = self
+                .conn
+                .read_frame(MAX_INTERNAL_REPLY)
+                .await
+                .map_err(|e| self.io_err(e))?;
             match BackendTag::from_byte(f.tag) {
                 BackendTag::ReadyForQuery => {
                     if let Some(s) = inspect::ready_status(f.body()) {
@@ -84,7 +91,10 @@ impl ServerConn {
                     }
                     return match first_error {
                         None => Ok(()),
-                        Some(fields) => Err(ServerError::Refused { addr: self.addr.clone(), fields }),
+                        Some(fields) => Err(ServerError::Refused {
+                            addr: self.addr.clone(),
+                            fields,
+                        }),
                     };
                 }
                 BackendTag::ErrorResponse if first_error.is_none() => {
@@ -100,7 +110,9 @@ impl ServerConn {
                         n.push(f.bytes);
                     }
                 }
-                BackendTag::CopyInResponse | BackendTag::CopyOutResponse | BackendTag::CopyBothResponse => {
+                BackendTag::CopyInResponse
+                | BackendTag::CopyOutResponse
+                | BackendTag::CopyBothResponse => {
                     return Err(ServerError::Protocol {
                         addr: self.addr.clone(),
                         detail: "internal query started COPY".into(),
@@ -115,7 +127,8 @@ impl ServerConn {
     pub async fn simple_query(&mut self, sql: &str) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         build::query(&mut out, sql);
-        self.state.on_frontend(crate::protocol::tags::FrontendTag::Query);
+        self.state
+            .on_frontend(crate::protocol::tags::FrontendTag::Query);
         self.exchange(&out, None).await
     }
 
@@ -124,7 +137,8 @@ impl ServerConn {
     pub async fn sync(&mut self) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
         build::sync(&mut out);
-        self.state.on_frontend(crate::protocol::tags::FrontendTag::Sync);
+        self.state
+            .on_frontend(crate::protocol::tags::FrontendTag::Sync);
         match self.exchange(&out, None).await {
             // An error from the abandoned batch is the client's, not ours.
             Err(ServerError::Refused { .. }) | Ok(()) => Ok(()),
@@ -149,7 +163,8 @@ impl ServerConn {
             build::execute_unnamed(&mut out);
         }
         build::sync(&mut out);
-        self.state.on_frontend(crate::protocol::tags::FrontendTag::Sync);
+        self.state
+            .on_frontend(crate::protocol::tags::FrontendTag::Sync);
         self.exchange(&out, Some(notices)).await
     }
 }

@@ -57,10 +57,15 @@ pub async fn connect(t: &ServerTarget) -> Result<LoginResult, ServerError> {
     let fut = async {
         let tcp = TcpStream::connect((t.addr.host.as_str(), t.addr.port))
             .await
-            .map_err(|source| ServerError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| ServerError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let mut conn = Conn::new(PgStream::Plain(tcp));
-        login(&mut conn, t).await.map_err(|e| ServerError::from_io(&addr, e))?;
+        login(&mut conn, t)
+            .await
+            .map_err(|e| ServerError::from_io(&addr, e))?;
         finish_startup(conn, &addr).await
     };
     match tokio::time::timeout(t.connect_timeout, fut).await {
@@ -70,13 +75,22 @@ pub async fn connect(t: &ServerTarget) -> Result<LoginResult, ServerError> {
 }
 
 fn auth_err(t: &ServerTarget, detail: impl Into<String>) -> Error {
-    Error::Server(ServerError::Auth { addr: t.addr.to_string(), detail: detail.into() })
+    Error::Server(ServerError::Auth {
+        addr: t.addr.to_string(),
+        detail: detail.into(),
+    })
 }
 
 fn plain<'a>(t: &'a ServerTarget, method: &str) -> Result<&'a str, Error> {
     match &t.password {
         ServerPassword::Plain(p) => Ok(p),
-        _ => Err(auth_err(t, format!("server asks for {method} but no plaintext server password is configured for user \"{}\"", t.user))),
+        _ => Err(auth_err(
+            t,
+            format!(
+                "server asks for {method} but no plaintext server password is configured for user \"{}\"",
+                t.user
+            ),
+        )),
     }
 }
 
@@ -98,9 +112,18 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
             }
             BackendTag::NoticeResponse | BackendTag::NegotiateProtocolVersion => continue,
             BackendTag::Authentication => {}
-            _ => return Err(auth_err(t, format!("unexpected message '{}' during authentication", f.tag as char))),
+            _ => {
+                return Err(auth_err(
+                    t,
+                    format!(
+                        "unexpected message '{}' during authentication",
+                        f.tag as char
+                    ),
+                ));
+            }
         }
-        let (code, data) = take_i32(f.body()).ok_or_else(|| auth_err(t, "short authentication message"))?;
+        let (code, data) =
+            take_i32(f.body()).ok_or_else(|| auth_err(t, "short authentication message"))?;
         let mut out = BytesMut::new();
         match code {
             0 => return Ok(()),
@@ -110,30 +133,53 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
                 let hash = match &t.password {
                     ServerPassword::Plain(p) => md5::stored_hash(&t.user, p),
                     ServerPassword::Md5Hash(h) => h.clone(),
-                    ServerPassword::None => return Err(auth_err(t, "server asks for md5 but no server password is configured")),
+                    ServerPassword::None => {
+                        return Err(auth_err(
+                            t,
+                            "server asks for md5 but no server password is configured",
+                        ));
+                    }
                 };
                 build::password(&mut out, md5::response_from_hash(&hash, &salt).as_bytes());
             }
             10 => {
                 if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
-                    return Err(auth_err(t, "server offers no SASL mechanism sluice supports"));
+                    return Err(auth_err(
+                        t,
+                        "server offers no SASL mechanism sluice supports",
+                    ));
                 }
-                let client = ScramClientAuth::new(t.user.clone(), plain(t, "SCRAM-SHA-256")?.to_string());
-                let (first, waiting) = client.build_client_first().map_err(|e| auth_err(t, e.to_string()))?;
+                let client =
+                    ScramClientAuth::new(t.user.clone(), plain(t, "SCRAM-SHA-256")?.to_string());
+                let (first, waiting) = client
+                    .build_client_first()
+                    .map_err(|e| auth_err(t, e.to_string()))?;
                 build::sasl_initial_response(&mut out, "SCRAM-SHA-256", first.as_bytes());
                 scram = Some(waiting);
             }
             11 => {
-                let w = scram.take().ok_or_else(|| auth_err(t, "unexpected SASLContinue"))?;
-                let (fin, waiting) = w.build_client_final(data).map_err(|e| auth_err(t, e.to_string()))?;
+                let w = scram
+                    .take()
+                    .ok_or_else(|| auth_err(t, "unexpected SASLContinue"))?;
+                let (fin, waiting) = w
+                    .build_client_final(data)
+                    .map_err(|e| auth_err(t, e.to_string()))?;
                 build::sasl_response(&mut out, fin.as_bytes());
                 scram_final = Some(waiting);
             }
             12 => {
-                let w = scram_final.take().ok_or_else(|| auth_err(t, "unexpected SASLFinal"))?;
-                w.verify_server_final(data).map_err(|e| auth_err(t, format!("server signature invalid: {e}")))?;
+                let w = scram_final
+                    .take()
+                    .ok_or_else(|| auth_err(t, "unexpected SASLFinal"))?;
+                w.verify_server_final(data)
+                    .map_err(|e| auth_err(t, format!("server signature invalid: {e}")))?;
             }
-            other => return Err(auth_err(t, format!("unsupported authentication method {other}"))),
+            other => {
+                return Err(auth_err(
+                    t,
+                    format!("unsupported authentication method {other}"),
+                ));
+            }
         }
         if !out.is_empty() {
             conn.write_all(&out).await?;
@@ -154,23 +200,34 @@ async fn finish_startup(mut conn: Conn, addr: &str) -> Result<LoginResult, Serve
     let mut params = BTreeMap::new();
     let mut key = (0, 0);
     loop {
-        let f = conn.read_frame(MAX_AUTH_MESSAGE).await.map_err(|e| ServerError::from_io(addr, e))?;
+        let f = conn
+            .read_frame(MAX_AUTH_MESSAGE)
+            .await
+            .map_err(|e| ServerError::from_io(addr, e))?;
         match BackendTag::from_byte(f.tag) {
             BackendTag::ParameterStatus => {
                 if let Some((k, v)) = inspect::parameter_status(f.body()) {
                     params.insert(k, v);
                 }
             }
-            BackendTag::BackendKeyData => key = inspect::backend_key_data(f.body()).unwrap_or((0, 0)),
+            BackendTag::BackendKeyData => {
+                key = inspect::backend_key_data(f.body()).unwrap_or((0, 0))
+            }
             BackendTag::ReadyForQuery => return Ok(LoginResult { conn, params, key }),
             BackendTag::ErrorResponse => {
-                return Err(ServerError::Refused { addr: addr.to_string(), fields: ErrorFields::parse(f.body()) });
+                return Err(ServerError::Refused {
+                    addr: addr.to_string(),
+                    fields: ErrorFields::parse(f.body()),
+                });
             }
             BackendTag::NoticeResponse => {}
             _ => {
                 return Err(ServerError::Protocol {
                     addr: addr.to_string(),
-                    detail: format!("unexpected message '{}' after authentication", f.tag as char),
+                    detail: format!(
+                        "unexpected message '{}' after authentication",
+                        f.tag as char
+                    ),
                 });
             }
         }

@@ -45,9 +45,9 @@ impl ServerState {
                     self.txn = s;
                 }
             }
-            BackendTag::CopyInResponse | BackendTag::CopyOutResponse | BackendTag::CopyBothResponse => {
-                self.copy = true
-            }
+            BackendTag::CopyInResponse
+            | BackendTag::CopyOutResponse
+            | BackendTag::CopyBothResponse => self.copy = true,
             _ => {}
         }
     }

@@ -65,7 +65,9 @@ impl CancelRegistry {
         };
         match tokio::time::timeout(connect_timeout, send).await {
             Ok(Ok(())) => tracing::debug!(server = %t.addr, pid = t.pid, "cancel forwarded"),
-            Ok(Err(e)) => tracing::warn!(server = %t.addr, error = %e, "cancel could not be forwarded"),
+            Ok(Err(e)) => {
+                tracing::warn!(server = %t.addr, error = %e, "cancel could not be forwarded")
+            }
             Err(_) => tracing::warn!(server = %t.addr, "cancel timed out"),
         }
     }
@@ -78,7 +80,14 @@ mod tests {
     #[test]
     fn keys_are_exact_and_removed_on_logout() {
         let r = CancelRegistry::default();
-        let t = CancelTarget { addr: HostPort { host: "h".into(), port: 1 }, pid: 7, secret: 8 };
+        let t = CancelTarget {
+            addr: HostPort {
+                host: "h".into(),
+                port: 1,
+            },
+            pid: 7,
+            secret: 8,
+        };
         let s = r.register(7, t.clone());
         assert_eq!(r.lookup(7, s), Some(t));
         assert_eq!(r.lookup(7, s.wrapping_add(1)), None);

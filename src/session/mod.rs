@@ -64,23 +64,39 @@ async fn serve(conn: &mut Conn, shared: &Shared) -> Result<(), Error> {
         Opening::Cancelled => return Ok(()),
     };
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
-        Error::refuse(sqlstate::TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)")
+        Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            "no more connections allowed (max_client_conn)",
+        )
     })?;
     let config = shared.config();
     let login = authenticate(conn, &config, &params).await?;
-    let key = PoolKey { database: login.database.clone(), user: login.user.clone() };
+    let key = PoolKey {
+        database: login.database.clone(),
+        user: login.user.clone(),
+    };
     let db = &config.databases[&login.database];
-    let pool = shared.pools.get_or_create(&config, &key, db, config.users.get(&login.user));
+    let pool = shared
+        .pools
+        .get_or_create(&config, &key, db, config.users.get(&login.user));
     let mut checkout = Checkout::get(&pool, &login.database).await?;
 
     let mut greeting = BytesMut::new();
-    if let Err(e) = checkout.server().apply_settings(&login.settings, &mut Vec::new()).await {
+    if let Err(e) = checkout
+        .server()
+        .apply_settings(&login.settings, &mut Vec::new())
+        .await
+    {
         cleanup::check_in(checkout, &config.general.server_reset_query).await;
         return Err(Error::Server(e));
     }
     greet(&mut greeting, &params, checkout.server());
     let server = checkout.server();
-    let target = CancelTarget { addr: db.primary.clone(), pid: server.key.0, secret: server.key.1 };
+    let target = CancelTarget {
+        addr: db.primary.clone(),
+        pid: server.key.0,
+        secret: server.key.1,
+    };
     let secret = shared.cancels.register(server.pid(), target);
     build::backend_key_data(&mut greeting, server.pid(), secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
@@ -95,13 +111,26 @@ async fn serve(conn: &mut Conn, shared: &Shared) -> Result<(), Error> {
 
 /// Checks the startup parameters and the client's credentials, then sends
 /// AuthenticationOk.
-async fn authenticate(conn: &mut Conn, config: &Config, params: &StartupParams) -> Result<Login, Error> {
+async fn authenticate(
+    conn: &mut Conn,
+    config: &Config,
+    params: &StartupParams,
+) -> Result<Login, Error> {
     let user = params
         .get("user")
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::refuse(sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet"))?
+        .ok_or_else(|| {
+            Error::refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
         .to_string();
-    let database = params.get("database").filter(|d| !d.is_empty()).unwrap_or(&user).to_string();
+    let database = params
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
     let settings = startup::session_settings(params)?;
     let mut out = BytesMut::new();
     let unsupported = startup::unsupported_options(params);
@@ -110,13 +139,26 @@ async fn authenticate(conn: &mut Conn, config: &Config, params: &StartupParams) 
         conn.write_all(&out).await?;
         out.clear();
     }
-    auth::client::authenticate(conn, &user, config.users.get(&user), config.general.auth_type).await?;
+    auth::client::authenticate(
+        conn,
+        &user,
+        config.users.get(&user),
+        config.general.auth_type,
+    )
+    .await?;
     if !config.databases.contains_key(&database) {
-        return Err(Error::refuse(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist")));
+        return Err(Error::refuse(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        ));
     }
     build::authentication(&mut out, 0, &[]);
     conn.write_all(&out).await?;
-    Ok(Login { user, database, settings })
+    Ok(Login {
+        user,
+        database,
+        settings,
+    })
 }
 
 /// ParameterStatus for every parameter, with the server's values.
@@ -126,7 +168,12 @@ fn greet(out: &mut BytesMut, _params: &StartupParams, server: &crate::server::Se
     }
 }
 
-async fn finish(conn: &mut Conn, checkout: Checkout, end: RelayEnd, config: &Config) -> Result<(), Error> {
+async fn finish(
+    conn: &mut Conn,
+    checkout: Checkout,
+    end: RelayEnd,
+    config: &Config,
+) -> Result<(), Error> {
     match end {
         RelayEnd::Terminated | RelayEnd::ClientGone => {
             cleanup::check_in(checkout, &config.general.server_reset_query).await;

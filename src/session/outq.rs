@@ -28,7 +28,11 @@ impl OutQueue {
     }
 
     /// Writes as much as the peer accepts. Ready(Ok) once empty.
-    pub fn poll_flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    pub fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while !self.chunks.is_empty() {
             let n = if self.chunks.len() > 1 {
                 let mut slices = [io::IoSlice::new(&[]); 16];
@@ -51,7 +55,9 @@ impl OutQueue {
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.chunks.front_mut() else { return };
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
             if front.len() <= n {
                 n -= front.len();
                 self.chunks.pop_front();

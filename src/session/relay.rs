@@ -67,7 +67,11 @@ pub struct Relay<'a> {
     server_said_fatal: bool,
 }
 
-fn poll_read<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+fn poll_read<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
     }
@@ -114,12 +118,18 @@ impl<'a> Relay<'a> {
             Some(source) => ServerError::Io { addr, source },
             None => ServerError::Closed { addr },
         };
-        RelayEnd::ServerGone { error, told: self.server_said_fatal }
+        RelayEnd::ServerGone {
+            error,
+            told: self.server_said_fatal,
+        }
     }
 
     /// Flushes what the client is still owed (bounded in time), then ends.
     async fn finish(mut self, end: RelayEnd) -> RelayEnd {
-        if matches!(end, RelayEnd::ServerGone { .. } | RelayEnd::Terminated | RelayEnd::ClientProtocol(_)) {
+        if matches!(
+            end,
+            RelayEnd::ServerGone { .. } | RelayEnd::Terminated | RelayEnd::ClientProtocol(_)
+        ) {
             let client = &mut self.client.stream;
             let q = &mut self.to_client;
             let flush = poll_fn(|cx| q.poll_flush(client, cx));
@@ -137,7 +147,9 @@ impl<'a> Relay<'a> {
         }
         if self.to_server.len() < HIGH_WATER {
             match poll_read(&mut self.client.stream, &mut self.client.rbuf, cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientClosed),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Event::ClientClosed);
+                }
                 Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientData),
                 Poll::Pending => {}
             }
@@ -185,7 +197,11 @@ impl<'a> Relay<'a> {
             let chunk = self.client.rbuf.split_to(off).freeze();
             self.to_server.push(chunk);
         }
-        if terminated { Err(RelayEnd::Terminated) } else { Ok(()) }
+        if terminated {
+            Err(RelayEnd::Terminated)
+        } else {
+            Ok(())
+        }
     }
 
     /// Scans newly read server bytes, reading the bodies sluice tracks, and
@@ -207,7 +223,10 @@ impl<'a> Relay<'a> {
                 Ok(None) => break,
                 Err(e) => {
                     let addr = self.server.addr.clone();
-                    let error = ServerError::Protocol { addr, detail: e.to_string() };
+                    let error = ServerError::Protocol {
+                        addr,
+                        detail: e.to_string(),
+                    };
                     return Err(RelayEnd::ServerGone { error, told: false });
                 }
             };
@@ -223,7 +242,10 @@ impl<'a> Relay<'a> {
             }
             let body = &buf[off + 5..(off + h.total).min(buf.len())];
             match tag {
-                BackendTag::ReadyForQuery => self.server.state.on_backend(tag, inspect::ready_status(body)),
+                BackendTag::ReadyForQuery => self
+                    .server
+                    .state
+                    .on_backend(tag, inspect::ready_status(body)),
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(body) {
                         self.server.params.insert(k, v);
@@ -231,7 +253,8 @@ impl<'a> Relay<'a> {
                 }
                 BackendTag::ErrorResponse => {
                     let sev = ErrorFields::parse(body).severity;
-                    self.server_said_fatal |= matches!(sev.as_deref(), Some("FATAL") | Some("PANIC"));
+                    self.server_said_fatal |=
+                        matches!(sev.as_deref(), Some("FATAL") | Some("PANIC"));
                 }
                 _ => self.server.state.on_backend(tag, None),
             }
@@ -246,7 +269,10 @@ impl<'a> Relay<'a> {
 }
 
 /// Writes `bytes` to a stream with a time bound; used for last words.
-pub async fn write_with_timeout<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> Result<(), Error> {
+pub async fn write_with_timeout<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> Result<(), Error> {
     use tokio::io::AsyncWriteExt;
     match tokio::time::timeout(std::time::Duration::from_secs(5), w.write_all(bytes)).await {
         Ok(r) => Ok(r?),

@@ -25,7 +25,10 @@ pub async fn read_opening(conn: &mut Conn, shared: &Shared) -> Result<Opening, E
                 conn.write_all(b"N").await?;
             }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(Error::refuse(sqlstate::PROTOCOL_VIOLATION, "too many encryption requests"));
+                return Err(Error::refuse(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "too many encryption requests",
+                ));
             }
             StartupPacket::Cancel { pid, secret } => {
                 let timeout = shared.config().general.server_connect_timeout;
@@ -36,7 +39,9 @@ pub async fn read_opening(conn: &mut Conn, shared: &Shared) -> Result<Opening, E
             StartupPacket::Unsupported { major, minor } => {
                 return Err(Error::refuse(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"),
+                    format!(
+                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                    ),
                 ));
             }
         }
@@ -58,7 +63,8 @@ pub fn session_settings(p: &StartupParams) -> Result<Vec<(String, String)>, Erro
                 ));
             }
             "options" => out.extend(
-                startup::parse_options(v).map_err(|m| Error::refuse(sqlstate::PROTOCOL_VIOLATION, m))?,
+                startup::parse_options(v)
+                    .map_err(|m| Error::refuse(sqlstate::PROTOCOL_VIOLATION, m))?,
             ),
             k if k.starts_with("_pq_.") => {}
             _ => out.push((k.clone(), v.clone())),
@@ -69,7 +75,11 @@ pub fn session_settings(p: &StartupParams) -> Result<Vec<(String, String)>, Erro
 
 /// Protocol options (`_pq_.*`) the client asked for, which sluice does not support.
 pub fn unsupported_options(p: &StartupParams) -> Vec<&str> {
-    p.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect()
+    p.params
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("_pq_."))
+        .collect()
 }
 
 #[cfg(test)]
@@ -77,7 +87,13 @@ mod tests {
     use super::*;
 
     fn params(kv: &[(&str, &str)]) -> StartupParams {
-        StartupParams { minor: 0, params: kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() }
+        StartupParams {
+            minor: 0,
+            params: kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
     }
 
     #[test]
@@ -92,7 +108,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             s,
-            vec![("application_name".into(), "app".into()), ("statement_timeout".into(), "5s".into())]
+            vec![
+                ("application_name".into(), "app".into()),
+                ("statement_timeout".into(), "5s".into())
+            ]
         );
     }
 

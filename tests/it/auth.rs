@@ -1,1 +1,167 @@
+//! Client authentication (SCRAM, md5, trust) and sluice's own login to
+//! PostgreSQL (SCRAM, md5, cleartext, trust).
 
+use crate::harness::{
+    Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, Sluice, TRUST_USER, config_for,
+};
+
+async fn current_user(s: &Sluice, user: &str, password: &str) -> String {
+    let c = s
+        .connect(user, password, DB)
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"));
+    c.query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_server_auth_method_works_behind_client_scram() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    for (user, pw) in [SCRAM_USER, MD5_USER, PLAIN_USER, (TRUST_USER, "any")] {
+        assert_eq!(current_user(&s, user, pw).await, user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_client_auth_from_plaintext_and_from_stored_hash() {
+    let cluster = Cluster::shared();
+    let s = Sluice::with(cluster, "auth_type = \"md5\"").await;
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, SCRAM_USER.1).await,
+        SCRAM_USER.0
+    );
+    // A user configured with only its md5 hash, logging in to an md5 server.
+    let hash = cluster.primary.psql(
+        "postgres",
+        &format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+            MD5_USER.0
+        ),
+    );
+    assert!(hash.starts_with("md5"), "{hash}");
+    let toml = config_for(cluster, "auth_type = \"md5\"", "").replace(
+        &format!("password = \"{}\"", MD5_USER.1),
+        &format!("password = \"{hash}\""),
+    );
+    let s = Sluice::start(&toml).await;
+    assert_eq!(current_user(&s, MD5_USER.0, MD5_USER.1).await, MD5_USER.0);
+    let e = s
+        .connect(MD5_USER.0, "wrong", DB)
+        .await
+        .err()
+        .expect("wrong md5 password");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_verifier_from_pg_authid_authenticates_clients() {
+    let cluster = Cluster::shared();
+    let verifier = cluster.primary.psql(
+        "postgres",
+        &format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+            SCRAM_USER.0
+        ),
+    );
+    assert!(verifier.starts_with("SCRAM-SHA-256$"));
+    let toml = config_for(cluster, "", "").replace(
+        &format!("password = \"{}\"", SCRAM_USER.1),
+        &format!(
+            "password = \"{verifier}\"\nserver_password = \"{}\"",
+            SCRAM_USER.1
+        ),
+    );
+    let s = Sluice::start(&toml).await;
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, SCRAM_USER.1).await,
+        SCRAM_USER.0
+    );
+    let e = s
+        .connect(SCRAM_USER.0, "nope", DB)
+        .await
+        .err()
+        .expect("wrong password");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_unknown_user_look_the_same() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    let wrong = s
+        .connect(SCRAM_USER.0, "bad", DB)
+        .await
+        .err()
+        .expect("wrong password must fail");
+    let wrong = wrong.as_db_error().expect("ErrorResponse");
+    assert_eq!(wrong.code().code(), "28P01");
+    assert_eq!(wrong.severity(), "FATAL");
+    assert_eq!(
+        wrong.message(),
+        format!(
+            "password authentication failed for user \"{}\"",
+            SCRAM_USER.0
+        )
+    );
+    let unknown = s
+        .connect("nobody", "bad", DB)
+        .await
+        .err()
+        .expect("unknown user must fail");
+    let unknown = unknown.as_db_error().expect("ErrorResponse");
+    assert_eq!(unknown.code().code(), "28P01");
+    assert_eq!(
+        unknown.message(),
+        "password authentication failed for user \"nobody\""
+    );
+
+    let s = Sluice::with(Cluster::shared(), "auth_type = \"md5\"").await;
+    let e = s
+        .connect(SCRAM_USER.0, "bad", DB)
+        .await
+        .err()
+        .expect("wrong md5 password must fail");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+    let e = s
+        .connect("nobody", "bad", DB)
+        .await
+        .err()
+        .expect("unknown md5 user must fail");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_lets_configured_users_in_without_a_password() {
+    let s = Sluice::with(Cluster::shared(), "auth_type = \"trust\"").await;
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, "whatever").await,
+        SCRAM_USER.0
+    );
+    let e = s
+        .connect("nobody", "x", DB)
+        .await
+        .err()
+        .expect("unknown user");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_database_is_3d000() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, "nope")
+        .await
+        .err()
+        .expect("unknown db");
+    let e = e.as_db_error().expect("ErrorResponse");
+    assert_eq!(e.code().code(), "3D000");
+    assert_eq!(e.message(), "database \"nope\" does not exist");
+    // Configured in sluice but missing on the server: PostgreSQL's own error.
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, "missing_on_server")
+        .await
+        .err()
+        .expect("missing on server");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("3D000"));
+}

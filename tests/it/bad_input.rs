@@ -1,1 +1,274 @@
+//! Bad input gets a PostgreSQL error with the right SQLSTATE, or a clean
+//! close; never a crash, a hang or a dirty server handed on.
 
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::wire::{message, query, startup_packet};
+use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire, config_for};
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_clients_is_53300() {
+    let s = Sluice::with(Cluster::shared(), "max_client_conn = 2").await;
+    let _a = s.app().await;
+    let _b = s.app().await;
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+        .await
+        .err()
+        .expect("third client refused");
+    assert_eq!(code(&e), Some("53300"));
+    drop(_a);
+    crate::harness::wait_until(10, "a slot to free up", || async {
+        s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_past_query_wait_timeout_is_an_error() {
+    let toml = config_for(Cluster::shared(), "query_wait_timeout = \"300ms\"", "")
+        .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+    let holder = s.app().await;
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+        .await
+        .err()
+        .expect("no server free");
+    let db = e.as_db_error().expect("ErrorResponse");
+    assert_eq!(db.code().code(), "08P01");
+    assert!(
+        db.message().contains("query_wait_timeout"),
+        "{}",
+        db.message()
+    );
+    drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_names_the_database() {
+    let dead_port = crate::harness::cluster::free_port();
+    let toml = format!(
+        "[general]\nserver_connect_timeout = \"2s\"\n[databases.gone]\nprimary = \"127.0.0.1:{dead_port}\"\n\
+         [users.{u}]\npassword = \"{p}\"\n",
+        u = SCRAM_USER.0,
+        p = SCRAM_USER.1
+    );
+    let s = Sluice::start(&toml).await;
+    let started = std::time::Instant::now();
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, "gone")
+        .await
+        .err()
+        .expect("server is down");
+    let db = e.as_db_error().expect("ErrorResponse");
+    assert_eq!(db.code().code(), "08001");
+    assert!(db.message().contains("\"gone\""), "{}", db.message());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+async fn logged_in(s: &Sluice) -> Wire {
+    let (w, msgs) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
+    assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
+    w
+}
+
+async fn expect_fatal(w: &mut Wire, sqlstate: &str) {
+    let m = w.recv().await.expect("an ErrorResponse before close");
+    assert_eq!(m.tag, b'E', "{m:?}");
+    assert_eq!(m.field(b'C').as_deref(), Some(sqlstate), "{m:?}");
+    assert!(
+        w.recv().await.is_none(),
+        "connection closed after the error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_are_08p01() {
+    let s = Sluice::with(Cluster::shared(), "max_packet_size = \"64kB\"").await;
+    // Length below 4.
+    let mut w = logged_in(&s).await;
+    w.send(b"Q\0\0\0\x02").await;
+    expect_fatal(&mut w, "08P01").await;
+    // Longer than max_packet_size: refused from the header, body never sent.
+    let mut w = logged_in(&s).await;
+    w.send(b"Q\0\x10\0\0").await;
+    expect_fatal(&mut w, "08P01").await;
+    // Negative length.
+    let mut w = logged_in(&s).await;
+    w.send(b"Q\xff\xff\xff\xf0").await;
+    expect_fatal(&mut w, "08P01").await;
+    // Startup packet too long, too short, and with a broken layout.
+    for pkt in [vec![0, 1, 0, 0, 0, 3, 0, 0], vec![0, 0, 0, 4], {
+        let mut p = startup_packet(&[("user", "x")]);
+        p.pop();
+        let n = p.len() as u32;
+        p[..4].copy_from_slice(&n.to_be_bytes());
+        p
+    }] {
+        let mut w = Wire::connect(s.port).await;
+        w.send(&pkt).await;
+        expect_fatal(&mut w, "08P01").await;
+    }
+    // Garbage instead of a password message.
+    let mut w = Wire::connect(s.port).await;
+    w.send(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await;
+    assert_eq!(w.recv().await.map(|m| m.tag), Some(b'R'));
+    w.send(&message(b'Q', b"SELECT 1\0")).await;
+    expect_fatal(&mut w, "08P01").await;
+    // A truncated message followed by a vanished client leaves sluice serving.
+    let mut w = logged_in(&s).await;
+    w.send(b"Q\0\0\0\x20SELECT").await;
+    w.stream.shutdown().await.unwrap();
+    drop(w);
+    let c = s.app().await;
+    assert_eq!(
+        c.query_one("SELECT 3", &[]).await.unwrap().get::<_, i32>(0),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_protocol_and_missing_user() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    let mut w = Wire::connect(s.port).await;
+    let mut p = startup_packet(&[("user", "x")]);
+    p[4..8].copy_from_slice(&(2u32 << 16).to_be_bytes());
+    w.send(&p).await;
+    expect_fatal(&mut w, "0A000").await;
+    let mut w = Wire::connect(s.port).await;
+    w.send(&startup_packet(&[("database", DB)])).await;
+    expect_fatal(&mut w, "28000").await;
+    // SSLRequest is answered 'N' and the login continues in plaintext.
+    let mut w = Wire::connect(s.port).await;
+    w.send(&[0, 0, 0, 8, 4, 210, 22, 47]).await;
+    let mut n = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut w.stream, &mut n)
+        .await
+        .unwrap();
+    assert_eq!(&n, b"N");
+    w.send(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await;
+    let msgs = w.authenticate(SCRAM_USER.0, SCRAM_USER.1).await;
+    assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
+    w.send(&query("SELECT 1")).await;
+    assert!(w.recv_until(b'Z').await.iter().any(|m| m.tag == b'D'));
+}
+
+/// With a pool of one, the next client gets the same server: prove it is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_transaction_leaves_a_clean_server() {
+    let cluster = Cluster::shared();
+    cluster
+        .primary
+        .psql(DB, "CREATE TABLE IF NOT EXISTS vanish (id int)");
+    let toml = config_for(cluster, "", "").replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+
+    let mut w = logged_in(&s).await;
+    w.send(&query("SET statement_timeout = 4321; CREATE TEMP TABLE tmp_left (x int); BEGIN; INSERT INTO vanish VALUES (1); SELECT pg_backend_pid()")).await;
+    let reply = w.recv_until(b'Z').await;
+    assert_eq!(
+        reply.last().map(|m| m.body.clone()),
+        Some(b"T".to_vec()),
+        "inside a transaction"
+    );
+    let row = reply.iter().find(|m| m.tag == b'D').expect("pid row");
+    let first_pid = String::from_utf8_lossy(&row.body[6..]).to_string();
+    drop(w); // no Terminate: the socket just closes
+
+    let c = s.app().await;
+    let row = c
+        .query_one(
+            "SELECT pg_backend_pid()::text, current_setting('statement_timeout'), \
+             (SELECT count(*) FROM vanish), to_regclass('pg_temp.tmp_left') IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        first_pid,
+        "the pooled server was reused"
+    );
+    assert_eq!(row.get::<_, String>(1), "0", "SET was reset");
+    assert_eq!(
+        row.get::<_, i64>(2),
+        0,
+        "the open transaction was rolled back"
+    );
+    assert!(row.get::<_, bool>(3), "temp table was discarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_query_discards_the_server() {
+    let toml = config_for(Cluster::shared(), "", "")
+        .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+    let mut w = logged_in(&s).await;
+    w.send(&query("SELECT pg_backend_pid()")).await;
+    let reply = w.recv_until(b'Z').await;
+    let row = reply.iter().find(|m| m.tag == b'D').expect("pid row");
+    let first_pid = String::from_utf8_lossy(&row.body[6..]).to_string();
+    w.send(&query("SELECT pg_sleep(5)")).await;
+    drop(w);
+    let c = s.app().await;
+    let pid: String = c
+        .query_one("SELECT pg_backend_pid()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        pid, first_pid,
+        "a server busy with an abandoned query must not be reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_query_reaches_the_client_and_is_not_reused() {
+    let cluster = Cluster::shared();
+    let s = Sluice::with(cluster, "").await;
+    let c = s.app().await;
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let q = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(30)").await });
+    let admin = s.app().await;
+    crate::harness::wait_until(10, "the query to run", || {
+        let a = &admin;
+        async move {
+            a.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                &[&pid],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+        }
+    })
+    .await;
+    admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(
+        e.as_db_error().map(|d| d.code().code()),
+        Some("57P01"),
+        "{e}"
+    );
+    let c = s.app().await;
+    let new_pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(new_pid, pid);
+}

@@ -1,1 +1,116 @@
+//! The real binary: --version, check-config, and serving until SIGTERM.
 
+use std::process::{Command, Stdio};
+
+use crate::harness::{Cluster, DB, SCRAM_USER, config_for, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("sluice "));
+}
+
+#[test]
+fn check_config_accepts_the_example_and_lists_every_problem() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/pooler.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = temp_file(
+        "bad.toml",
+        "[general]\nquery_wait_timeout = \"soon\"\nmax_packet_size = \"huge\"\n[databases.app]\nprimary = \"nowhere\"\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "general.query_wait_timeout",
+        "general.max_packet_size",
+        "databases.app.primary",
+    ] {
+        assert!(err.contains(key), "{key} not reported:\n{err}");
+    }
+    let unknown = temp_file("unknown.toml", "[general]\nlisten_adress = \"x\"\n");
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(&unknown)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
+    let port = crate::harness::cluster::free_port();
+    let toml =
+        config_for(Cluster::shared(), "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = temp_file("serve.toml", &toml);
+    let child = Command::new(BIN)
+        .args(["--config"])
+        .arg(&path)
+        .args(["--log-format", "json", "--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!(
+        "host=127.0.0.1 port={port} user={} password={} dbname={DB}",
+        SCRAM_USER.0, SCRAM_USER.1
+    );
+    wait_until(20, "the binary to accept clients", || async {
+        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
+        5
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("\"level\":\"INFO\""),
+        "json logs expected:\n{log}"
+    );
+    assert!(
+        !log.contains(SCRAM_USER.1),
+        "the password must never be logged"
+    );
+}

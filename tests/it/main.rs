@@ -1,6 +1,8 @@
 //! Integration tests: real PostgreSQL (primary + streaming replica started
 //! from the system binaries), sluice in-process, real clients.
 
+#![allow(clippy::unwrap_used, clippy::err_expect)]
+
 mod harness;
 
 mod auth;

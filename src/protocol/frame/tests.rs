@@ -29,14 +29,26 @@ fn header_needs_five_bytes() {
 
 #[test]
 fn rejects_lengths_below_four_and_negative() {
-    assert_eq!(peek_header(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength(3)));
-    assert_eq!(peek_header(b"Q\xff\xff\xff\xff", usize::MAX), Err(FrameError::BadLength(u32::MAX)));
+    assert_eq!(
+        peek_header(b"Q\0\0\0\x03", 100),
+        Err(FrameError::BadLength(3))
+    );
+    assert_eq!(
+        peek_header(b"Q\xff\xff\xff\xff", usize::MAX),
+        Err(FrameError::BadLength(u32::MAX))
+    );
 }
 
 #[test]
 fn rejects_oversized_before_reserving() {
     let mut buf = BytesMut::from(&b"d\x40\0\0\0"[..]);
-    assert_eq!(split(&mut buf, 1 << 20), Err(FrameError::TooLarge { len: 0x4000_0000, max: 1 << 20 }));
+    assert_eq!(
+        split(&mut buf, 1 << 20),
+        Err(FrameError::TooLarge {
+            len: 0x4000_0000,
+            max: 1 << 20
+        })
+    );
     assert!(buf.capacity() < 1 << 20);
 }
 
@@ -44,6 +56,12 @@ fn rejects_oversized_before_reserving() {
 fn startup_lengths_follow_postgres_limits() {
     assert_eq!(peek_startup_len(b"\0\0"), Ok(None));
     assert_eq!(peek_startup_len(b"\0\0\0\x08"), Ok(Some(8)));
-    assert_eq!(peek_startup_len(b"\0\0\0\x07"), Err(FrameError::BadLength(7)));
-    assert!(matches!(peek_startup_len(b"\0\x01\0\0"), Err(FrameError::TooLarge { .. })));
+    assert_eq!(
+        peek_startup_len(b"\0\0\0\x07"),
+        Err(FrameError::BadLength(7))
+    );
+    assert!(matches!(
+        peek_startup_len(b"\0\x01\0\0"),
+        Err(FrameError::TooLarge { .. })
+    ));
 }

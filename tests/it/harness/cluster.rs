@@ -19,7 +19,11 @@ pub fn pg_bin(name: &str) -> PathBuf {
         return Path::new(&dir).join(name);
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     match dirs.into_iter().rev().find(|d| d.join(name).exists()) {
@@ -29,7 +33,9 @@ pub fn pg_bin(name: &str) -> PathBuf {
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// A command for a PostgreSQL server program, as `postgres` when we are root.
@@ -44,7 +50,10 @@ fn pg_command(name: &str) -> Command {
 }
 
 fn run(c: &mut Command, what: &str) {
-    let out = c.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
     assert!(
         out.status.success(),
         "{what} failed: {}\n{}",
@@ -54,12 +63,20 @@ fn run(c: &mut Command, what: &str) {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn give_to_postgres(path: &Path) {
     if is_root() {
-        run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path), "chown");
+        run(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+            "chown",
+        );
     }
 }
 
@@ -98,7 +115,10 @@ fn template() -> &'static PathBuf {
 
 fn append(path: &Path, text: &str) {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("open config");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open config");
     f.write_all(text.as_bytes()).expect("append config");
 }
 
@@ -106,7 +126,11 @@ fn append(path: &Path, text: &str) {
 /// whether it exits cleanly, panics or is killed.
 fn spawn_reaper(root: &Path) {
     let pg_ctl = pg_bin("pg_ctl");
-    let stop = if is_root() { format!("runuser -u postgres -- {}", pg_ctl.display()) } else { pg_ctl.display().to_string() };
+    let stop = if is_root() {
+        format!("runuser -u postgres -- {}", pg_ctl.display())
+    } else {
+        pg_ctl.display().to_string()
+    };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
          for d in {root}/*/; do [ -f \"$d/postmaster.pid\" ] && {stop} -D \"$d\" -m immediate stop; done; rm -rf {root}",
@@ -129,23 +153,24 @@ pub struct PgInstance {
 
 impl PgInstance {
     fn start(data: &Path, port: u16) -> Self {
-        append(&data.join("postgresql.conf"), &format!("port = {port}\nunix_socket_directories = '{}'\n", data.display()));
+        append(
+            &data.join("postgresql.conf"),
+            &format!(
+                "port = {port}\nunix_socket_directories = '{}'\n",
+                data.display()
+            ),
+        );
         let mut c = pg_command("pg_ctl");
-        c.arg("-D").arg(data).arg("-l").arg(data.join("server.log")).args(["-w", "-t", "60", "start"]);
+        c.arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(data.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
         run(&mut c, "pg_ctl start");
-        Self { port, data: data.to_path_buf() }
-    }
-
-    pub fn stop(&self) {
-        let mut c = pg_command("pg_ctl");
-        c.arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]);
-        run(&mut c, "pg_ctl stop");
-    }
-
-    pub fn restart_in_place(&self) {
-        let mut c = pg_command("pg_ctl");
-        c.arg("-D").arg(&self.data).arg("-l").arg(self.data.join("server.log")).args(["-w", "-t", "60", "start"]);
-        run(&mut c, "pg_ctl start");
+        Self {
+            port,
+            data: data.to_path_buf(),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -155,12 +180,27 @@ impl PgInstance {
     /// Runs SQL as the superuser with psql; returns stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(pg_bin("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &self.port.to_string(), "-d", db, "-c", sql])
             .stdin(Stdio::null())
             .output()
             .expect("run psql");
-        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
@@ -176,10 +216,16 @@ impl Cluster {
     /// A new primary (with the test roles and database) and its streaming replica.
     pub fn start() -> Self {
         let tpl = template();
-        let root = tpl.parent().expect("template parent").join(format!("c{}", free_port()));
+        let root = tpl
+            .parent()
+            .expect("template parent")
+            .join(format!("c{}", free_port()));
         std::fs::create_dir_all(&root).expect("cluster dir");
         let pdata = root.join("primary");
-        run(Command::new("cp").arg("-a").arg(tpl).arg(&pdata), "copy template");
+        run(
+            Command::new("cp").arg("-a").arg(tpl).arg(&pdata),
+            "copy template",
+        );
         give_to_postgres(&root);
         let primary = PgInstance::start(&pdata, free_port());
         primary.psql(
@@ -198,14 +244,35 @@ impl Cluster {
                 t = TRUST_USER
             ),
         );
-        primary.psql("postgres", &format!("CREATE DATABASE {DB} OWNER {}", SCRAM_USER.0));
+        primary.psql(
+            "postgres",
+            &format!("CREATE DATABASE {DB} OWNER {}", SCRAM_USER.0),
+        );
         let rdata = root.join("replica");
         let mut c = pg_command("pg_basebackup");
-        c.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &primary.port.to_string(), "-R", "-X", "stream", "-c", "fast", "-D"])
-            .arg(&rdata);
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &primary.port.to_string(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-D",
+        ])
+        .arg(&rdata);
         run(&mut c, "pg_basebackup");
         let replica = PgInstance::start(&rdata, free_port());
-        Self { primary, replica, root, owned: true }
+        Self {
+            primary,
+            replica,
+            root,
+            owned: true,
+        }
     }
 
     /// One cluster shared by every test in this process that does not stop
@@ -230,7 +297,9 @@ impl Drop for Cluster {
         }
         for inst in [&self.replica, &self.primary] {
             let mut c = pg_command("pg_ctl");
-            c.arg("-D").arg(&inst.data).args(["-m", "immediate", "stop"]);
+            c.arg("-D")
+                .arg(&inst.data)
+                .args(["-m", "immediate", "stop"]);
             let _ = c.stdin(Stdio::null()).output();
         }
         let _ = std::fs::remove_dir_all(&self.root);

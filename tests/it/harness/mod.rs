@@ -4,4 +4,4 @@ pub mod wire;
 
 pub use cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TRUST_USER};
 pub use sluice::{Sluice, config_for, wait_until};
-pub use wire::{Msg, Wire};
+pub use wire::Wire;

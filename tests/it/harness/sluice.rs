@@ -45,7 +45,15 @@ impl Sluice {
             })
             .await;
         });
-        Self { port, stop: Some(tx) }
+        Self {
+            port,
+            stop: Some(tx),
+        }
+    }
+
+    /// A handle that only knows the port (for blocking helpers); stops nothing.
+    pub fn port_only(port: u16) -> Self {
+        Self { port, stop: None }
     }
 
     pub async fn with(cluster: &Cluster, general: &str) -> Self {
@@ -54,11 +62,20 @@ impl Sluice {
 
     /// A libpq-style connection string for `user` through sluice.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        )
     }
 
-    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.url(user, password, db), tokio_postgres::NoTls).await?;
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.url(user, password, db), tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -67,7 +84,9 @@ impl Sluice {
 
     /// The default test login: the SCRAM user on `app`.
     pub async fn app(&self) -> tokio_postgres::Client {
-        self.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.expect("connect through sluice")
+        self.connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+            .await
+            .expect("connect through sluice")
     }
 }
 
@@ -90,7 +109,10 @@ where
         if f().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

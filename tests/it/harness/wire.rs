@@ -66,8 +66,13 @@ pub fn query(sql: &str) -> Vec<u8> {
 
 impl Wire {
     pub async fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("connect to sluice");
-        Self { stream, buf: BytesMut::new() }
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to sluice");
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -78,16 +83,23 @@ impl Wire {
     pub async fn recv(&mut self) -> Option<Msg> {
         loop {
             if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
                 if self.buf.len() > len {
                     let m = self.buf.split_to(len + 1);
-                    return Some(Msg { tag: m[0], body: m[5..].to_vec() });
+                    return Some(Msg {
+                        tag: m[0],
+                        body: m[5..].to_vec(),
+                    });
                 }
             }
-            let n = tokio::time::timeout(std::time::Duration::from_secs(30), self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("no reply from sluice within 30s")
-                .unwrap_or(0);
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                self.stream.read_buf(&mut self.buf),
+            )
+            .await
+            .expect("no reply from sluice within 30s")
+            .unwrap_or(0);
             if n == 0 {
                 return None;
             }
@@ -98,7 +110,10 @@ impl Wire {
     pub async fn recv_until(&mut self, tag: u8) -> Vec<Msg> {
         let mut v = Vec::new();
         loop {
-            let m = self.recv().await.unwrap_or_else(|| panic!("closed before '{}': got {v:?}", tag as char));
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("closed before '{}': got {v:?}", tag as char));
             let done = m.tag == tag;
             v.push(m);
             if done {
@@ -108,7 +123,13 @@ impl Wire {
     }
 
     /// Logs in with SCRAM (or whatever the server asks) and reads up to ReadyForQuery.
-    pub async fn login(port: u16, user: &str, password: &str, db: &str, extra: &[(&str, &str)]) -> (Self, Vec<Msg>) {
+    pub async fn login(
+        port: u16,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> (Self, Vec<Msg>) {
         let mut w = Self::connect(port).await;
         let mut params = vec![("user", user), ("database", db)];
         params.extend_from_slice(extra);
@@ -132,7 +153,9 @@ impl Wire {
             match code {
                 0 => return self.recv_until(b'Z').await,
                 10 => {
-                    let (first, w) = ScramClientAuth::new(user.into(), password.into()).build_client_first().expect("scram");
+                    let (first, w) = ScramClientAuth::new(user.into(), password.into())
+                        .build_client_first()
+                        .expect("scram");
                     let mut body = b"SCRAM-SHA-256\0".to_vec();
                     body.extend_from_slice(&(first.len() as i32).to_be_bytes());
                     body.extend_from_slice(first.as_bytes());
@@ -140,11 +163,19 @@ impl Wire {
                     scram1 = Some(w);
                 }
                 11 => {
-                    let (fin, w) = scram1.take().expect("continue").build_client_final(data).expect("final");
+                    let (fin, w) = scram1
+                        .take()
+                        .expect("continue")
+                        .build_client_final(data)
+                        .expect("final");
                     self.send(&message(b'p', fin.as_bytes())).await;
                     scram2 = Some(w);
                 }
-                12 => scram2.take().expect("final").verify_server_final(data).expect("server signature"),
+                12 => scram2
+                    .take()
+                    .expect("final")
+                    .verify_server_final(data)
+                    .expect("server signature"),
                 other => panic!("auth code {other} not handled by the test client"),
             }
         }
