@@ -128,11 +128,16 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     if g.server_reset_query.contains(';') {
         p.add("general.server_reset_query", "must be a single statement");
     }
+    // Evaluate every field before combining, so each problem is reported.
+    let mode = pool_mode("general.pool_mode", &g.pool_mode, p);
+    let query_wait_timeout = duration("query_wait_timeout", &g.query_wait_timeout, p);
+    let server_connect_timeout = duration("server_connect_timeout", &g.server_connect_timeout, p);
+    let server_lifetime = duration("server_lifetime", &g.server_lifetime, p);
     Some(General {
-        pool_mode: pool_mode("general.pool_mode", &g.pool_mode, p)?,
-        query_wait_timeout: duration("query_wait_timeout", &g.query_wait_timeout, p)?,
-        server_connect_timeout: duration("server_connect_timeout", &g.server_connect_timeout, p)?,
-        server_lifetime: duration("server_lifetime", &g.server_lifetime, p)?,
+        pool_mode: mode?,
+        query_wait_timeout: query_wait_timeout?,
+        server_connect_timeout: server_connect_timeout?,
+        server_lifetime: server_lifetime?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,
