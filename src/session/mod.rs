@@ -82,15 +82,20 @@ async fn serve(conn: &mut Conn, shared: &Shared) -> Result<(), Error> {
     let mut checkout = Checkout::get(&pool, &login.database).await?;
 
     let mut greeting = BytesMut::new();
+    let mut notices = Vec::new();
     if let Err(e) = checkout
         .server()
-        .apply_settings(&login.settings, &mut Vec::new())
+        .apply_settings(&login.settings, &mut notices)
         .await
     {
         cleanup::check_in(checkout, &config.general.server_reset_query).await;
         return Err(Error::Server(e));
     }
-    greet(&mut greeting, &params, checkout.server());
+    // NOTICEs the settings caused reach the client, as at a direct login.
+    for n in &notices {
+        greeting.extend_from_slice(n);
+    }
+    greet(&mut greeting, checkout.server());
     let server = checkout.server();
     let target = CancelTarget {
         addr: db.primary.clone(),
@@ -162,7 +167,7 @@ async fn authenticate(
 }
 
 /// ParameterStatus for every parameter, with the server's values.
-fn greet(out: &mut BytesMut, _params: &StartupParams, server: &crate::server::ServerConn) {
+fn greet(out: &mut BytesMut, server: &crate::server::ServerConn) {
     for (k, v) in &server.params {
         build::parameter_status(out, k, v);
     }

@@ -272,3 +272,22 @@ async fn server_killed_mid_query_reaches_the_client_and_is_not_reused() {
         .get(0);
     assert_ne!(new_pid, pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newer_minor_protocol_is_negotiated_down_to_3_0() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    let mut w = Wire::connect(s.port).await;
+    let mut p = startup_packet(&[
+        ("user", SCRAM_USER.0),
+        ("database", DB),
+        ("_pq_.extension", "on"),
+    ]);
+    p[4..8].copy_from_slice(&((3u32 << 16) | 2).to_be_bytes());
+    w.send(&p).await;
+    let v = w.recv().await.expect("NegotiateProtocolVersion");
+    assert_eq!(v.tag, b'v');
+    assert_eq!(&v.body[..8], &[0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(&v.body[8..], b"_pq_.extension\0");
+    let msgs = w.authenticate(SCRAM_USER.0, SCRAM_USER.1).await;
+    assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
+}

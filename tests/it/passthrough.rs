@@ -234,3 +234,33 @@ async fn errors_mid_transaction_and_recovery() {
     let r: i32 = c.query_one("SELECT 7", &[]).await.unwrap().get(0);
     assert_eq!(r, 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_caused_by_startup_settings_reach_the_client() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    // With client_min_messages = debug5 the server reports its own work as
+    // notices; a direct login would show them too.
+    let (mut w, msgs) = crate::harness::Wire::login(
+        s.port,
+        crate::harness::SCRAM_USER.0,
+        crate::harness::SCRAM_USER.1,
+        "app",
+        &[
+            ("options", "-c client_min_messages=debug5"),
+            ("application_name", "noisy"),
+        ],
+    )
+    .await;
+    let notices: Vec<_> = msgs.iter().filter(|m| m.tag == b'N').collect();
+    assert!(
+        !notices.is_empty(),
+        "no NOTICE reached the client: {msgs:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .all(|n| n.field(b'V').is_some_and(|v| v.starts_with("DEBUG")))
+    );
+    w.send(&crate::harness::wire::query("SELECT 1")).await;
+    assert!(w.recv_until(b'Z').await.iter().any(|m| m.tag == b'D'));
+}
