@@ -7,7 +7,8 @@ use crate::harness::{Cluster, DB, SCRAM_USER, config_for, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-cli-{}", std::process::id()));
+    // The cluster reaper removes this directory when the test process exits.
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
