@@ -133,7 +133,8 @@ fn spawn_reaper(root: &Path) {
     };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         for d in {root}/*/; do [ -f \"$d/postmaster.pid\" ] && {stop} -D \"$d\" -m immediate stop; done; rm -rf {root}",
+         for f in $(find {root} -name postmaster.pid); do {stop} -D \"$(dirname $f)\" -m immediate stop; done; \
+         rm -rf {root}",
         pid = std::process::id(),
         root = root.display(),
     );
