@@ -16,5 +16,6 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sql;
 
 pub use error::Error;

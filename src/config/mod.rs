@@ -61,6 +61,13 @@ pub struct General {
     pub max_packet_size: usize,
     pub auth_type: AuthType,
     pub server_lifetime: Duration,
+    pub server_idle_timeout: Duration,
+    /// Zero durations below mean "no limit".
+    pub client_idle_timeout: Duration,
+    pub idle_transaction_timeout: Duration,
+    pub query_timeout: Duration,
+    /// Transaction pooling: refuse session-scoped features instead of pinning.
+    pub reject_session_state: bool,
 }
 
 /// A server address, kept as host name and port so DNS names work.

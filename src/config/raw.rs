@@ -30,6 +30,11 @@ pub struct RawGeneral {
     pub max_packet_size: String,
     pub auth_type: String,
     pub server_lifetime: String,
+    pub server_idle_timeout: String,
+    pub client_idle_timeout: String,
+    pub idle_transaction_timeout: String,
+    pub query_timeout: String,
+    pub on_session_state: String,
 }
 
 impl Default for RawGeneral {
@@ -46,6 +51,11 @@ impl Default for RawGeneral {
             max_packet_size: "256MB".into(),
             auth_type: "scram-sha-256".into(),
             server_lifetime: "3600s".into(),
+            server_idle_timeout: "600s".into(),
+            client_idle_timeout: "0".into(),
+            idle_transaction_timeout: "0".into(),
+            query_timeout: "0".into(),
+            on_session_state: "pin".into(),
         }
     }
 }

@@ -69,16 +69,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
 
 fn pool_mode(key: &str, s: &str, p: &mut Problems) -> Option<PoolMode> {
     match PoolMode::parse(s) {
-        Some(PoolMode::Session) => Some(PoolMode::Session),
-        Some(_) => {
-            p.add(
-                key,
-                format!(
-                    "pool_mode \"{s}\" is not available in this version of sluice; use \"session\""
-                ),
-            );
-            None
-        }
+        Some(m) => Some(m),
         None => {
             p.add(
                 key,
@@ -133,11 +124,32 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let query_wait_timeout = duration("query_wait_timeout", &g.query_wait_timeout, p);
     let server_connect_timeout = duration("server_connect_timeout", &g.server_connect_timeout, p);
     let server_lifetime = duration("server_lifetime", &g.server_lifetime, p);
+    let server_idle_timeout = duration("server_idle_timeout", &g.server_idle_timeout, p);
+    let client_idle_timeout = duration("client_idle_timeout", &g.client_idle_timeout, p);
+    let idle_transaction_timeout =
+        duration("idle_transaction_timeout", &g.idle_transaction_timeout, p);
+    let query_timeout = duration("query_timeout", &g.query_timeout, p);
+    let reject_session_state = match g.on_session_state.as_str() {
+        "pin" => Some(false),
+        "error" => Some(true),
+        other => {
+            p.add(
+                "general.on_session_state",
+                format!("unknown value \"{other}\" (expected pin or error)"),
+            );
+            None
+        }
+    };
     Some(General {
         pool_mode: mode?,
         query_wait_timeout: query_wait_timeout?,
         server_connect_timeout: server_connect_timeout?,
         server_lifetime: server_lifetime?,
+        server_idle_timeout: server_idle_timeout?,
+        client_idle_timeout: client_idle_timeout?,
+        idle_transaction_timeout: idle_transaction_timeout?,
+        query_timeout: query_timeout?,
+        reject_session_state: reject_session_state?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,

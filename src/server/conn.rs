@@ -29,6 +29,9 @@ pub struct ServerConn {
     /// (pid, secret) as the server sent them in BackendKeyData.
     pub key: (i32, i32),
     pub state: ServerState,
+    /// Settings sluice knows were applied beyond the reported parameters
+    /// (transaction pooling keeps them in line with each client's).
+    pub extra: BTreeMap<String, crate::session::vars::Setting>,
     pub created: Instant,
 }
 
@@ -41,6 +44,7 @@ impl ServerConn {
             params: r.params,
             key: r.key,
             state: ServerState::default(),
+            extra: BTreeMap::new(),
             created: Instant::now(),
         })
     }

@@ -1,8 +1,9 @@
-//! Cancel keys: the (pid, secret) sluice gave each client, mapped to the
-//! server connection that is running that client's work.
+//! Cancel keys: the (pid, secret) sluice gave each client, mapped to a slot
+//! naming the server that is running that client's work right now (none
+//! while a transaction-pooled client holds no server).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -19,24 +20,40 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// The client's current target; the session updates it at checkout and release.
+#[derive(Debug, Default)]
+pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+
+impl CancelSlot {
+    pub fn set(&self, t: Option<CancelTarget>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    fn get(&self) -> Option<CancelTarget> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+    map: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
 }
 
 impl CancelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), CancelTarget>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Arc<CancelSlot>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a client under `pid` with a fresh random secret; returns the secret.
-    pub fn register(&self, pid: i32, target: CancelTarget) -> i32 {
+    /// Registers a client under `pid` with a fresh random secret.
+    pub fn register(&self, pid: i32, target: Option<CancelTarget>) -> (i32, Arc<CancelSlot>) {
+        let slot = Arc::new(CancelSlot::default());
+        slot.set(target);
         let mut map = self.lock();
         loop {
             let secret: i32 = rand::random();
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
-                e.insert(target);
-                return secret;
+                e.insert(slot.clone());
+                return (secret, slot);
             }
         }
     }
@@ -46,14 +63,16 @@ impl CancelRegistry {
     }
 
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
-        self.lock().get(&(pid, secret)).cloned()
+        let slot = self.lock().get(&(pid, secret)).cloned()?;
+        slot.get()
     }
 
-    /// Forwards a client's CancelRequest to its server. Unknown keys are
-    /// ignored, as PostgreSQL does, so a late or forged cancel harms nobody.
+    /// Forwards a client's CancelRequest to its server. Unknown keys, and
+    /// clients that hold no server, are ignored, as PostgreSQL ignores
+    /// unknown keys, so a late or forged cancel harms nobody.
     pub async fn cancel(&self, pid: i32, secret: i32, connect_timeout: std::time::Duration) {
         let Some(t) = self.lookup(pid, secret) else {
-            tracing::debug!(pid, "cancel request with an unknown key ignored");
+            tracing::debug!(pid, "cancel request for no running query ignored");
             return;
         };
         let send = async {
@@ -78,7 +97,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_exact_and_removed_on_logout() {
+    fn keys_are_exact_follow_the_slot_and_are_removed_on_logout() {
         let r = CancelRegistry::default();
         let t = CancelTarget {
             addr: HostPort {
@@ -88,9 +107,11 @@ mod tests {
             pid: 7,
             secret: 8,
         };
-        let s = r.register(7, t.clone());
+        let (s, slot) = r.register(7, Some(t.clone()));
         assert_eq!(r.lookup(7, s), Some(t));
         assert_eq!(r.lookup(7, s.wrapping_add(1)), None);
+        slot.set(None);
+        assert_eq!(r.lookup(7, s), None);
         r.unregister(7, s);
         assert_eq!(r.lookup(7, s), None);
     }

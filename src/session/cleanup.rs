@@ -24,6 +24,10 @@ pub async fn check_in(mut checkout: Checkout, reset_query: &str) {
         }
         if !reset_query.is_empty() {
             server.simple_query(reset_query).await?;
+            let q = reset_query.to_ascii_lowercase();
+            if q.starts_with("discard all") || q.starts_with("reset all") {
+                server.extra.clear();
+            }
         }
         Ok::<bool, crate::error::ServerError>(server.state.is_idle())
     })

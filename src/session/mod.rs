@@ -1,13 +1,18 @@
 //! One client connection, from its first byte to its last: startup,
-//! authentication, server checkout, the relay, and handing the server back
-//! clean (or discarding it).
+//! authentication, the first server checkout, then the pool mode's loop
+//! (`session_mode` here, `pooled` for transaction and statement pooling).
 
 pub mod cancel;
 mod cleanup;
+mod multiplex;
 mod outq;
+mod pins;
+mod pooled;
 pub mod relay;
 pub mod startup;
+pub mod vars;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -16,17 +21,18 @@ use tracing::Instrument;
 
 use crate::app::Shared;
 use crate::auth;
-use crate::config::Config;
-use crate::error::Error;
+use crate::config::{Config, PoolMode};
+use crate::error::{Error, ServerError};
 use crate::net::{Conn, PgStream};
-use crate::pool::{Checkout, PoolKey};
+use crate::pool::{Checkout, PoolKey, ServerPool};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::StartupParams;
 use crate::protocol::tags::TxnStatus;
 use cancel::CancelTarget;
-use relay::{Relay, RelayEnd};
+use relay::{Pipe, RelayEnd, Timers};
 use startup::Opening;
+use vars::Setting;
 
 /// Serves one accepted TCP connection to completion.
 pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
@@ -34,14 +40,16 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let span = tracing::info_span!("client", %peer);
     async move {
-        let mut conn = Conn::new(PgStream::Plain(tcp));
-        if let Err(e) = serve(&mut conn, &shared).await {
+        let max_packet = shared.config().general.max_packet_size;
+        let mut pipe = Pipe::new(Conn::new(PgStream::Plain(tcp)), max_packet);
+        if let Err(e) = serve(&mut pipe, &shared).await {
             match e.client_message() {
                 Some((code, msg)) => {
                     tracing::info!(%code, error = %msg, "client refused");
                     let mut out = BytesMut::new();
                     build::error(&mut out, Severity::Fatal, &code, &msg);
-                    let _ = relay::write_with_timeout(&mut conn.stream, &out).await;
+                    pipe.send_client(out.freeze());
+                    pipe.flush_client().await;
                 }
                 None => tracing::debug!(error = %e, "client connection ended"),
             }
@@ -58,8 +66,17 @@ struct Login {
     settings: Vec<(String, String)>,
 }
 
-async fn serve(conn: &mut Conn, shared: &Shared) -> Result<(), Error> {
-    let params = match startup::read_opening(conn, shared).await? {
+/// What the pool-mode loops need besides the pipe.
+pub(crate) struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub config: &'a Config,
+    pub pool: ServerPool,
+    pub database: &'a str,
+    pub primary: &'a crate::config::HostPort,
+}
+
+async fn serve(pipe: &mut Pipe, shared: &Shared) -> Result<(), Error> {
+    let params = match startup::read_opening(&mut pipe.client, shared).await? {
         Opening::Startup(p) => p,
         Opening::Cancelled => return Ok(()),
     };
@@ -70,48 +87,50 @@ async fn serve(conn: &mut Conn, shared: &Shared) -> Result<(), Error> {
         )
     })?;
     let config = shared.config();
-    let login = authenticate(conn, &config, &params).await?;
+    let login = authenticate(&mut pipe.client, &config, &params).await?;
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),
     };
     let db = &config.databases[&login.database];
-    let pool = shared
-        .pools
-        .get_or_create(&config, &key, db, config.users.get(&login.user));
+    let user = config.users.get(&login.user);
+    let mode = config.pool_mode(db, user);
+    let pool = shared.pools.get_or_create(&config, &key, db, user);
     let mut checkout = Checkout::get(&pool, &login.database).await?;
 
     let mut greeting = BytesMut::new();
-    let mut notices = Vec::new();
-    if let Err(e) = checkout
-        .server()
-        .apply_settings(&login.settings, &mut notices)
-        .await
-    {
-        cleanup::check_in(checkout, &config.general.server_reset_query).await;
-        return Err(Error::Server(e));
-    }
-    // NOTICEs the settings caused reach the client, as at a direct login.
-    for n in &notices {
-        greeting.extend_from_slice(n);
-    }
-    greet(&mut greeting, checkout.server());
-    let server = checkout.server();
-    let target = CancelTarget {
-        addr: db.primary.clone(),
-        pid: server.key.0,
-        secret: server.key.1,
+    let extra = match apply_startup(&mut checkout, &login.settings, &mut greeting).await {
+        Ok(extra) => extra,
+        Err(e) => {
+            cleanup::check_in(checkout, &config.general.server_reset_query).await;
+            return Err(Error::Server(e));
+        }
     };
-    let secret = shared.cancels.register(server.pid(), target);
-    build::backend_key_data(&mut greeting, server.pid(), secret);
-    build::ready_for_query(&mut greeting, TxnStatus::Idle);
-    tracing::info!(user = %login.user, database = %login.database, server_pid = server.pid(), "client logged in");
-
-    let mut relay = Relay::new(conn, checkout.server(), config.general.max_packet_size);
-    relay.send_client(greeting.freeze());
-    let end = relay.run().await;
-    shared.cancels.unregister(checkout.server().pid(), secret);
-    finish(conn, checkout, end, &config).await
+    for (k, v) in &checkout.server().params {
+        build::parameter_status(&mut greeting, k, v);
+    }
+    tracing::info!(user = %login.user, database = %login.database, ?mode, "client logged in");
+    let ctx = Ctx {
+        shared,
+        config: &config,
+        pool,
+        database: &login.database,
+        primary: &db.primary,
+    };
+    match mode {
+        PoolMode::Session => session_mode(pipe, checkout, greeting, &ctx).await,
+        PoolMode::Transaction | PoolMode::Statement => {
+            pooled::run(
+                pipe,
+                checkout,
+                greeting,
+                extra,
+                mode == PoolMode::Statement,
+                &ctx,
+            )
+            .await
+        }
+    }
 }
 
 /// Checks the startup parameters and the client's credentials, then sends
@@ -166,33 +185,90 @@ async fn authenticate(
     })
 }
 
-/// ParameterStatus for every parameter, with the server's values.
-fn greet(out: &mut BytesMut, server: &crate::server::ServerConn) {
-    for (k, v) in &server.params {
-        build::parameter_status(out, k, v);
+/// Applies the client's startup settings on its first server. NOTICEs they
+/// cause go to the greeting, as at a direct login. Returns the settings
+/// PostgreSQL does not report, which transaction pooling must carry along.
+async fn apply_startup(
+    checkout: &mut Checkout,
+    settings: &[(String, String)],
+    greeting: &mut BytesMut,
+) -> Result<BTreeMap<String, Setting>, ServerError> {
+    let server = checkout.server();
+    let mut notices = Vec::new();
+    server.apply_settings(settings, &mut notices).await?;
+    for n in &notices {
+        greeting.extend_from_slice(n);
     }
+    let extra: BTreeMap<String, Setting> = settings
+        .iter()
+        .filter(|(k, _)| !server.params.keys().any(|p| p.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| (k.to_ascii_lowercase(), Setting::Text(v.clone())))
+        .collect();
+    server.extra.extend(extra.clone());
+    Ok(extra)
 }
 
-async fn finish(
-    conn: &mut Conn,
+/// Session pooling: the client keeps its server until it leaves.
+async fn session_mode(
+    pipe: &mut Pipe,
+    mut checkout: Checkout,
+    mut greeting: BytesMut,
+    ctx: &Ctx<'_>,
+) -> Result<(), Error> {
+    let server = checkout.server();
+    let pid = server.pid();
+    let target = CancelTarget {
+        addr: ctx.primary.clone(),
+        pid: server.key.0,
+        secret: server.key.1,
+    };
+    let (secret, _slot) = ctx.shared.cancels.register(pid, Some(target));
+    build::backend_key_data(&mut greeting, pid, secret);
+    build::ready_for_query(&mut greeting, TxnStatus::Idle);
+    pipe.send_client(greeting.freeze());
+    let end = pipe
+        .relay(
+            checkout.server(),
+            None,
+            Timers::from_config(&ctx.config.general),
+        )
+        .await;
+    ctx.shared.cancels.unregister(pid, secret);
+    finish(checkout, end, ctx.config).await
+}
+
+/// Ends a client's hold on a server that the relay gave up, and says what
+/// the client is told. `Release` never reaches here.
+pub(crate) async fn finish(
     checkout: Checkout,
     end: RelayEnd,
     config: &Config,
 ) -> Result<(), Error> {
+    let reset = &config.general.server_reset_query;
     match end {
-        RelayEnd::Terminated | RelayEnd::ClientGone => {
-            cleanup::check_in(checkout, &config.general.server_reset_query).await;
+        RelayEnd::Release | RelayEnd::Terminated | RelayEnd::ClientGone => {
+            cleanup::check_in(checkout, reset).await;
             Ok(())
         }
         RelayEnd::ClientProtocol(e) => {
-            cleanup::check_in(checkout, &config.general.server_reset_query).await;
+            cleanup::check_in(checkout, reset).await;
             Err(Error::Frame(e))
+        }
+        RelayEnd::Timeout { code, message } => {
+            cleanup::check_in(checkout, reset).await;
+            Err(Error::refuse(code, message))
+        }
+        RelayEnd::TxnBlockInStatementMode => {
+            cleanup::check_in(checkout, reset).await;
+            Err(Error::refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "transaction blocks are not allowed in statement pooling mode",
+            ))
         }
         RelayEnd::ServerGone { error, told } => {
             tracing::warn!(error = %error, "server connection lost");
             checkout.discard();
             if told {
-                let _ = conn;
                 Ok(())
             } else {
                 Err(Error::refuse(

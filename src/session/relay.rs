@@ -1,26 +1,33 @@
-//! The session-mode relay: one task moves frames both ways between a client
-//! and its server without decoding them. Only headers are read, plus the
-//! bodies of the few server messages sluice tracks (ReadyForQuery,
-//! ParameterStatus, ErrorResponse). Large messages stream through in pieces,
-//! so memory stays bounded by the queues, not by message size.
+//! The relay: one task moves frames both ways between a client and a server
+//! without decoding them. Only headers are read, plus the bodies of the few
+//! messages sluice tracks. Large messages stream through in pieces, so
+//! memory stays bounded by the queues, not by message size.
 //!
 //! Backpressure: a side is read only while the queue towards the other side
 //! is below `HIGH_WATER`, so a client that pipelines faster than its server
 //! answers is slowed down instead of buffered without bound.
+//!
+//! `Pipe` lives as long as the client; a server is lent to `Pipe::relay`
+//! for as long as the pool mode lets the client keep it.
 
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
+use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
+use super::multiplex::{Multiplex, Verdict};
 use super::outq::OutQueue;
 use crate::error::{Error, ServerError};
 use crate::net::Conn;
-use crate::protocol::frame::{FrameError, peek_header};
+use crate::protocol::build::{self, Severity};
+use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
 use crate::protocol::inspect::{self, ErrorFields};
+use crate::protocol::sqlstate;
 use crate::protocol::tags::{BackendTag, FrontendTag};
 use crate::server::ServerConn;
 
@@ -28,9 +35,11 @@ use crate::server::ServerConn;
 const HIGH_WATER: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Why the relay stopped.
+/// Why `relay` returned.
 #[derive(Debug)]
 pub enum RelayEnd {
+    /// Transaction/statement mode: the server is idle and may go back.
+    Release,
     /// The client sent Terminate.
     Terminated,
     /// The client's socket closed or failed.
@@ -39,31 +48,64 @@ pub enum RelayEnd {
     ClientProtocol(FrameError),
     /// The server closed or failed; `told` says whether it sent a FATAL first.
     ServerGone { error: ServerError, told: bool },
+    /// A timer fired: the SQLSTATE and message for the client.
+    Timeout {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Statement mode: the client opened a transaction block.
+    TxnBlockInStatementMode,
 }
 
-/// Progress through the frames of one direction.
-#[derive(Debug, Default)]
-struct Cursor {
-    /// Bytes of the current frame still to forward.
-    skip: usize,
+/// What the client did while it held no server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Waited {
+    /// At least one message header is buffered: time to get a server.
+    Request,
+    Terminated,
+    Gone,
+    IdleTimeout,
+    Malformed(FrameError),
 }
+
+/// Timers that apply while a server is held.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timers {
+    pub query_timeout: Option<Duration>,
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Session mode: the client sent nothing this long while its server was idle.
+    pub client_idle_timeout: Option<Duration>,
+}
+
+impl Timers {
+    pub fn from_config(g: &crate::config::General) -> Self {
+        let nz = |d: Duration| (!d.is_zero()).then_some(d);
+        Self {
+            query_timeout: nz(g.query_timeout),
+            idle_transaction_timeout: nz(g.idle_transaction_timeout),
+            client_idle_timeout: nz(g.client_idle_timeout),
+        }
+    }
+}
+
+/// A timer that ended a relay: when, SQLSTATE, message.
+type Deadline = (Instant, &'static str, &'static str);
 
 enum Event {
     ClientData,
     ServerData,
     ClientClosed,
     ServerClosed(Option<std::io::Error>),
-    ClientWriteFailed,
 }
 
-pub struct Relay<'a> {
-    client: &'a mut Conn,
-    server: &'a mut ServerConn,
+pub struct Pipe {
+    pub client: Conn,
     max_packet: usize,
-    to_server: OutQueue,
     to_client: OutQueue,
-    client_cur: Cursor,
-    server_cur: Cursor,
+    to_server: OutQueue,
+    /// Bytes of the current client frame still to forward.
+    client_skip: usize,
+    server_skip: usize,
     server_said_fatal: bool,
 }
 
@@ -78,33 +120,126 @@ fn poll_read<S: tokio::io::AsyncRead + Unpin>(
     poll_read_buf(Pin::new(s), cx, buf)
 }
 
-impl<'a> Relay<'a> {
-    pub fn new(client: &'a mut Conn, server: &'a mut ServerConn, max_packet: usize) -> Self {
+/// Writes `bytes` to a stream with a time bound; used for last words.
+pub async fn write_with_timeout<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(Duration::from_secs(5), w.write_all(bytes)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+impl Pipe {
+    pub fn new(client: Conn, max_packet: usize) -> Self {
         Self {
             client,
-            server,
             max_packet,
-            to_server: OutQueue::default(),
             to_client: OutQueue::default(),
-            client_cur: Cursor::default(),
-            server_cur: Cursor::default(),
+            to_server: OutQueue::default(),
+            client_skip: 0,
+            server_skip: 0,
             server_said_fatal: false,
         }
     }
 
-    /// Queues bytes sluice made itself (greeting, notices) for the client.
+    /// Queues bytes sluice made itself (greeting, notices, errors) for the client.
     pub fn send_client(&mut self, b: bytes::Bytes) {
         self.to_client.push(b);
     }
 
-    pub async fn run(mut self) -> RelayEnd {
+    /// Sends what the client is still owed, within a time bound.
+    pub async fn flush_client(&mut self) {
+        let (client, q) = (&mut self.client.stream, &mut self.to_client);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            poll_fn(|cx| q.poll_flush(client, cx)),
+        )
+        .await;
+    }
+
+    /// Without a server: flushes replies and waits for the client's next request.
+    pub async fn wait_client(&mut self, idle_timeout: Option<Duration>) -> Waited {
+        let deadline = idle_timeout.map(|d| Instant::now() + d);
         loop {
-            let ev = poll_fn(|cx| self.poll_event(cx)).await;
+            match peek_header(&self.client.rbuf, self.max_packet) {
+                Err(e) => return Waited::Malformed(e),
+                Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
+                    return Waited::Terminated;
+                }
+                Ok(Some(_)) => return Waited::Request,
+                Ok(None) => {}
+            }
+            let (client, q, rbuf) = (
+                &mut self.client.stream,
+                &mut self.to_client,
+                &mut self.client.rbuf,
+            );
+            let read = poll_fn(|cx| {
+                if let Poll::Ready(Err(e)) = q.poll_flush(client, cx) {
+                    return Poll::Ready(Err(e));
+                }
+                poll_read(client, rbuf, cx)
+            });
+            let r = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Waited::IdleTimeout,
+                },
+                None => read.await,
+            };
+            match r {
+                Ok(0) | Err(_) => return Waited::Gone,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Relays between the client and `server` until the client leaves, an
+    /// error or timer ends it, or (with `mux`) the server can go back.
+    pub async fn relay(
+        &mut self,
+        server: &mut ServerConn,
+        mut mux: Option<&mut Multiplex>,
+        timers: Timers,
+    ) -> RelayEnd {
+        self.server_said_fatal = false;
+        // Bytes the client sent while it held no server.
+        if let Err(end) = self.take_client(server, mux.as_deref_mut()) {
+            return self.finish(end).await;
+        }
+        let mut last_client = Instant::now();
+        let mut busy_since: Option<Instant> = None;
+        loop {
+            if let Some(end) = self.release_point(server, mux.as_deref()) {
+                return end;
+            }
+            busy_since = match (server.state.at_boundary(), busy_since) {
+                (true, _) => None,
+                (false, None) => Some(Instant::now()),
+                (false, s) => s,
+            };
+            let deadline = self.deadline(server, timers, last_client, busy_since);
+            let ev = {
+                let fut = poll_fn(|cx| self.poll_event(server, cx));
+                match deadline {
+                    Some((at, code, message)) => match tokio::time::timeout_at(at, fut).await {
+                        Ok(ev) => ev,
+                        Err(_) => return self.finish(RelayEnd::Timeout { code, message }).await,
+                    },
+                    None => fut.await,
+                }
+            };
             let step = match ev {
-                Event::ClientData => self.take_client(),
-                Event::ServerData => self.take_server(),
-                Event::ClientClosed | Event::ClientWriteFailed => Err(RelayEnd::ClientGone),
-                Event::ServerClosed(e) => Err(self.server_gone(e)),
+                Event::ClientData => {
+                    last_client = Instant::now();
+                    self.take_client(server, mux.as_deref_mut())
+                }
+                Event::ServerData => self.take_server(server, mux.as_deref_mut()),
+                Event::ClientClosed => Err(RelayEnd::ClientGone),
+                Event::ServerClosed(e) => Err(self.server_gone(server, e)),
             };
             if let Err(end) = step {
                 return self.finish(end).await;
@@ -112,8 +247,55 @@ impl<'a> Relay<'a> {
         }
     }
 
-    fn server_gone(&self, e: Option<std::io::Error>) -> RelayEnd {
-        let addr = self.server.addr.clone();
+    /// In transaction/statement mode: whether the server may go back now.
+    fn release_point(&self, server: &ServerConn, mux: Option<&Multiplex>) -> Option<RelayEnd> {
+        let mux = mux?;
+        if mux.txn_violation {
+            return Some(RelayEnd::TxnBlockInStatementMode);
+        }
+        let free = server.state.is_idle()
+            && self.client_skip == 0
+            && self.to_server.len() == 0
+            && !mux.pins.is_pinned();
+        free.then_some(RelayEnd::Release)
+    }
+
+    fn deadline(
+        &self,
+        server: &ServerConn,
+        t: Timers,
+        last_client: Instant,
+        busy_since: Option<Instant>,
+    ) -> Option<Deadline> {
+        if let (Some(d), Some(since)) = (t.query_timeout, busy_since) {
+            return Some((
+                since + d,
+                "57014",
+                "query_timeout: the query ran too long and was abandoned",
+            ));
+        }
+        let idle_txn = server.state.txn() != crate::protocol::tags::TxnStatus::Idle;
+        match (server.state.at_boundary(), idle_txn) {
+            (true, true) => t.idle_transaction_timeout.map(|d| {
+                (
+                    last_client + d,
+                    "25P03",
+                    "idle_transaction_timeout: the transaction was idle too long",
+                )
+            }),
+            (true, false) => t.client_idle_timeout.map(|d| {
+                (
+                    last_client + d,
+                    "57P05",
+                    "client_idle_timeout: the connection was idle too long",
+                )
+            }),
+            _ => None,
+        }
+    }
+
+    fn server_gone(&self, server: &ServerConn, e: Option<std::io::Error>) -> RelayEnd {
+        let addr = server.addr.clone();
         let error = match e {
             Some(source) => ServerError::Io { addr, source },
             None => ServerError::Closed { addr },
@@ -125,25 +307,19 @@ impl<'a> Relay<'a> {
     }
 
     /// Flushes what the client is still owed (bounded in time), then ends.
-    async fn finish(mut self, end: RelayEnd) -> RelayEnd {
-        if matches!(
-            end,
-            RelayEnd::ServerGone { .. } | RelayEnd::Terminated | RelayEnd::ClientProtocol(_)
-        ) {
-            let client = &mut self.client.stream;
-            let q = &mut self.to_client;
-            let flush = poll_fn(|cx| q.poll_flush(client, cx));
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flush).await;
+    async fn finish(&mut self, end: RelayEnd) -> RelayEnd {
+        if !matches!(end, RelayEnd::ClientGone) {
+            self.flush_client().await;
         }
         end
     }
 
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if let Poll::Ready(Err(e)) = self.to_server.poll_flush(&mut self.server.conn.stream, cx) {
+    fn poll_event(&mut self, server: &mut ServerConn, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Poll::Ready(Err(e)) = self.to_server.poll_flush(&mut server.conn.stream, cx) {
             return Poll::Ready(Event::ServerClosed(Some(e)));
         }
         if let Poll::Ready(Err(_)) = self.to_client.poll_flush(&mut self.client.stream, cx) {
-            return Poll::Ready(Event::ClientWriteFailed);
+            return Poll::Ready(Event::ClientClosed);
         }
         if self.to_server.len() < HIGH_WATER {
             match poll_read(&mut self.client.stream, &mut self.client.rbuf, cx) {
@@ -155,7 +331,7 @@ impl<'a> Relay<'a> {
             }
         }
         if self.to_client.len() < HIGH_WATER {
-            match poll_read(&mut self.server.conn.stream, &mut self.server.conn.rbuf, cx) {
+            match poll_read(&mut server.conn.stream, &mut server.conn.rbuf, cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerClosed(None)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerClosed(Some(e))),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Event::ServerData),
@@ -165,18 +341,36 @@ impl<'a> Relay<'a> {
         Poll::Pending
     }
 
-    /// Scans newly read client bytes, tracks what the server will owe, and
-    /// queues every complete or partial frame for the server.
-    fn take_client(&mut self) -> Result<(), RelayEnd> {
-        let buf = &self.client.rbuf;
+    /// Queues `err` and, for a simple Query, the ReadyForQuery after it.
+    fn reject(&mut self, server: &ServerConn, tag: FrontendTag, message: &str) {
+        let mut out = BytesMut::new();
+        build::error(
+            &mut out,
+            Severity::Error,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            message,
+        );
+        if tag == FrontendTag::Query {
+            build::ready_for_query(&mut out, server.state.txn());
+        }
+        self.to_client.push(out.freeze());
+    }
+
+    /// Scans client bytes, tracks what the server will owe, and queues every
+    /// complete or partial frame for the server.
+    fn take_client(
+        &mut self,
+        server: &mut ServerConn,
+        mut mux: Option<&mut Multiplex>,
+    ) -> Result<(), RelayEnd> {
         let mut off = 0;
-        let mut terminated = false;
         loop {
-            if self.client_cur.skip > 0 {
-                let n = self.client_cur.skip.min(buf.len() - off);
+            let buf = &self.client.rbuf;
+            if self.client_skip > 0 {
+                let n = self.client_skip.min(buf.len() - off);
                 off += n;
-                self.client_cur.skip -= n;
-                if self.client_cur.skip > 0 {
+                self.client_skip -= n;
+                if self.client_skip > 0 {
                     break;
                 }
             }
@@ -187,34 +381,76 @@ impl<'a> Relay<'a> {
             };
             let tag = FrontendTag::from_byte(h.tag);
             if tag == FrontendTag::Terminate {
-                terminated = true;
-                break;
+                self.forward_client(off);
+                return Err(RelayEnd::Terminated);
             }
-            self.server.state.on_frontend(tag);
-            self.client_cur.skip = h.total;
+            if let Some(m) = mux.as_deref_mut()
+                && matches!(tag, FrontendTag::Query | FrontendTag::Parse)
+            {
+                if buf.len() - off < h.total {
+                    break; // the statement text is needed whole
+                }
+                let body = &buf[off + HEADER_LEN..off + h.total];
+                let first_of_batch = server.state.at_boundary() && !server.state.needs_sync();
+                if let Verdict::Reject(msg) = m.on_client(tag, body, first_of_batch) {
+                    if tag == FrontendTag::Query || first_of_batch {
+                        self.forward_client(off);
+                        let _ = self.client.rbuf.split_to(h.total);
+                        self.reject(server, tag, &msg);
+                        off = 0;
+                        if tag == FrontendTag::Parse {
+                            self.skip_to_sync(server);
+                        }
+                        continue;
+                    }
+                }
+            }
+            server.state.on_frontend(tag);
+            self.client_skip = h.total;
         }
-        if off > 0 {
-            let chunk = self.client.rbuf.split_to(off).freeze();
-            self.to_server.push(chunk);
-        }
-        if terminated {
-            Err(RelayEnd::Terminated)
-        } else {
-            Ok(())
+        self.forward_client(off);
+        Ok(())
+    }
+
+    /// After a refused Parse: drops the client's batch up to Sync, answering
+    /// the Sync with ReadyForQuery, as a server skips messages after an error.
+    fn skip_to_sync(&mut self, server: &ServerConn) {
+        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet) {
+            if self.client.rbuf.len() < h.total {
+                return;
+            }
+            let _ = self.client.rbuf.split_to(h.total);
+            if FrontendTag::from_byte(h.tag) == FrontendTag::Sync {
+                let mut out = BytesMut::new();
+                build::ready_for_query(&mut out, server.state.txn());
+                self.to_client.push(out.freeze());
+                return;
+            }
         }
     }
 
-    /// Scans newly read server bytes, reading the bodies sluice tracks, and
-    /// queues them for the client.
-    fn take_server(&mut self) -> Result<(), RelayEnd> {
+    fn forward_client(&mut self, n: usize) {
+        if n > 0 {
+            let chunk = self.client.rbuf.split_to(n).freeze();
+            self.to_server.push(chunk);
+        }
+    }
+
+    /// Scans server bytes, reading the bodies sluice tracks, and queues them
+    /// for the client.
+    fn take_server(
+        &mut self,
+        server: &mut ServerConn,
+        mut mux: Option<&mut Multiplex>,
+    ) -> Result<(), RelayEnd> {
         let mut off = 0;
         loop {
-            let buf = &self.server.conn.rbuf;
-            if self.server_cur.skip > 0 {
-                let n = self.server_cur.skip.min(buf.len() - off);
+            let buf = &server.conn.rbuf;
+            if self.server_skip > 0 {
+                let n = self.server_skip.min(buf.len() - off);
                 off += n;
-                self.server_cur.skip -= n;
-                if self.server_cur.skip > 0 {
+                self.server_skip -= n;
+                if self.server_skip > 0 {
                     break;
                 }
             }
@@ -222,9 +458,8 @@ impl<'a> Relay<'a> {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
-                    let addr = self.server.addr.clone();
                     let error = ServerError::Protocol {
-                        addr,
+                        addr: server.addr.clone(),
                         detail: e.to_string(),
                     };
                     return Err(RelayEnd::ServerGone { error, told: false });
@@ -234,21 +469,20 @@ impl<'a> Relay<'a> {
             let needs_body = matches!(
                 tag,
                 BackendTag::ReadyForQuery | BackendTag::ParameterStatus | BackendTag::ErrorResponse
-            );
+            ) || (mux.is_some() && tag == BackendTag::Other(b'C'));
             if needs_body && buf.len() - off < h.total {
                 let want = off + h.total - buf.len();
-                self.server.conn.rbuf.reserve(want);
+                server.conn.rbuf.reserve(want);
                 break;
             }
-            let body = &buf[off + 5..(off + h.total).min(buf.len())];
+            let body = &buf[off + HEADER_LEN..(off + h.total).min(buf.len())];
             match tag {
-                BackendTag::ReadyForQuery => self
-                    .server
-                    .state
-                    .on_backend(tag, inspect::ready_status(body)),
+                BackendTag::ReadyForQuery => {
+                    server.state.on_backend(tag, inspect::ready_status(body))
+                }
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(body) {
-                        self.server.params.insert(k, v);
+                        server.params.insert(k, v);
                     }
                 }
                 BackendTag::ErrorResponse => {
@@ -256,26 +490,17 @@ impl<'a> Relay<'a> {
                     self.server_said_fatal |=
                         matches!(sev.as_deref(), Some("FATAL") | Some("PANIC"));
                 }
-                _ => self.server.state.on_backend(tag, None),
+                _ => server.state.on_backend(tag, None),
             }
-            self.server_cur.skip = h.total;
+            if let Some(m) = mux.as_deref_mut() {
+                m.on_server(tag, body, &mut server.extra);
+            }
+            self.server_skip = h.total;
         }
         if off > 0 {
-            let chunk = self.server.conn.rbuf.split_to(off).freeze();
+            let chunk = server.conn.rbuf.split_to(off).freeze();
             self.to_client.push(chunk);
         }
         Ok(())
-    }
-}
-
-/// Writes `bytes` to a stream with a time bound; used for last words.
-pub async fn write_with_timeout<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    bytes: &[u8],
-) -> Result<(), Error> {
-    use tokio::io::AsyncWriteExt;
-    match tokio::time::timeout(std::time::Duration::from_secs(5), w.write_all(bytes)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
     }
 }

@@ -1,0 +1,113 @@
+//! Transaction and statement pooling: the client holds a server only while
+//! a transaction or an unfinished request is in flight. Before each
+//! checkout the server is brought in line with the client's settings; the
+//! server goes back, without a reset, as soon as it is idle and unpinned.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use bytes::BytesMut;
+
+use super::cancel::CancelTarget;
+use super::multiplex::Multiplex;
+use super::relay::{Pipe, RelayEnd, Timers, Waited};
+use super::vars::{SessionVars, Setting, sync_sql};
+use super::{Ctx, finish};
+use crate::error::{Error, ServerError};
+use crate::pool::Checkout;
+use crate::protocol::build;
+use crate::protocol::tags::TxnStatus;
+
+/// Client-facing backend pids for transaction pooling, where a client has
+/// no one server. Kept apart from real pids' usual range.
+static NEXT_PID: AtomicI32 = AtomicI32::new(0x4000_0000);
+
+fn next_pid() -> i32 {
+    NEXT_PID.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
+}
+
+pub(crate) async fn run(
+    pipe: &mut Pipe,
+    first: Checkout,
+    mut greeting: BytesMut,
+    extra: BTreeMap<String, Setting>,
+    statement_mode: bool,
+    ctx: &Ctx<'_>,
+) -> Result<(), Error> {
+    let g = &ctx.config.general;
+    let mut first = first;
+    let vars = SessionVars {
+        reported: first.server().params.clone(),
+        extra,
+    };
+    let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
+    let pid = next_pid();
+    let (secret, slot) = ctx.shared.cancels.register(pid, None);
+    build::backend_key_data(&mut greeting, pid, secret);
+    build::ready_for_query(&mut greeting, TxnStatus::Idle);
+    pipe.send_client(greeting.freeze());
+
+    let timers = Timers {
+        client_idle_timeout: None,
+        ..Timers::from_config(g)
+    };
+    let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
+    let mut held = Some(first);
+    let result = loop {
+        let mut checkout = match held.take() {
+            Some(c) => c,
+            None => match pipe.wait_client(client_idle).await {
+                Waited::Request => match checkout_synced(ctx, &mux).await {
+                    Ok(c) => c,
+                    Err(e) => break Err(e),
+                },
+                Waited::Terminated | Waited::Gone => break Ok(()),
+                Waited::IdleTimeout => {
+                    break Err(Error::refuse(
+                        "57P05",
+                        "client_idle_timeout: the connection was idle too long",
+                    ));
+                }
+                Waited::Malformed(e) => break Err(Error::Frame(e)),
+            },
+        };
+        let server = checkout.server();
+        slot.set(Some(CancelTarget {
+            addr: ctx.primary.clone(),
+            pid: server.key.0,
+            secret: server.key.1,
+        }));
+        let end = pipe.relay(checkout.server(), Some(&mut mux), timers).await;
+        slot.set(None);
+        match end {
+            RelayEnd::Release => checkout.release(),
+            other => break finish(checkout, other, ctx.config).await,
+        }
+    };
+    ctx.shared.cancels.unregister(pid, secret);
+    result
+}
+
+/// Checks out a server and applies the client's settings where they differ.
+async fn checkout_synced(ctx: &Ctx<'_>, mux: &Multiplex) -> Result<Checkout, Error> {
+    let mut checkout = Checkout::get(&ctx.pool, ctx.database).await?;
+    let server = checkout.server();
+    if let Some(sql) = sync_sql(&mux.vars, &server.params, &server.extra) {
+        if let Err(e) = server.simple_query(&sql).await {
+            tracing::warn!(error = %e, "could not apply the client's settings on a server");
+            checkout.discard();
+            return Err(match e {
+                ServerError::Refused { fields, .. } => Error::refuse(
+                    fields.code_or_internal().to_string(),
+                    format!(
+                        "could not restore session settings: {}",
+                        fields.message_or_default()
+                    ),
+                ),
+                other => Error::Server(other),
+            });
+        }
+        server.extra = mux.vars.extra.clone();
+    }
+    Ok(checkout)
+}
