@@ -26,6 +26,9 @@ pub struct ServerConn {
     pub addr: String,
     /// The server's current values of every parameter it reports.
     pub params: BTreeMap<String, String>,
+    /// The parameters as the server reported them at login: what a new
+    /// transaction-pooled client starts from.
+    pub initial_params: BTreeMap<String, String>,
     /// (pid, secret) as the server sent them in BackendKeyData.
     pub key: (i32, i32),
     pub state: ServerState,
@@ -41,6 +44,7 @@ impl ServerConn {
         Ok(Self {
             conn: r.conn,
             addr: t.addr.to_string(),
+            initial_params: r.params.clone(),
             params: r.params,
             key: r.key,
             state: ServerState::default(),

@@ -99,6 +99,12 @@ async fn serve(pipe: &mut Pipe, shared: &Shared) -> Result<(), Error> {
     let mut checkout = Checkout::get(&pool, &login.database).await?;
 
     let mut greeting = BytesMut::new();
+    if mode != PoolMode::Session
+        && let Err(e) = pooled::neutralize(&mut checkout).await
+    {
+        checkout.discard();
+        return Err(Error::Server(e));
+    }
     let extra = match apply_startup(&mut checkout, &login.settings, &mut greeting).await {
         Ok(extra) => extra,
         Err(e) => {

@@ -88,6 +88,21 @@ pub(crate) async fn run(
     result
 }
 
+/// Brings a server back to how it was at its own login, so a new client's
+/// greeting reports defaults rather than the last client's settings.
+pub(crate) async fn neutralize(checkout: &mut Checkout) -> Result<(), ServerError> {
+    let server = checkout.server();
+    let fresh = SessionVars {
+        reported: server.initial_params.clone(),
+        extra: BTreeMap::new(),
+    };
+    if let Some(sql) = sync_sql(&fresh, &server.params, &server.extra) {
+        server.simple_query(&sql).await?;
+        server.extra.clear();
+    }
+    Ok(())
+}
+
 /// Checks out a server and applies the client's settings where they differ.
 async fn checkout_synced(ctx: &Ctx<'_>, mux: &Multiplex) -> Result<Checkout, Error> {
     let mut checkout = Checkout::get(&ctx.pool, ctx.database).await?;

@@ -107,6 +107,8 @@ pub struct Pipe {
     client_skip: usize,
     server_skip: usize,
     server_said_fatal: bool,
+    /// After a refused Parse: the client's batch is dropped up to its Sync.
+    skip_batch: bool,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -142,6 +144,7 @@ impl Pipe {
             client_skip: 0,
             server_skip: 0,
             server_said_fatal: false,
+            skip_batch: false,
         }
     }
 
@@ -365,6 +368,9 @@ impl Pipe {
     ) -> Result<(), RelayEnd> {
         let mut off = 0;
         loop {
+            if self.skip_batch && (off > 0 || !self.skip_to_sync(server)) {
+                break;
+            }
             let buf = &self.client.rbuf;
             if self.client_skip > 0 {
                 let n = self.client_skip.min(buf.len() - off);
@@ -391,18 +397,15 @@ impl Pipe {
                     break; // the statement text is needed whole
                 }
                 let body = &buf[off + HEADER_LEN..off + h.total];
-                let first_of_batch = server.state.at_boundary() && !server.state.needs_sync();
-                if let Verdict::Reject(msg) = m.on_client(tag, body, first_of_batch) {
-                    if tag == FrontendTag::Query || first_of_batch {
-                        self.forward_client(off);
-                        let _ = self.client.rbuf.split_to(h.total);
-                        self.reject(server, tag, &msg);
-                        off = 0;
-                        if tag == FrontendTag::Parse {
-                            self.skip_to_sync(server);
-                        }
-                        continue;
-                    }
+                // Refuse only with nothing in flight, so the error keeps its place
+                // in the reply stream; otherwise the statement runs and pins.
+                if let Verdict::Reject(msg) = m.on_client(tag, body, server.state.at_boundary()) {
+                    self.forward_client(off);
+                    let _ = self.client.rbuf.split_to(h.total);
+                    self.reject(server, tag, &msg);
+                    off = 0;
+                    self.skip_batch = tag == FrontendTag::Parse;
+                    continue;
                 }
             }
             server.state.on_frontend(tag);
@@ -412,21 +415,24 @@ impl Pipe {
         Ok(())
     }
 
-    /// After a refused Parse: drops the client's batch up to Sync, answering
-    /// the Sync with ReadyForQuery, as a server skips messages after an error.
-    fn skip_to_sync(&mut self, server: &ServerConn) {
+    /// After a refused Parse: drops the client's frames up to its Sync and
+    /// answers that with ReadyForQuery, as a server skips after an error.
+    /// Returns false when more bytes are needed.
+    fn skip_to_sync(&mut self, server: &ServerConn) -> bool {
         while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet) {
             if self.client.rbuf.len() < h.total {
-                return;
+                return false;
             }
             let _ = self.client.rbuf.split_to(h.total);
             if FrontendTag::from_byte(h.tag) == FrontendTag::Sync {
                 let mut out = BytesMut::new();
                 build::ready_for_query(&mut out, server.state.txn());
                 self.to_client.push(out.freeze());
-                return;
+                self.skip_batch = false;
+                return true;
             }
         }
+        false
     }
 
     fn forward_client(&mut self, n: usize) {

@@ -12,3 +12,4 @@ mod cli;
 mod passthrough;
 mod pooling;
 mod tools;
+mod txn_pooling;

@@ -21,7 +21,7 @@ fn tool(name: &str, s: &Sluice, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("run {name}: {e}"))
 }
 
-async fn run_tool(name: &'static str, s: &Sluice, args: &[&str]) -> String {
+pub async fn run_tool(name: &'static str, s: &Sluice, args: &[&str]) -> String {
     let port = s.port;
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
