@@ -80,6 +80,6 @@ async fn janitor(shared: std::sync::Weak<Shared>) {
             return;
         };
         let config = shared.config();
-        shared.pools.top_up(&config).await;
+        shared.pools.maintain(&config).await;
     }
 }

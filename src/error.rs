@@ -76,6 +76,8 @@ pub enum ServerError {
     Closed { addr: String },
     #[error("i/o error talking to server {addr}: {source}")]
     Io { addr: String, source: io::Error },
+    #[error("{what} reached: no server connection could be opened in time")]
+    Limit { what: String },
 }
 
 impl ServerError {
@@ -89,6 +91,7 @@ impl ServerError {
                 (sqlstate::UNABLE_TO_CONNECT.into(), self.to_string())
             }
             ServerError::Auth { .. } => (sqlstate::INVALID_AUTHORIZATION.into(), self.to_string()),
+            ServerError::Limit { .. } => (sqlstate::TOO_MANY_CONNECTIONS.into(), self.to_string()),
             ServerError::Protocol { .. } | ServerError::Closed { .. } | ServerError::Io { .. } => {
                 (sqlstate::CONNECTION_FAILURE.into(), self.to_string())
             }

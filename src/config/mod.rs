@@ -68,6 +68,12 @@ pub struct General {
     pub query_timeout: Duration,
     /// Transaction pooling: refuse session-scoped features instead of pinning.
     pub reject_session_state: bool,
+    /// Extra servers a pool may open once a client waited reserve_pool_timeout.
+    pub reserve_pool_size: usize,
+    pub reserve_pool_timeout: Duration,
+    /// 0: unlimited.
+    pub max_db_connections: usize,
+    pub max_user_connections: usize,
 }
 
 /// A server address, kept as host name and port so DNS names work.
@@ -92,6 +98,7 @@ pub struct Database {
     pub pool_size: Option<usize>,
     pub min_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
+    pub max_db_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +107,7 @@ pub struct User {
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub pool_mode: Option<PoolMode>,
+    pub max_user_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +145,17 @@ impl Config {
 
     pub fn min_pool_size(&self, db: &Database) -> usize {
         db.min_pool_size.unwrap_or(self.general.min_pool_size)
+    }
+
+    /// Server connections allowed to `db` across all its pools (0: no limit).
+    pub fn max_db_connections(&self, db: &Database) -> usize {
+        db.max_db_connections
+            .unwrap_or(self.general.max_db_connections)
+    }
+
+    pub fn max_user_connections(&self, user: Option<&User>) -> usize {
+        user.and_then(|u| u.max_user_connections)
+            .unwrap_or(self.general.max_user_connections)
     }
 
     /// Pool mode for a (database, user) pair: user beats database beats general.

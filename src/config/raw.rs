@@ -35,6 +35,10 @@ pub struct RawGeneral {
     pub idle_transaction_timeout: String,
     pub query_timeout: String,
     pub on_session_state: String,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: String,
+    pub max_db_connections: u32,
+    pub max_user_connections: u32,
 }
 
 impl Default for RawGeneral {
@@ -56,6 +60,10 @@ impl Default for RawGeneral {
             idle_transaction_timeout: "0".into(),
             query_timeout: "0".into(),
             on_session_state: "pin".into(),
+            reserve_pool_size: 0,
+            reserve_pool_timeout: "5s".into(),
+            max_db_connections: 0,
+            max_user_connections: 0,
         }
     }
 }
@@ -70,6 +78,7 @@ pub struct RawDatabase {
     pub pool_size: Option<u32>,
     pub min_pool_size: Option<u32>,
     pub pool_mode: Option<String>,
+    pub max_db_connections: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,4 +88,5 @@ pub struct RawUser {
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub pool_mode: Option<String>,
+    pub max_user_connections: Option<u32>,
 }

@@ -129,6 +129,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let idle_transaction_timeout =
         duration("idle_transaction_timeout", &g.idle_transaction_timeout, p);
     let query_timeout = duration("query_timeout", &g.query_timeout, p);
+    let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
         "pin" => Some(false),
         "error" => Some(true),
@@ -150,6 +151,10 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         idle_transaction_timeout: idle_transaction_timeout?,
         query_timeout: query_timeout?,
         reject_session_state: reject_session_state?,
+        reserve_pool_size: g.reserve_pool_size as usize,
+        reserve_pool_timeout: reserve_pool_timeout?,
+        max_db_connections: g.max_db_connections as usize,
+        max_user_connections: g.max_user_connections as usize,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,
@@ -205,6 +210,7 @@ fn database(name: &str, d: &RawDatabase, p: &mut Problems) -> Option<Database> {
         pool_size: d.pool_size.map(|n| n as usize),
         min_pool_size: d.min_pool_size.map(|n| n as usize),
         pool_mode: mode,
+        max_db_connections: d.max_db_connections.map(|n| n as usize),
     })
 }
 
@@ -223,6 +229,7 @@ fn user(name: &str, u: &RawUser, p: &mut Problems) -> Option<User> {
         server_user: u.server_user.clone(),
         server_password: u.server_password.clone(),
         pool_mode: mode,
+        max_user_connections: u.max_user_connections.map(|n| n as usize),
     })
 }
 

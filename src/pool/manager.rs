@@ -2,17 +2,35 @@
 //! the client's path, so it makes no round trip: it only rejects connections
 //! that are dirty, dead or too old. Reset happens before check-in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
+use tokio::sync::Semaphore;
 
 use crate::error::ServerError;
 use crate::server::{ServerConn, ServerTarget};
+
+/// A cap on server connections shared by several pools.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    pub semaphore: Arc<Semaphore>,
+    /// e.g. `max_db_connections (10) for database "app"`.
+    pub what: String,
+}
 
 #[derive(Debug)]
 pub struct ServerManager {
     pub target: ServerTarget,
     pub lifetime: Duration,
+    /// max_db_connections / max_user_connections, when set.
+    pub limits: Vec<Limit>,
+    /// How long a new connection may wait for a limit (query_wait_timeout).
+    pub limit_wait: Duration,
+    /// pool_size, and the reserve it may grow by.
+    pub base_size: usize,
+    pub reserve_size: usize,
+    pub reserve_timeout: Duration,
 }
 
 impl Manager for ServerManager {
@@ -20,7 +38,21 @@ impl Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.target).await;
+        let mut permits = Vec::with_capacity(self.limits.len());
+        for l in &self.limits {
+            match tokio::time::timeout(self.limit_wait, l.semaphore.clone().acquire_owned()).await {
+                Ok(Ok(p)) => permits.push(p),
+                _ => {
+                    return Err(ServerError::Limit {
+                        what: l.what.clone(),
+                    });
+                }
+            }
+        }
+        let conn = ServerConn::connect(&self.target).await.map(|mut c| {
+            c.permits = permits;
+            c
+        });
         match &conn {
             Ok(c) => tracing::debug!(server = %c.addr, pid = c.pid(), "server connection opened"),
             Err(e) => tracing::warn!(error = %e, "server connection failed"),

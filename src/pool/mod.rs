@@ -7,15 +7,17 @@
 mod manager;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{Object, Pool, PoolError, TimeoutType, Timeouts};
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, Database, User};
 use crate::error::Error;
 use crate::protocol::sqlstate;
 use crate::server::{ServerConn, ServerPassword, ServerTarget};
-pub use manager::ServerManager;
+pub use manager::{Limit, ServerManager};
 
 pub type ServerPool = Pool<ServerManager>;
 
@@ -25,10 +27,11 @@ pub struct PoolKey {
     pub user: String,
 }
 
-/// Every pool of one sluice instance; no globals.
+/// Every pool of one sluice instance, and the limits they share; no globals.
 #[derive(Default)]
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, ServerPool>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 fn server_password(user: Option<&User>) -> ServerPassword {
@@ -47,6 +50,18 @@ fn server_password(user: Option<&User>) -> ServerPassword {
 }
 
 impl PoolSet {
+    fn limit(&self, key: String, max: usize, what: String) -> Option<Limit> {
+        if max == 0 {
+            return None;
+        }
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let semaphore = limits
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone();
+        Some(Limit { semaphore, what })
+    }
+
     /// The pool for (database, user), created on first use.
     pub fn get_or_create(
         &self,
@@ -55,10 +70,35 @@ impl PoolSet {
         db: &Database,
         user: Option<&User>,
     ) -> ServerPool {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pools.get(key) {
+        if let Some(p) = self
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+        {
             return p.clone();
         }
+        let g = &config.general;
+        let max_db = config.max_db_connections(db);
+        let max_user = config.max_user_connections(user);
+        let limits = [
+            self.limit(
+                format!("db:{}", key.database),
+                max_db,
+                format!(
+                    "max_db_connections ({max_db}) for database \"{}\"",
+                    key.database
+                ),
+            ),
+            self.limit(
+                format!("user:{}", key.user),
+                max_user,
+                format!(
+                    "max_user_connections ({max_user}) for user \"{}\"",
+                    key.user
+                ),
+            ),
+        ];
         let target = ServerTarget {
             addr: db.primary.clone(),
             dbname: db.dbname.clone(),
@@ -66,23 +106,26 @@ impl PoolSet {
                 .and_then(|u| u.server_user.clone())
                 .unwrap_or_else(|| key.user.clone()),
             password: server_password(user),
-            connect_timeout: config.general.server_connect_timeout,
+            connect_timeout: g.server_connect_timeout,
         };
         let manager = ServerManager {
             target,
-            lifetime: config.general.server_lifetime,
+            lifetime: g.server_lifetime,
+            limits: limits.into_iter().flatten().collect(),
+            limit_wait: g.query_wait_timeout,
+            base_size: config.pool_size(db),
+            reserve_size: g.reserve_pool_size,
+            reserve_timeout: g.reserve_pool_timeout,
         };
-        let g = &config.general;
         let pool = Pool::builder(manager)
             .max_size(config.pool_size(db))
             .wait_timeout(Some(g.query_wait_timeout))
-            .create_timeout(Some(g.server_connect_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build();
         // build() fails only when no runtime is set, and one always is.
         let pool = pool.expect("deadpool runtime is set");
-        pools.insert(key.clone(), pool.clone());
-        pool
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.entry(key.clone()).or_insert(pool).clone()
     }
 
     pub fn all(&self) -> Vec<(PoolKey, ServerPool)> {
@@ -90,18 +133,30 @@ impl PoolSet {
         pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
     }
 
-    /// Opens connections until every pool holds its min_pool_size.
-    pub async fn top_up(&self, config: &Config) {
+    /// Periodic upkeep: closes idle servers past server_idle_timeout or
+    /// server_lifetime, gives back reserve capacity nobody waits for, and
+    /// opens connections up to min_pool_size.
+    pub async fn maintain(&self, config: &Config) {
+        let g = &config.general;
         for (key, pool) in self.all() {
+            let (idle, life) = (g.server_idle_timeout, g.server_lifetime);
+            pool.retain(|c, _| {
+                (idle.is_zero() || c.idle_since.elapsed() < idle)
+                    && (life.is_zero() || c.created.elapsed() < life)
+            });
+            let m = pool.manager();
+            let status = pool.status();
+            if status.max_size > m.base_size && status.waiting == 0 {
+                pool.resize(m.base_size);
+            }
             let Some(db) = config.databases.get(&key.database) else {
                 continue;
             };
-            let min = config.min_pool_size(db);
-            let missing = min.saturating_sub(pool.status().size);
+            let missing = config.min_pool_size(db).saturating_sub(pool.status().size);
             let mut held = Vec::new();
             for _ in 0..missing {
                 let t = Timeouts {
-                    wait: Some(std::time::Duration::ZERO),
+                    wait: Some(Duration::ZERO),
                     ..pool.timeouts()
                 };
                 match pool.timeout_get(&t).await {
@@ -118,32 +173,63 @@ pub struct Checkout {
     obj: Option<Object<ServerManager>>,
 }
 
+fn pool_error(pool: &ServerPool, database: &str, e: PoolError<crate::error::ServerError>) -> Error {
+    match e {
+        PoolError::Timeout(TimeoutType::Wait) => Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "query_wait_timeout: no server connection for database \"{database}\" became free in time (pool size {})",
+                pool.status().max_size
+            ),
+        ),
+        PoolError::Timeout(_) => Error::refuse(
+            sqlstate::UNABLE_TO_CONNECT,
+            format!("timed out connecting to the server for database \"{database}\""),
+        ),
+        PoolError::Backend(e) => {
+            let (code, msg) = e.client_message();
+            Error::refuse(code, format!("{msg} (database \"{database}\")"))
+        }
+        e => Error::refuse(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pool for database \"{database}\": {e}"),
+        ),
+    }
+}
+
 impl Checkout {
+    /// Waits for a server. With a reserve pool, a client that waited
+    /// reserve_pool_timeout lets the pool grow by reserve_pool_size.
     pub async fn get(pool: &ServerPool, database: &str) -> Result<Self, Error> {
-        match pool.get().await {
-            Ok(obj) => Ok(Self { obj: Some(obj) }),
-            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(Error::refuse(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "query_wait_timeout: no server connection for database \"{database}\" became free in time (pool size {})",
-                    pool.status().max_size
-                ),
-            )),
-            Err(PoolError::Timeout(_)) => Err(Error::refuse(
-                sqlstate::UNABLE_TO_CONNECT,
-                format!("timed out connecting to the server for database \"{database}\""),
-            )),
-            Err(PoolError::Backend(e)) => {
-                let (code, msg) = e.client_message();
-                Err(Error::refuse(
-                    code,
-                    format!("{msg} (database \"{database}\")"),
-                ))
+        let m = pool.manager();
+        let wait = pool.timeouts().wait.unwrap_or(Duration::ZERO);
+        let started = Instant::now();
+        if m.reserve_size > 0 && m.reserve_timeout < wait {
+            let t = Timeouts {
+                wait: Some(m.reserve_timeout),
+                ..pool.timeouts()
+            };
+            match pool.timeout_get(&t).await {
+                Ok(obj) => return Ok(Self { obj: Some(obj) }),
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                    if pool.status().max_size < m.base_size + m.reserve_size {
+                        tracing::info!(
+                            database,
+                            "clients waited reserve_pool_timeout: opening the reserve pool"
+                        );
+                        pool.resize(m.base_size + m.reserve_size);
+                    }
+                }
+                Err(e) => return Err(pool_error(pool, database, e)),
             }
-            Err(e) => Err(Error::refuse(
-                sqlstate::CONNECTION_FAILURE,
-                format!("pool for database \"{database}\": {e}"),
-            )),
+        }
+        let t = Timeouts {
+            wait: Some(wait.saturating_sub(started.elapsed())),
+            ..pool.timeouts()
+        };
+        match pool.timeout_get(&t).await {
+            Ok(obj) => Ok(Self { obj: Some(obj) }),
+            Err(e) => Err(pool_error(pool, database, e)),
         }
     }
 
@@ -154,7 +240,9 @@ impl Checkout {
 
     /// Returns a clean server to its pool. The caller has reset it.
     pub fn release(mut self) {
-        self.obj.take();
+        if let Some(mut o) = self.obj.take() {
+            o.idle_since = Instant::now();
+        }
     }
 
     /// Closes the server connection instead of returning it.

@@ -36,6 +36,10 @@ pub struct ServerConn {
     /// (transaction pooling keeps them in line with each client's).
     pub extra: BTreeMap<String, crate::session::vars::Setting>,
     pub created: Instant,
+    /// When the server last went back to its pool (server_idle_timeout).
+    pub idle_since: Instant,
+    /// Held for the connection's life: max_db/max_user_connections.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ServerConn {
@@ -50,6 +54,8 @@ impl ServerConn {
             state: ServerState::default(),
             extra: BTreeMap::new(),
             created: Instant::now(),
+            idle_since: Instant::now(),
+            permits: Vec::new(),
         })
     }
 

@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod cancel;
 mod cli;
+mod limits;
 mod passthrough;
 mod pooling;
 mod tools;
