@@ -21,6 +21,7 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Shared {
@@ -31,6 +32,7 @@ impl Shared {
             pools: PoolSet::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
+            stats: Arc::default(),
         }
     }
 
@@ -47,7 +49,15 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared::new(config));
+    serve(listener, Arc::new(Shared::new(config)), shutdown).await
+}
+
+/// `run` with state the caller keeps a handle on (tests read its stats).
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     tokio::spawn(janitor(Arc::downgrade(&shared)));
     tokio::pin!(shutdown);
     tracing::info!(addr = %listener.local_addr()?, "sluice listening");

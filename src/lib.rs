@@ -17,5 +17,6 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod sql;
+pub mod stats;
 
 pub use error::Error;

@@ -32,6 +32,18 @@ pub struct Multiplex {
     pub statement_mode: bool,
     /// Statement mode saw a transaction block open.
     pub txn_violation: bool,
+    /// Where pinned clients are counted.
+    pub stats: Option<std::sync::Arc<crate::stats::Stats>>,
+}
+
+impl Drop for Multiplex {
+    fn drop(&mut self) {
+        if self.pins.is_pinned()
+            && let Some(s) = &self.stats
+        {
+            s.unpinned();
+        }
+    }
 }
 
 const TRIGGERS: &[&str] = &[
@@ -67,9 +79,14 @@ impl Multiplex {
     pub fn new(vars: SessionVars, reject_pins: bool, statement_mode: bool) -> Self {
         Self {
             vars,
+            pins: Pins::default(),
+            pending: Vec::new(),
+            failed: false,
+            rolled_back: false,
             reject_pins,
             statement_mode,
-            ..Default::default()
+            txn_violation: false,
+            stats: None,
         }
     }
 
@@ -96,6 +113,7 @@ impl Multiplex {
                 "{what} cannot be used with transaction pooling (on_session_state = \"error\")"
             ));
         }
+        let was_pinned = self.pins.is_pinned();
         for e in found {
             self.pins.apply(&e);
             if matches!(
@@ -103,6 +121,13 @@ impl Multiplex {
                 Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll | Effect::DiscardAll
             ) {
                 self.pending.push(e);
+            }
+        }
+        if let Some(s) = &self.stats {
+            match (was_pinned, self.pins.is_pinned()) {
+                (false, true) => s.pinned(),
+                (true, false) => s.unpinned(),
+                _ => {}
             }
         }
         Verdict::Forward
@@ -237,10 +262,7 @@ mod tests {
         let mut m = Multiplex::default();
         m.on_client(FrontendTag::Query, &q("LISTEN x"), true);
         assert!(m.pins.is_pinned());
-        let mut m = Multiplex {
-            reject_pins: true,
-            ..Default::default()
-        };
+        let mut m = Multiplex::new(SessionVars::default(), true, false);
         assert!(matches!(
             m.on_client(FrontendTag::Query, &q("LISTEN x"), true),
             Verdict::Reject(_)
@@ -254,10 +276,7 @@ mod tests {
 
     #[test]
     fn statement_mode_flags_transaction_blocks() {
-        let mut m = Multiplex {
-            statement_mode: true,
-            ..Default::default()
-        };
+        let mut m = Multiplex::new(SessionVars::default(), false, true);
         let mut server = BTreeMap::new();
         ready(&mut m, &mut server, b"T");
         assert!(m.txn_violation);

@@ -41,6 +41,7 @@ pub(crate) async fn run(
         extra,
     };
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
+    mux.stats = Some(ctx.shared.stats.clone());
     let pid = next_pid();
     let (secret, slot) = ctx.shared.cancels.register(pid, None);
     build::backend_key_data(&mut greeting, pid, secret);

@@ -177,6 +177,12 @@ async fn session_features_pin_until_released() {
         ("PREPARE pinned_q AS SELECT 1", "DEALLOCATE pinned_q"),
     ] {
         a.batch_execute(pin).await.unwrap();
+        let stats = s.shared.as_ref().map(|sh| sh.stats.clone()).unwrap();
+        assert_eq!(
+            stats.pinned_clients(),
+            1,
+            "{pin} is counted as a pinned client"
+        );
         // The only server is pinned to `a`: nobody else gets one.
         let e = s
             .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
@@ -188,6 +194,7 @@ async fn session_features_pin_until_released() {
             .unwrap_or_default();
         assert!(msg.contains("query_wait_timeout"), "{pin}: {msg}");
         a.batch_execute(unpin).await.unwrap();
+        assert_eq!(stats.pinned_clients(), 0, "{unpin} unpins");
         let c = s.app().await;
         assert_eq!(one(&c, "SELECT 1").await, "1", "after {unpin}");
     }

@@ -30,6 +30,8 @@ pub fn config_for(cluster: &Cluster, general: &str, extra: &str) -> String {
 
 pub struct Sluice {
     pub port: u16,
+    /// The instance's state, for assertions on its stats.
+    pub shared: Option<std::sync::Arc<sluice::app::Shared>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -39,21 +41,28 @@ impl Sluice {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = oneshot::channel::<()>();
+        let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
+        let serving = shared.clone();
         tokio::spawn(async move {
-            let _ = sluice::app::run(listener, config, async {
+            let _ = sluice::app::serve(listener, serving, async {
                 let _ = rx.await;
             })
             .await;
         });
         Self {
             port,
+            shared: Some(shared),
             stop: Some(tx),
         }
     }
 
     /// A handle that only knows the port (for blocking helpers); stops nothing.
     pub fn port_only(port: u16) -> Self {
-        Self { port, stop: None }
+        Self {
+            port,
+            shared: None,
+            stop: None,
+        }
     }
 
     pub async fn with(cluster: &Cluster, general: &str) -> Self {

@@ -1,0 +1,30 @@
+//! Counters every session updates; the admin console and /metrics read them.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Transaction-pooled clients currently pinned to their server.
+    pinned_clients: AtomicI64,
+    /// Times a client became pinned.
+    pins_total: AtomicU64,
+}
+
+impl Stats {
+    pub fn pinned(&self) {
+        self.pinned_clients.fetch_add(1, Ordering::Relaxed);
+        self.pins_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn unpinned(&self) {
+        self.pinned_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn pinned_clients(&self) -> i64 {
+        self.pinned_clients.load(Ordering::Relaxed)
+    }
+
+    pub fn pins_total(&self) -> u64 {
+        self.pins_total.load(Ordering::Relaxed)
+    }
+}
