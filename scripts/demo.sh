@@ -6,22 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prereqs.sh
 
-PG_BIN=/usr/lib/postgresql/15/bin
 PRIMARY_PORT=${PRIMARY_PORT:-54320}
 REPLICA_PORT=${REPLICA_PORT:-54321}
 SLUICE_PORT=${SLUICE_PORT:-6432}
-DIR=$(mktemp -d /tmp/sluice-demo.XXXXXX)
-chmod 755 "$DIR"
-
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$DIR"
+. scripts/lib/cluster.sh
+cluster_dir demo
 
 cleanup() {
-    [ -n "${SLUICE_PID:-}" ] && kill "$SLUICE_PID" 2>/dev/null || true
-    for d in replica primary; do
-        [ -f "$DIR/$d/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$DIR/$d" -m fast stop >/dev/null || true
-    done
-    rm -rf "$DIR"
+    if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
+    stop_cluster
 }
 trap cleanup EXIT
 
@@ -29,25 +22,8 @@ echo "== building sluice (release)"
 cargo build --release --quiet
 
 echo "== starting PostgreSQL primary on $PRIMARY_PORT and replica on $REPLICA_PORT in $DIR"
-as_pg "$PG_BIN/initdb" -D "$DIR/primary" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
-cat >> "$DIR/primary/postgresql.conf" <<CONF
-port = $PRIMARY_PORT
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$DIR'
-max_connections = 200
-CONF
-cat > "$DIR/primary/pg_hba.conf" <<HBA
-local all all trust
-host replication all 127.0.0.1/32 trust
-host all postgres 127.0.0.1/32 trust
-host all all 127.0.0.1/32 scram-sha-256
-HBA
-as_pg "$PG_BIN/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w start >/dev/null
-"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres \
-    -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
-as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DIR/replica" -R -X stream -c fast
-echo "port = $REPLICA_PORT" >> "$DIR/replica/postgresql.conf"
-as_pg "$PG_BIN/pg_ctl" -D "$DIR/replica" -l "$DIR/replica.log" -w start >/dev/null
+start_primary "$PRIMARY_PORT"
+start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
 
 cat > "$DIR/pooler.toml" <<TOML
 [general]
@@ -65,10 +41,7 @@ TOML
 echo "== starting sluice on $SLUICE_PORT"
 ./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
 SLUICE_PID=$!
-for _ in $(seq 1 100); do
-    PGPASSWORD=secret "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$SLUICE_PORT" -U app -d app -c "SELECT 1" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_for_port "$SLUICE_PORT"
 
 export PGPASSWORD=secret
 echo "== a query through sluice"

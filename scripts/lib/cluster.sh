@@ -1,0 +1,59 @@
+# Sourced by scripts/demo.sh and benches/load/*.sh: a throwaway PostgreSQL 15
+# primary (+ optional streaming replica) in $DIR, with role app/secret and
+# database app. Runs the server programs as `postgres` when we are root.
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+cluster_dir() {
+    DIR=$(mktemp -d /tmp/sluice-$1.XXXXXX)
+    chmod 755 "$DIR"
+    if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; fi
+}
+
+# start_primary PORT [max_connections]
+start_primary() {
+    as_pg "$PG_BIN/initdb" -D "$DIR/primary" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+    cat >> "$DIR/primary/postgresql.conf" <<CONF
+port = $1
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DIR'
+max_connections = ${2:-200}
+CONF
+    cat > "$DIR/primary/pg_hba.conf" <<HBA
+local all all trust
+host replication all 127.0.0.1/32 trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+HBA
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w start >/dev/null
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
+        -c "CREATE ROLE app LOGIN PASSWORD 'secret'" -c "CREATE DATABASE app OWNER app"
+}
+
+# start_replica PRIMARY_PORT PORT
+start_replica() {
+    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$1" -U postgres -D "$DIR/replica" -R -X stream -c fast
+    echo "port = $2" >> "$DIR/replica/postgresql.conf"
+    as_pg "$PG_BIN/pg_ctl" -D "$DIR/replica" -l "$DIR/replica.log" -w start >/dev/null
+}
+
+stop_cluster() {
+    for d in replica primary; do
+        if [ -f "$DIR/$d/postmaster.pid" ]; then
+            as_pg "$PG_BIN/pg_ctl" -D "$DIR/$d" -m fast stop >/dev/null || true
+        fi
+    done
+    rm -rf "$DIR"
+}
+
+# wait_for_port PORT: until psql as app gets in (10 s at most).
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        PGPASSWORD=secret "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U app -d app -c "SELECT 1" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on port $1" >&2
+    return 1
+}
