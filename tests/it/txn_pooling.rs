@@ -465,3 +465,37 @@ async fn pgbench_64_clients_over_8_servers() {
         "{n} server connections for a pool of 8"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_mode_can_be_set_per_user_and_per_database() {
+    let toml = config_for(Cluster::shared(), "query_wait_timeout = \"500ms\"", "")
+        .replace("replicas = [", "pool_size = 1\nreplicas = [")
+        .replace(
+            &format!("[users.{}]", crate::harness::MD5_USER.0),
+            &format!(
+                "[users.{}]\npool_mode = \"transaction\"",
+                crate::harness::MD5_USER.0
+            ),
+        );
+    let s = Sluice::start(&toml).await;
+    let md5 = crate::harness::MD5_USER;
+    // The md5 user pools per transaction: two clients share the one server.
+    let a = s.connect(md5.0, md5.1, DB).await.unwrap();
+    let b = s.connect(md5.0, md5.1, DB).await.unwrap();
+    assert_eq!(one(&a, "SELECT 1").await, "1");
+    assert_eq!(one(&b, "SELECT 2").await, "2");
+    // The scram user stays in session mode: its one server is held.
+    let c = s.app().await;
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+        .await
+        .expect_err("session pool is busy");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("08P01"));
+    drop(c);
+
+    let toml = config_for(Cluster::shared(), "", "")
+        .replace("replicas = [", "pool_mode = \"statement\"\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+    let c = s.app().await;
+    assert!(c.batch_execute("BEGIN").await.is_err() || c.batch_execute("SELECT 1").await.is_err());
+}
