@@ -134,3 +134,25 @@ async fn max_user_connections_caps_a_user_across_databases() {
     let b = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();
     b.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_replaced_after_server_lifetime() {
+    let s = Sluice::with(
+        Cluster::shared(),
+        "pool_mode = \"transaction\"\nserver_lifetime = \"1s\"",
+    )
+    .await;
+    let c = named(&s, SCRAM_USER, "short-lived").await;
+    // simple_query: named statements do not follow a client across servers yet.
+    let pid = || async {
+        match &c.simple_query("SELECT pg_backend_pid()").await.unwrap()[1] {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap_or_default().to_string(),
+            other => panic!("expected a row, got {other:?}"),
+        }
+    };
+    let first = pid().await;
+    wait_until(15, "the old server to be replaced", || async {
+        pid().await != first
+    })
+    .await;
+}
