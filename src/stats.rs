@@ -8,6 +8,10 @@ pub struct Stats {
     pinned_clients: AtomicI64,
     /// Times a client became pinned.
     pins_total: AtomicU64,
+    /// Statements prepared on a server on a client's behalf (transaction pooling).
+    reprepares_total: AtomicU64,
+    /// Statements closed to keep a server within max_prepared_statements.
+    evictions_total: AtomicU64,
 }
 
 impl Stats {
@@ -18,6 +22,24 @@ impl Stats {
 
     pub fn unpinned(&self) {
         self.pinned_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn prepared(&self, reprepares: u64, evictions: u64) {
+        if reprepares > 0 {
+            self.reprepares_total
+                .fetch_add(reprepares, Ordering::Relaxed);
+        }
+        if evictions > 0 {
+            self.evictions_total.fetch_add(evictions, Ordering::Relaxed);
+        }
+    }
+
+    pub fn reprepares_total(&self) -> u64 {
+        self.reprepares_total.load(Ordering::Relaxed)
+    }
+
+    pub fn evictions_total(&self) -> u64 {
+        self.evictions_total.load(Ordering::Relaxed)
     }
 
     pub fn pinned_clients(&self) -> i64 {

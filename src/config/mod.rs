@@ -74,6 +74,8 @@ pub struct General {
     /// 0: unlimited.
     pub max_db_connections: usize,
     pub max_user_connections: usize,
+    /// Transaction pooling: statements cached per server (0: no renaming).
+    pub max_prepared_statements: usize,
 }
 
 /// A server address, kept as host name and port so DNS names work.

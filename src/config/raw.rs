@@ -39,6 +39,7 @@ pub struct RawGeneral {
     pub reserve_pool_timeout: String,
     pub max_db_connections: u32,
     pub max_user_connections: u32,
+    pub max_prepared_statements: u32,
 }
 
 impl Default for RawGeneral {
@@ -64,6 +65,7 @@ impl Default for RawGeneral {
             reserve_pool_timeout: "5s".into(),
             max_db_connections: 0,
             max_user_connections: 0,
+            max_prepared_statements: 200,
         }
     }
 }

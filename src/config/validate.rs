@@ -155,6 +155,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         reserve_pool_timeout: reserve_pool_timeout?,
         max_db_connections: g.max_db_connections as usize,
         max_user_connections: g.max_user_connections as usize,
+        max_prepared_statements: g.max_prepared_statements as usize,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,

@@ -31,6 +31,8 @@ pub struct ServerManager {
     pub base_size: usize,
     pub reserve_size: usize,
     pub reserve_timeout: Duration,
+    /// Statements known to parse on this pool's servers (transaction pooling).
+    pub known: Arc<crate::session::statements::KnownStatements>,
 }
 
 impl Manager for ServerManager {

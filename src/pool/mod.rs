@@ -116,6 +116,7 @@ impl PoolSet {
             base_size: config.pool_size(db),
             reserve_size: g.reserve_pool_size,
             reserve_timeout: g.reserve_pool_timeout,
+            known: Arc::default(),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size(db))

@@ -3,6 +3,7 @@
 //! builders for the ones it writes.
 
 pub mod build;
+pub mod extended;
 pub mod frame;
 pub mod inspect;
 pub mod sqlstate;

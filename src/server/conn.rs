@@ -35,6 +35,8 @@ pub struct ServerConn {
     /// Settings sluice knows were applied beyond the reported parameters
     /// (transaction pooling keeps them in line with each client's).
     pub extra: BTreeMap<String, crate::session::vars::Setting>,
+    /// Statements transaction pooling prepared here under sluice-wide names.
+    pub statements: crate::session::prepared::ServerStatements,
     pub created: Instant,
     /// When the server last went back to its pool (server_idle_timeout).
     pub idle_since: Instant,
@@ -53,6 +55,7 @@ impl ServerConn {
             key: r.key,
             state: ServerState::default(),
             extra: BTreeMap::new(),
+            statements: Default::default(),
             created: Instant::now(),
             idle_since: Instant::now(),
             permits: Vec::new(),

@@ -27,6 +27,9 @@ pub async fn check_in(mut checkout: Checkout, reset_query: &str) {
             if q.starts_with("discard all") || q.starts_with("reset all") {
                 server.extra.clear();
             }
+            if q.starts_with("discard all") || q.starts_with("deallocate all") {
+                server.statements.clear();
+            }
         }
         Ok::<bool, crate::error::ServerError>(server.state.is_idle())
     })

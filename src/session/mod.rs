@@ -4,12 +4,15 @@
 
 pub mod cancel;
 mod cleanup;
+mod expect;
 mod multiplex;
 mod outq;
 mod pins;
 mod pooled;
+pub mod prepared;
 pub mod relay;
 pub mod startup;
+pub mod statements;
 pub mod vars;
 
 use std::collections::BTreeMap;

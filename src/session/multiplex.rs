@@ -4,17 +4,32 @@
 
 use std::collections::BTreeMap;
 
+use bytes::BytesMut;
+
+use super::expect::FrameAction;
 use super::pins::Pins;
+use super::prepared::ServerStatements;
+use super::statements::{ClientAction, Statements};
 use super::vars::{SessionVars, Setting};
 use crate::protocol::inspect::{self, take_cstr};
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
 use crate::sql::lex::statements;
 use crate::sql::session_cmd::{Effect, effects};
 
-/// What to do with a client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+enum Verdict {
     Forward,
+    Reject(String),
+}
+
+/// What the relay does with a client message.
+#[derive(Debug)]
+pub enum Action {
+    Forward,
+    /// Send these bytes to the server instead.
+    Replace(BytesMut),
+    /// Send nothing: sluice answers it.
+    Drop,
     /// Answer with this error instead of sending the message to the server.
     Reject(String),
 }
@@ -34,6 +49,8 @@ pub struct Multiplex {
     pub txn_violation: bool,
     /// Where pinned clients are counted.
     pub stats: Option<std::sync::Arc<crate::stats::Stats>>,
+    /// Prepared-statement renaming; None when max_prepared_statements = 0.
+    pub statements: Option<Statements>,
 }
 
 impl Drop for Multiplex {
@@ -87,10 +104,60 @@ impl Multiplex {
             statement_mode,
             txn_violation: false,
             stats: None,
+            statements: None,
         }
     }
 
-    pub fn on_client(&mut self, tag: FrontendTag, body: &[u8], at_boundary: bool) -> Verdict {
+    /// Handles one client message: session effects of its SQL, pins, and
+    /// (with statement tracking) renaming of prepared statements.
+    pub fn on_client(
+        &mut self,
+        tag: FrontendTag,
+        body: &[u8],
+        at_boundary: bool,
+        server: &mut ServerStatements,
+        txn: TxnStatus,
+    ) -> Action {
+        let (verdict, found, count) = self.scan_sql(tag, body, at_boundary);
+        if let Verdict::Reject(m) = verdict {
+            return Action::Reject(m);
+        }
+        let search_path = self.search_path();
+        let Some(st) = self.statements.as_mut() else {
+            return Action::Forward;
+        };
+        if tag == FrontendTag::Query {
+            if found
+                .iter()
+                .any(|e| matches!(e, Effect::DeallocateAll | Effect::DiscardAll))
+            {
+                st.forget_all(server);
+            }
+            if let ([Effect::Deallocate(name)], 1) = (found.as_slice(), count)
+                && st.deallocate(name, txn)
+            {
+                return Action::Drop;
+            }
+        }
+        let before = (st.reprepares, st.evictions);
+        let action = st.on_client(tag, body, search_path.as_deref(), server);
+        if let Some(stats) = &self.stats {
+            stats.prepared(st.reprepares - before.0, st.evictions - before.1);
+        }
+        match action {
+            ClientAction::Forward => Action::Forward,
+            ClientAction::Replace(b) => Action::Replace(b),
+            ClientAction::Drop => Action::Drop,
+        }
+    }
+
+    /// Session effects of a Query's or Parse's SQL; how many statements it has.
+    fn scan_sql(
+        &mut self,
+        tag: FrontendTag,
+        body: &[u8],
+        at_boundary: bool,
+    ) -> (Verdict, Vec<Effect>, usize) {
         let text = match tag {
             FrontendTag::Query => take_cstr(body).map(|(q, _)| q),
             FrontendTag::Parse => take_cstr(body)
@@ -99,28 +166,31 @@ impl Multiplex {
             _ => None,
         };
         let Some(sql) = text.and_then(|t| std::str::from_utf8(t).ok()) else {
-            return Verdict::Forward;
+            return (Verdict::Forward, Vec::new(), 0);
         };
         if !might_matter(sql) {
-            return Verdict::Forward;
+            return (Verdict::Forward, Vec::new(), 1);
         }
-        let found: Vec<Effect> = statements(sql).into_iter().flat_map(effects).collect();
+        let stmts = statements(sql);
+        let count = stmts.len();
+        let found: Vec<Effect> = stmts.into_iter().flat_map(effects).collect();
         if self.reject_pins
             && at_boundary
             && let Some(what) = found.iter().find_map(Pins::pins)
         {
-            return Verdict::Reject(format!(
+            let msg = format!(
                 "{what} cannot be used with transaction pooling (on_session_state = \"error\")"
-            ));
+            );
+            return (Verdict::Reject(msg), Vec::new(), count);
         }
         let was_pinned = self.pins.is_pinned();
-        for e in found {
-            self.pins.apply(&e);
+        for e in &found {
+            self.pins.apply(e);
             if matches!(
                 e,
                 Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll | Effect::DiscardAll
             ) {
-                self.pending.push(e);
+                self.pending.push(e.clone());
             }
         }
         if let Some(s) = &self.stats {
@@ -130,10 +200,56 @@ impl Multiplex {
                 _ => {}
             }
         }
-        Verdict::Forward
+        (Verdict::Forward, found, count)
     }
 
     pub fn on_server(
+        &mut self,
+        tag: BackendTag,
+        raw_tag: u8,
+        body: &[u8],
+        server_extra: &mut BTreeMap<String, Setting>,
+        server_statements: &mut ServerStatements,
+    ) -> FrameAction {
+        self.track_server(tag, body, server_extra);
+        match self.statements.as_mut() {
+            Some(st) => st.on_server(raw_tag, server_statements),
+            None => FrameAction::default(),
+        }
+    }
+
+    /// Answers a batch of known Parses / Closes ending in Sync without a
+    /// server (see `Statements::answer_without_server`).
+    pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Option<BytesMut> {
+        let search_path = self.search_path();
+        self.statements
+            .as_mut()?
+            .answer_without_server(buf, search_path.as_deref(), max)
+    }
+
+    fn search_path(&self) -> Option<String> {
+        match self.vars.extra.get("search_path") {
+            Some(Setting::Sql(v)) | Some(Setting::Text(v)) => Some(v.clone()),
+            None => self.vars.reported.get("search_path").cloned(),
+        }
+    }
+
+    /// Whether replies are still owed for messages sluice rewrote or answered.
+    pub fn owes_replies(&self) -> bool {
+        self.statements
+            .as_ref()
+            .is_some_and(|s| !s.expect.is_empty())
+    }
+
+    /// Replies sluice owes the client that are due now.
+    pub fn due_injections(&mut self) -> Vec<bytes::Bytes> {
+        self.statements
+            .as_mut()
+            .map(|s| s.expect.due_injections())
+            .unwrap_or_default()
+    }
+
+    fn track_server(
         &mut self,
         tag: BackendTag,
         body: &[u8],
@@ -193,14 +309,35 @@ mod tests {
     }
 
     fn ready(m: &mut Multiplex, extra: &mut BTreeMap<String, Setting>, status: &[u8]) {
-        m.on_server(BackendTag::ReadyForQuery, status, extra);
+        srv(m, BackendTag::ReadyForQuery, status, extra);
+    }
+
+    fn srv(m: &mut Multiplex, tag: BackendTag, body: &[u8], extra: &mut BTreeMap<String, Setting>) {
+        let raw = match tag {
+            BackendTag::ReadyForQuery => b'Z',
+            BackendTag::ParameterStatus => b'S',
+            BackendTag::ErrorResponse => b'E',
+            BackendTag::Other(b) => b,
+            _ => b'?',
+        };
+        m.on_server(tag, raw, body, extra, &mut ServerStatements::default());
+    }
+
+    fn cl(m: &mut Multiplex, sql: &str) -> Action {
+        m.on_client(
+            FrontendTag::Query,
+            &q(sql),
+            true,
+            &mut ServerStatements::default(),
+            TxnStatus::Idle,
+        )
     }
 
     #[test]
     fn set_commits_at_idle_and_rolls_back_with_the_transaction() {
         let mut m = Multiplex::default();
         let mut server = BTreeMap::new();
-        m.on_client(FrontendTag::Query, &q("SET search_path TO a"), true);
+        cl(&mut m, "SET search_path TO a");
         ready(&mut m, &mut server, b"I");
         assert_eq!(
             m.vars.extra.get("search_path"),
@@ -208,29 +345,25 @@ mod tests {
         );
         assert_eq!(server, m.vars.extra);
 
-        m.on_client(FrontendTag::Query, &q("BEGIN; SET search_path TO b"), true);
+        cl(&mut m, "BEGIN; SET search_path TO b");
         ready(&mut m, &mut server, b"T");
-        m.on_client(FrontendTag::Query, &q("ROLLBACK"), true);
-        m.on_server(BackendTag::Other(b'C'), b"ROLLBACK\0", &mut server);
+        cl(&mut m, "ROLLBACK");
+        srv(&mut m, BackendTag::Other(b'C'), b"ROLLBACK\0", &mut server);
         ready(&mut m, &mut server, b"I");
         assert_eq!(
             m.vars.extra.get("search_path"),
             Some(&Setting::Sql("a".into()))
         );
 
-        m.on_client(
-            FrontendTag::Query,
-            &q("SET search_path TO c; SELECT 1/0"),
-            true,
-        );
-        m.on_server(BackendTag::ErrorResponse, b"", &mut server);
+        cl(&mut m, "SET search_path TO c; SELECT 1/0");
+        srv(&mut m, BackendTag::ErrorResponse, b"", &mut server);
         ready(&mut m, &mut server, b"I");
         assert_eq!(
             m.vars.extra.get("search_path"),
             Some(&Setting::Sql("a".into()))
         );
 
-        m.on_client(FrontendTag::Query, &q("RESET ALL"), true);
+        cl(&mut m, "RESET ALL");
         ready(&mut m, &mut server, b"I");
         assert!(m.vars.extra.is_empty() && server.is_empty());
     }
@@ -239,9 +372,15 @@ mod tests {
     fn reported_parameters_come_from_parameter_status() {
         let mut m = Multiplex::default();
         let mut server = BTreeMap::new();
-        m.on_server(BackendTag::ParameterStatus, b"TimeZone\0UTC\0", &mut server);
-        m.on_client(FrontendTag::Query, &q("SET TimeZone = 'Asia/Tokyo'"), true);
-        m.on_server(
+        srv(
+            &mut m,
+            BackendTag::ParameterStatus,
+            b"TimeZone\0UTC\0",
+            &mut server,
+        );
+        cl(&mut m, "SET TimeZone = 'Asia/Tokyo'");
+        srv(
+            &mut m,
             BackendTag::ParameterStatus,
             b"TimeZone\0Asia/Tokyo\0",
             &mut server,
@@ -260,18 +399,12 @@ mod tests {
     #[test]
     fn pins_and_rejections() {
         let mut m = Multiplex::default();
-        m.on_client(FrontendTag::Query, &q("LISTEN x"), true);
+        cl(&mut m, "LISTEN x");
         assert!(m.pins.is_pinned());
         let mut m = Multiplex::new(SessionVars::default(), true, false);
-        assert!(matches!(
-            m.on_client(FrontendTag::Query, &q("LISTEN x"), true),
-            Verdict::Reject(_)
-        ));
+        assert!(matches!(cl(&mut m, "LISTEN x"), Action::Reject(_)));
         assert!(!m.pins.is_pinned());
-        assert_eq!(
-            m.on_client(FrontendTag::Query, &q("SELECT 1"), true),
-            Verdict::Forward
-        );
+        assert!(matches!(cl(&mut m, "SELECT 1"), Action::Forward));
     }
 
     #[test]

@@ -23,6 +23,12 @@ impl OutQueue {
         }
     }
 
+    pub fn extend(&mut self, b: Option<Bytes>) {
+        if let Some(b) = b {
+            self.push(b);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

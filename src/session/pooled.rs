@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::cancel::CancelTarget;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
+use super::statements::Statements;
 use super::vars::{SessionVars, Setting, sync_sql};
 use super::{Ctx, finish};
 use crate::error::{Error, ServerError};
@@ -42,6 +43,13 @@ pub(crate) async fn run(
     };
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
     mux.stats = Some(ctx.shared.stats.clone());
+    let cap = g.max_prepared_statements;
+    let known = ctx.pool.manager().known.clone();
+    mux.statements = (cap > 0).then(|| Statements {
+        cap,
+        known: Some(known),
+        ..Default::default()
+    });
     let pid = next_pid();
     let (secret, slot) = ctx.shared.cancels.register(pid, None);
     build::backend_key_data(&mut greeting, pid, secret);
@@ -58,10 +66,22 @@ pub(crate) async fn run(
         let mut checkout = match held.take() {
             Some(c) => c,
             None => match pipe.wait_client(client_idle).await {
-                Waited::Request => match checkout_synced(ctx, &mux).await {
-                    Ok(c) => c,
-                    Err(e) => break Err(e),
-                },
+                Waited::Request => {
+                    // Preparing a statement some server already parsed needs no
+                    // server: a client blocked on that must not wait for one.
+                    if let Some(reply) =
+                        mux.answer_without_server(pipe.client_buffer(), g.max_packet_size)
+                    {
+                        tracing::trace!("answered without a server");
+                        pipe.send_client(reply.freeze());
+                        continue;
+                    }
+                    tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
+                    match checkout_synced(ctx, &mux).await {
+                        Ok(c) => c,
+                        Err(e) => break Err(e),
+                    }
+                }
                 Waited::Terminated | Waited::Gone => break Ok(()),
                 Waited::IdleTimeout => {
                     break Err(Error::refuse(
@@ -78,7 +98,9 @@ pub(crate) async fn run(
             pid: server.key.0,
             secret: server.key.1,
         }));
+        tracing::trace!(server_pid = server.key.0, "server held");
         let end = pipe.relay(checkout.server(), Some(&mut mux), timers).await;
+        tracing::trace!(?end, "server given up");
         slot.set(None);
         match end {
             RelayEnd::Release => checkout.release(),

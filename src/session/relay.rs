@@ -20,7 +20,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
-use super::multiplex::{Multiplex, Verdict};
+use super::multiplex::{Action, Multiplex};
 use super::outq::OutQueue;
 use crate::error::{Error, ServerError};
 use crate::net::Conn;
@@ -148,6 +148,11 @@ impl Pipe {
         }
     }
 
+    /// The client's buffered bytes, for answering without a server.
+    pub fn client_buffer(&mut self) -> &mut BytesMut {
+        &mut self.client.rbuf
+    }
+
     /// Queues bytes sluice made itself (greeting, notices, errors) for the client.
     pub fn send_client(&mut self, b: bytes::Bytes) {
         self.to_client.push(b);
@@ -172,7 +177,9 @@ impl Pipe {
                 Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
                     return Waited::Terminated;
                 }
-                Ok(Some(_)) => return Waited::Request,
+                // Whole first message: the pool loop may answer it without a server.
+                Ok(Some(h)) if self.client.rbuf.len() >= h.total => return Waited::Request,
+                Ok(Some(_)) => {}
                 Ok(None) => {}
             }
             let (client, q, rbuf) = (
@@ -259,7 +266,8 @@ impl Pipe {
         let free = server.state.is_idle()
             && self.client_skip == 0
             && self.to_server.len() == 0
-            && !mux.pins.is_pinned();
+            && !mux.pins.is_pinned()
+            && !mux.owes_replies();
         free.then_some(RelayEnd::Release)
     }
 
@@ -390,28 +398,68 @@ impl Pipe {
                 self.forward_client(off);
                 return Err(RelayEnd::Terminated);
             }
-            if let Some(m) = mux.as_deref_mut()
-                && matches!(tag, FrontendTag::Query | FrontendTag::Parse)
-            {
-                if buf.len() - off < h.total {
-                    break; // the statement text is needed whole
+            if let Some(m) = mux.as_deref_mut() {
+                let needs_body = matches!(
+                    tag,
+                    FrontendTag::Query
+                        | FrontendTag::Parse
+                        | FrontendTag::Bind
+                        | FrontendTag::Describe
+                        | FrontendTag::Close
+                        | FrontendTag::FunctionCall
+                );
+                if needs_body && buf.len() - off < h.total {
+                    break; // the message is needed whole
                 }
-                let body = &buf[off + HEADER_LEN..off + h.total];
-                // Refuse only with nothing in flight, so the error keeps its place
-                // in the reply stream; otherwise the statement runs and pins.
-                if let Verdict::Reject(msg) = m.on_client(tag, body, server.state.at_boundary()) {
-                    self.forward_client(off);
-                    let _ = self.client.rbuf.split_to(h.total);
-                    self.reject(server, tag, &msg);
-                    off = 0;
-                    self.skip_batch = tag == FrontendTag::Parse;
-                    continue;
+                let body = if needs_body {
+                    &buf[off + HEADER_LEN..off + h.total]
+                } else {
+                    &[][..]
+                };
+                // Refusals happen only with nothing in flight, so the error
+                // keeps its place in the reply stream.
+                let at_boundary = server.state.at_boundary();
+                match m.on_client(
+                    tag,
+                    body,
+                    at_boundary,
+                    &mut server.statements,
+                    server.state.txn(),
+                ) {
+                    Action::Forward => {}
+                    Action::Replace(bytes) => {
+                        self.forward_client(off);
+                        let _ = self.client.rbuf.split_to(h.total);
+                        self.to_server.push(bytes.freeze());
+                        server.state.on_frontend(tag);
+                        off = 0;
+                        continue;
+                    }
+                    Action::Drop => {
+                        self.forward_client(off);
+                        let _ = self.client.rbuf.split_to(h.total);
+                        off = 0;
+                        continue;
+                    }
+                    Action::Reject(msg) => {
+                        self.forward_client(off);
+                        let _ = self.client.rbuf.split_to(h.total);
+                        self.reject(server, tag, &msg);
+                        off = 0;
+                        self.skip_batch = tag == FrontendTag::Parse;
+                        continue;
+                    }
                 }
             }
             server.state.on_frontend(tag);
             self.client_skip = h.total;
         }
         self.forward_client(off);
+        if let Some(m) = mux {
+            for b in m.due_injections() {
+                self.to_client.push(b);
+            }
+        }
         Ok(())
     }
 
@@ -472,10 +520,13 @@ impl Pipe {
                 }
             };
             let tag = BackendTag::from_byte(h.tag);
+            // With a Multiplex, replies that complete a request are read whole:
+            // one may be dropped, replaced, or followed by injected replies.
             let needs_body = matches!(
                 tag,
                 BackendTag::ReadyForQuery | BackendTag::ParameterStatus | BackendTag::ErrorResponse
-            ) || (mux.is_some() && tag == BackendTag::Other(b'C'));
+            ) || (mux.is_some()
+                && matches!(h.tag, b'C' | b'1' | b'2' | b'3' | b'T' | b'n' | b'I' | b's'));
             if needs_body && buf.len() - off < h.total {
                 let want = off + h.total - buf.len();
                 server.conn.rbuf.reserve(want);
@@ -498,15 +549,39 @@ impl Pipe {
                 }
                 _ => server.state.on_backend(tag, None),
             }
-            if let Some(m) = mux.as_deref_mut() {
-                m.on_server(tag, body, &mut server.extra);
+            let Some(m) = mux.as_deref_mut() else {
+                self.server_skip = h.total;
+                continue;
+            };
+            let act = m.on_server(tag, h.tag, body, &mut server.extra, &mut server.statements);
+            if act.drop || act.replace.is_some() {
+                self.forward_server(server, off);
+                let _ = server.conn.rbuf.split_to(h.total);
+                self.to_client.extend(act.replace);
+                off = 0;
+            } else {
+                self.server_skip = h.total;
             }
-            self.server_skip = h.total;
+            let due = m.due_injections();
+            if !due.is_empty() {
+                // The frame that completed a request is whole (needs_body above).
+                off += self.server_skip;
+                self.server_skip = 0;
+                self.forward_server(server, off);
+                off = 0;
+                for b in due {
+                    self.to_client.push(b);
+                }
+            }
         }
-        if off > 0 {
-            let chunk = server.conn.rbuf.split_to(off).freeze();
+        self.forward_server(server, off);
+        Ok(())
+    }
+
+    fn forward_server(&mut self, server: &mut ServerConn, n: usize) {
+        if n > 0 {
+            let chunk = server.conn.rbuf.split_to(n).freeze();
             self.to_client.push(chunk);
         }
-        Ok(())
     }
 }

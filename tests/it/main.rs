@@ -12,5 +12,6 @@ mod cli;
 mod limits;
 mod passthrough;
 mod pooling;
+mod prepared;
 mod tools;
 mod txn_pooling;

@@ -1,0 +1,127 @@
+//! Views and builders for the extended-protocol messages transaction pooling
+//! rewrites (Parse, Bind, Describe, Close): names change, everything else is
+//! copied byte for byte.
+
+use bytes::{BufMut, BytesMut};
+
+use super::inspect::take_cstr;
+
+fn typed(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+    out.put_u8(tag);
+    out.put_u32(len as u32);
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
+/// A Parse body: statement name, and the rest (query, parameter types) verbatim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseView<'a> {
+    pub name: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+pub fn parse_view(body: &[u8]) -> Option<ParseView<'_>> {
+    let (name, rest) = take_cstr(body)?;
+    // The rest must hold the query's terminator and the 2-byte type count.
+    let (_, types) = take_cstr(rest)?;
+    (types.len() >= 2).then_some(ParseView { name, rest })
+}
+
+/// The query text of a Parse's `rest`.
+pub fn parse_query(rest: &[u8]) -> &[u8] {
+    take_cstr(rest).map(|(q, _)| q).unwrap_or_default()
+}
+
+pub fn build_parse(out: &mut BytesMut, name: &[u8], rest: &[u8]) {
+    typed(out, b'P', &[name, b"\0", rest]);
+}
+
+/// A Bind body: portal, statement, and the rest (formats, values) verbatim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindView<'a> {
+    pub portal: &'a [u8],
+    pub statement: &'a [u8],
+    pub rest: &'a [u8],
+}
+
+pub fn bind_view(body: &[u8]) -> Option<BindView<'_>> {
+    let (portal, rest) = take_cstr(body)?;
+    let (statement, rest) = take_cstr(rest)?;
+    Some(BindView {
+        portal,
+        statement,
+        rest,
+    })
+}
+
+pub fn build_bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    typed(out, b'B', &[portal, b"\0", statement, b"\0", rest]);
+}
+
+/// Describe or Close body: 'S' (statement) or 'P' (portal), and a name.
+pub fn target_view(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, tail) = take_cstr(rest)?;
+    (matches!(kind, b'S' | b'P') && tail.is_empty()).then_some((kind, name))
+}
+
+pub fn build_describe(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    typed(out, b'D', &[&[kind], name, b"\0"]);
+}
+
+pub fn build_close(out: &mut BytesMut, kind: u8, name: &[u8]) {
+    typed(out, b'C', &[&[kind], name, b"\0"]);
+}
+
+pub fn parse_complete(out: &mut BytesMut) {
+    typed(out, b'1', &[]);
+}
+
+pub fn close_complete(out: &mut BytesMut) {
+    typed(out, b'3', &[]);
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    typed(out, b'C', &[tag.as_bytes(), b"\0"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::split;
+
+    #[test]
+    fn parse_round_trips_with_a_new_name() {
+        let body = b"s1\0SELECT $1\0\0\x01\0\0\0\x17";
+        let v = parse_view(body).unwrap();
+        assert_eq!(v.name, b"s1");
+        assert_eq!(parse_query(v.rest), b"SELECT $1");
+        let mut out = BytesMut::new();
+        build_parse(&mut out, b"sluice_x", v.rest);
+        let f = split(&mut out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.body(), b"sluice_x\0SELECT $1\0\0\x01\0\0\0\x17");
+    }
+
+    #[test]
+    fn bind_keeps_parameters_verbatim() {
+        let body = b"p\0s1\0\0\0\0\x01\0\0\0\x02hi\0\0";
+        let v = bind_view(body).unwrap();
+        assert_eq!((v.portal, v.statement), (&b"p"[..], &b"s1"[..]));
+        let mut out = BytesMut::new();
+        build_bind(&mut out, v.portal, b"g", v.rest);
+        let f = split(&mut out, 1 << 20).unwrap().unwrap();
+        assert_eq!(f.body(), b"p\0g\0\0\0\0\x01\0\0\0\x02hi\0\0");
+    }
+
+    #[test]
+    fn malformed_bodies_are_rejected() {
+        assert_eq!(parse_view(b"s1\0SELECT 1\0"), None);
+        assert_eq!(parse_view(b"s1"), None);
+        assert_eq!(bind_view(b"p\0s1"), None);
+        assert_eq!(target_view(b"Xname\0"), None);
+        assert_eq!(target_view(b"Sname\0extra"), None);
+        assert_eq!(target_view(b"Sname\0"), Some((b'S', &b"name"[..])));
+    }
+}

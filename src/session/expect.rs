@@ -1,0 +1,288 @@
+//! The replies a transaction-pooled client is owed, in order. Every message
+//! forwarded to the server gets an entry; so do messages sluice adds (whose
+//! replies it swallows) and messages it answers itself (whose replies it
+//! injects at the right place). Pure: fed with server tags, it says which
+//! server frames to drop or replace and which injected replies are due.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+/// The kind of message an entry stands for, which decides the reply that completes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Parse,
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    /// Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
+    Simple,
+}
+
+impl Kind {
+    fn completed_by(self, tag: u8) -> bool {
+        match self {
+            Kind::Parse => tag == b'1',
+            Kind::Bind => tag == b'2',
+            Kind::Close => tag == b'3',
+            Kind::DescribeStatement | Kind::DescribePortal => matches!(tag, b'T' | b'n'),
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Kind::Sync | Kind::Simple => tag == b'Z',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Act {
+    /// A client message: its replies go to the client.
+    Reply,
+    /// A message sluice added: its success reply is dropped.
+    Swallow,
+    /// A client message sluice answered itself: these bytes are its reply.
+    Inject(Bytes),
+    /// The server's error for this message is replaced by sluice's.
+    ReplaceError(Bytes),
+}
+
+/// Bookkeeping to undo when the message fails or the server skips it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnFail {
+    /// A statement recorded as prepared on the server that is not.
+    pub unprepare: Option<String>,
+    /// A client statement name that does not exist after all.
+    pub forget_client: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub act: Act,
+    pub on_fail: OnFail,
+}
+
+impl Entry {
+    pub fn reply(kind: Kind) -> Self {
+        Self {
+            kind,
+            act: Act::Reply,
+            on_fail: OnFail::default(),
+        }
+    }
+}
+
+/// What to do with one server frame.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FrameAction {
+    /// Drop the frame (a swallowed reply).
+    pub drop: bool,
+    /// Send these bytes instead of the frame.
+    pub replace: Option<Bytes>,
+    /// Bookkeeping of messages that failed or were skipped.
+    pub failed: Vec<OnFail>,
+    /// A statement that just parsed successfully on the server.
+    pub parsed: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ExpectQueue {
+    q: VecDeque<Entry>,
+    /// The server hit an error and skips messages until the next Sync.
+    skipping: bool,
+}
+
+impl ExpectQueue {
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Adds an entry for a message just sent (or answered). While the server
+    /// skips to Sync, entries other than Sync are void at once; their undo is
+    /// returned.
+    pub fn push(&mut self, e: Entry) -> Option<OnFail> {
+        if self.skipping {
+            if e.kind == Kind::Sync && e.act == Act::Reply {
+                self.skipping = false;
+            } else {
+                return Some(e.on_fail);
+            }
+        }
+        self.q.push_back(e);
+        None
+    }
+
+    /// Injected replies now at the head: everything before them is answered.
+    pub fn due_injections(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(Entry {
+            act: Act::Inject(_),
+            ..
+        }) = self.q.front()
+        {
+            if let Some(Entry {
+                act: Act::Inject(b),
+                ..
+            }) = self.q.pop_front()
+            {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    /// Accounts for one server frame with tag `tag`.
+    pub fn on_server(&mut self, tag: u8) -> FrameAction {
+        let mut action = FrameAction::default();
+        let Some(head) = self.q.front() else {
+            return action;
+        };
+        if tag == b'E' {
+            if head.kind == Kind::Simple {
+                return action;
+            }
+            if let Some(e) = self.q.pop_front() {
+                if let Act::ReplaceError(b) = e.act {
+                    action.replace = Some(b);
+                }
+                action.failed.push(e.on_fail);
+            }
+            // The server now skips every message up to the next Sync.
+            while let Some(e) = self.q.front() {
+                if e.kind == Kind::Sync && e.act == Act::Reply {
+                    break;
+                }
+                if let Some(e) = self.q.pop_front() {
+                    action.failed.push(e.on_fail);
+                }
+            }
+            self.skipping = self.q.is_empty();
+            return action;
+        }
+        if !head.kind.completed_by(tag) {
+            return action;
+        }
+        if let Some(e) = self.q.pop_front() {
+            action.drop = e.act == Act::Swallow;
+            if e.kind == Kind::Parse {
+                action.parsed = e.on_fail.unprepare;
+            }
+        }
+        action
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inject(b: &'static [u8]) -> Entry {
+        Entry {
+            kind: Kind::Parse,
+            act: Act::Inject(Bytes::from_static(b)),
+            on_fail: OnFail::default(),
+        }
+    }
+
+    fn swallow(kind: Kind, unprepare: &str) -> Entry {
+        Entry {
+            kind,
+            act: Act::Swallow,
+            on_fail: OnFail {
+                unprepare: Some(unprepare.into()),
+                forget_client: None,
+            },
+        }
+    }
+
+    #[test]
+    fn injections_wait_for_earlier_replies() {
+        let mut q = ExpectQueue::default();
+        q.push(Entry::reply(Kind::Bind));
+        q.push(inject(b"1"));
+        q.push(Entry::reply(Kind::Sync));
+        assert!(q.due_injections().is_empty());
+        assert_eq!(q.on_server(b'2'), FrameAction::default());
+        assert_eq!(q.due_injections(), vec![Bytes::from_static(b"1")]);
+        q.on_server(b'Z');
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn swallowed_replies_are_dropped() {
+        let mut q = ExpectQueue::default();
+        q.push(swallow(Kind::Close, "g"));
+        q.push(swallow(Kind::Parse, "g"));
+        q.push(Entry::reply(Kind::Bind));
+        assert!(q.on_server(b'3').drop);
+        assert!(q.on_server(b'1').drop);
+        assert!(!q.on_server(b'2').drop);
+    }
+
+    #[test]
+    fn an_error_voids_everything_up_to_sync() {
+        let mut q = ExpectQueue::default();
+        q.push(swallow(Kind::Parse, "g1"));
+        q.push(Entry::reply(Kind::Bind));
+        q.push(inject(b"1"));
+        q.push(Entry {
+            kind: Kind::Parse,
+            act: Act::Reply,
+            on_fail: OnFail {
+                unprepare: Some("g2".into()),
+                forget_client: Some(b"s2".to_vec()),
+            },
+        });
+        q.push(Entry::reply(Kind::Sync));
+        let a = q.on_server(b'E');
+        assert!(!a.drop);
+        assert_eq!(a.failed.len(), 4);
+        assert_eq!(a.failed[0].unprepare.as_deref(), Some("g1"));
+        assert_eq!(a.failed[3].forget_client.as_deref(), Some(&b"s2"[..]));
+        assert!(q.due_injections().is_empty());
+        q.on_server(b'Z');
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn an_error_before_sync_arrives_voids_what_follows() {
+        let mut q = ExpectQueue::default();
+        q.push(Entry::reply(Kind::Parse));
+        q.on_server(b'E');
+        let void = q.push(Entry {
+            kind: Kind::Parse,
+            act: Act::Reply,
+            on_fail: OnFail {
+                unprepare: Some("g".into()),
+                forget_client: None,
+            },
+        });
+        assert_eq!(void.and_then(|f| f.unprepare).as_deref(), Some("g"));
+        assert!(q.push(Entry::reply(Kind::Sync)).is_none());
+        q.on_server(b'Z');
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn simple_queries_end_at_ready_not_at_errors() {
+        let mut q = ExpectQueue::default();
+        q.push(Entry::reply(Kind::Simple));
+        q.on_server(b'E');
+        assert!(!q.is_empty());
+        q.on_server(b'Z');
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn replaced_errors() {
+        let mut q = ExpectQueue::default();
+        q.push(Entry {
+            kind: Kind::Parse,
+            act: Act::ReplaceError(Bytes::from_static(b"mine")),
+            on_fail: OnFail::default(),
+        });
+        q.push(Entry::reply(Kind::Sync));
+        assert_eq!(q.on_server(b'E').replace, Some(Bytes::from_static(b"mine")));
+    }
+}
