@@ -134,6 +134,21 @@ impl PoolSet {
         pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()
     }
 
+    /// Prepared statements held by each idle server, per pool (transaction pooling).
+    pub fn prepared_per_server(&self) -> Vec<(PoolKey, Vec<usize>)> {
+        self.all()
+            .into_iter()
+            .map(|(key, pool)| {
+                let mut counts = Vec::new();
+                pool.retain(|c, _| {
+                    counts.push(c.statements.len());
+                    true
+                });
+                (key, counts)
+            })
+            .collect()
+    }
+
     /// Periodic upkeep: closes idle servers past server_idle_timeout or
     /// server_lifetime, gives back reserve capacity nobody waits for, and
     /// opens connections up to min_pool_size.

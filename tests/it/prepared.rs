@@ -241,7 +241,18 @@ async fn lru_bound_evicts_statements_on_the_server() {
     let r = w.recv_until(b'Z').await;
     assert_eq!(tags(&r), "2DCZ");
     assert_eq!(datarow_text(&r[1]), "0");
-    assert!(s.shared.as_ref().unwrap().stats.evictions_total() >= 3);
+    let shared = s.shared.as_ref().unwrap();
+    assert!(shared.stats.evictions_total() >= 3);
+    // Once the client's transaction is over, its server is back in the pool.
+    drop(w);
+    crate::harness::wait_until(10, "the server to be idle in its pool", || async {
+        shared
+            .pools
+            .prepared_per_server()
+            .iter()
+            .any(|(_, counts)| counts.contains(&3))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
