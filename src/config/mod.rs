@@ -76,6 +76,39 @@ pub struct General {
     pub max_user_connections: usize,
     /// Transaction pooling: statements cached per server (0: no renaming).
     pub max_prepared_statements: usize,
+    pub client_tls: ClientTls,
+    pub server_tls: ServerTls,
+}
+
+/// TLS towards clients: whether sluice offers it, and whether it insists.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    pub acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub required: bool,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ClientTls {{ enabled: {}, required: {} }}",
+            self.acceptor.is_some(),
+            self.required
+        )
+    }
+}
+
+/// TLS towards PostgreSQL.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub mode: crate::net::tls::ServerTlsMode,
+    pub connector: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServerTls {{ mode: {:?} }}", self.mode)
+    }
 }
 
 /// A server address, kept as host name and port so DNS names work.

@@ -40,6 +40,11 @@ pub struct RawGeneral {
     pub max_db_connections: u32,
     pub max_user_connections: u32,
     pub max_prepared_statements: u32,
+    pub client_tls_mode: String,
+    pub client_tls_cert: Option<String>,
+    pub client_tls_key: Option<String>,
+    pub server_tls_mode: String,
+    pub server_tls_ca: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -66,6 +71,11 @@ impl Default for RawGeneral {
             max_db_connections: 0,
             max_user_connections: 0,
             max_prepared_statements: 200,
+            client_tls_mode: "disable".into(),
+            client_tls_cert: None,
+            client_tls_key: None,
+            server_tls_mode: "prefer".into(),
+            server_tls_ca: None,
         }
     }
 }

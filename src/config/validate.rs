@@ -129,6 +129,8 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let idle_transaction_timeout =
         duration("idle_transaction_timeout", &g.idle_transaction_timeout, p);
     let query_timeout = duration("query_timeout", &g.query_timeout, p);
+    let client_tls = client_tls(g, p);
+    let server_tls = server_tls(g, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
         "pin" => Some(false),
@@ -156,6 +158,8 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_db_connections: g.max_db_connections as usize,
         max_user_connections: g.max_user_connections as usize,
         max_prepared_statements: g.max_prepared_statements as usize,
+        client_tls: client_tls?,
+        server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,
@@ -164,6 +168,58 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
     })
+}
+
+fn client_tls(g: &RawGeneral, p: &mut Problems) -> Option<super::ClientTls> {
+    let (offer, required) = match g.client_tls_mode.as_str() {
+        "disable" => (false, false),
+        "allow" | "prefer" => (true, false),
+        "require" => (true, true),
+        other => {
+            p.add(
+                "general.client_tls_mode",
+                format!("unknown mode \"{other}\" (expected disable, allow, prefer or require)"),
+            );
+            return None;
+        }
+    };
+    if !offer {
+        return Some(super::ClientTls::default());
+    }
+    let (Some(cert), Some(key)) = (&g.client_tls_cert, &g.client_tls_key) else {
+        p.add(
+            "general.client_tls_cert",
+            "client_tls_cert and client_tls_key are required unless client_tls_mode = \"disable\"",
+        );
+        return None;
+    };
+    let acceptor = p.check(
+        "general.client_tls_cert",
+        crate::net::tls::acceptor(cert.as_ref(), key.as_ref()),
+    )?;
+    Some(super::ClientTls {
+        acceptor: Some(acceptor),
+        required,
+    })
+}
+
+fn server_tls(g: &RawGeneral, p: &mut Problems) -> Option<super::ServerTls> {
+    let Some(mode) = crate::net::tls::ServerTlsMode::parse(&g.server_tls_mode) else {
+        p.add(
+            "general.server_tls_mode",
+            format!(
+                "unknown mode \"{}\" (expected disable, prefer, require, verify-ca or verify-full)",
+                g.server_tls_mode
+            ),
+        );
+        return None;
+    };
+    let ca = g.server_tls_ca.as_deref().map(std::path::Path::new);
+    let connector = p.check(
+        "general.server_tls_ca",
+        crate::net::tls::connector(mode, ca),
+    )?;
+    Some(super::ServerTls { mode, connector })
 }
 
 fn host_port(s: &str) -> Result<HostPort, String> {

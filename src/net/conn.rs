@@ -72,6 +72,22 @@ impl Conn {
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.stream.write_all(bytes).await?;
+        // A TLS stream may hold the records back until flushed.
+        self.stream.flush().await?;
         Ok(())
+    }
+
+    /// Upgrades a plaintext client connection to TLS after answering 'S'.
+    /// The read buffer must be empty: bytes a client sent in plaintext after
+    /// SSLRequest are never treated as if they came over TLS.
+    pub async fn accept_tls(self, acceptor: &tokio_rustls::TlsAcceptor) -> Result<Conn, Error> {
+        let PgStream::Plain(tcp) = self.stream else {
+            return Err(Error::refuse(
+                crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+                "TLS requested twice",
+            ));
+        };
+        let tls = acceptor.accept(tcp).await?;
+        Ok(Conn::new(PgStream::ClientTls(Box::new(tls))))
     }
 }

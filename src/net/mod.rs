@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod stream;
+pub mod tls;
 
 pub use conn::Conn;
 pub use stream::PgStream;

@@ -11,13 +11,26 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub enum PgStream {
     Plain(TcpStream),
+    /// TLS with a client (sluice is the TLS server).
+    ClientTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS with a PostgreSQL server (sluice is the TLS client).
+    ServerTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Calls `$f` on whichever stream `$s` holds.
+macro_rules! each {
+    ($s:expr, $v:ident => $f:expr) => {
+        match $s {
+            PgStream::Plain($v) => $f,
+            PgStream::ClientTls($v) => $f,
+            PgStream::ServerTls($v) => $f,
+        }
+    };
 }
 
 impl PgStream {
-    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        match self {
-            PgStream::Plain(s) => s.peer_addr(),
-        }
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, PgStream::Plain(_))
     }
 }
 
@@ -27,9 +40,7 @@ impl AsyncRead for PgStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -39,21 +50,15 @@ impl AsyncWrite for PgStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -61,14 +66,10 @@ impl AsyncWrite for PgStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            PgStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            PgStream::Plain(s) => s.is_write_vectored(),
-        }
+        each!(self, s => s.is_write_vectored())
     }
 }

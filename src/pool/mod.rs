@@ -107,6 +107,7 @@ impl PoolSet {
                 .unwrap_or_else(|| key.user.clone()),
             password: server_password(user),
             connect_timeout: g.server_connect_timeout,
+            tls: g.server_tls.clone(),
         };
         let manager = ServerManager {
             target,

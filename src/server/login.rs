@@ -43,6 +43,7 @@ pub struct ServerTarget {
     pub user: String,
     pub password: ServerPassword,
     pub connect_timeout: Duration,
+    pub tls: crate::config::ServerTls,
 }
 
 /// What the server told us during login.
@@ -62,7 +63,10 @@ pub async fn connect(t: &ServerTarget) -> Result<LoginResult, ServerError> {
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
-        let mut conn = Conn::new(PgStream::Plain(tcp));
+        let stream = negotiate_tls(tcp, t)
+            .await
+            .map_err(|e| ServerError::from_io(&addr, e))?;
+        let mut conn = Conn::new(stream);
         login(&mut conn, t)
             .await
             .map_err(|e| ServerError::from_io(&addr, e))?;
@@ -71,6 +75,44 @@ pub async fn connect(t: &ServerTarget) -> Result<LoginResult, ServerError> {
     match tokio::time::timeout(t.connect_timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(ServerError::ConnectTimeout { addr }),
+    }
+}
+
+/// SSLRequest to the server as server_tls_mode says. Exactly one byte is
+/// read before the handshake, so nothing the server sent in plaintext can be
+/// taken for TLS data.
+async fn negotiate_tls(mut tcp: TcpStream, t: &ServerTarget) -> Result<PgStream, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(connector) = &t.tls.connector else {
+        return Ok(PgStream::Plain(tcp));
+    };
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .await
+        .map_err(Error::from_read)?;
+    match answer[0] {
+        b'S' => {
+            let name = rustls::pki_types::ServerName::try_from(t.addr.host.clone())
+                .map_err(|e| auth_err(t, format!("invalid server name for TLS: {e}")))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| auth_err(t, format!("TLS handshake failed: {e}")))?;
+            Ok(PgStream::ServerTls(Box::new(tls)))
+        }
+        b'N' if !t.tls.mode.required() => Ok(PgStream::Plain(tcp)),
+        b'N' => Err(auth_err(
+            t,
+            format!(
+                "server does not support TLS (server_tls_mode = {:?})",
+                t.tls.mode
+            ),
+        )),
+        other => Err(auth_err(
+            t,
+            format!("unexpected answer {other} to SSLRequest"),
+        )),
     }
 }
 

@@ -44,8 +44,20 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     let span = tracing::info_span!("client", %peer);
     async move {
         let max_packet = shared.config().general.max_packet_size;
-        let mut pipe = Pipe::new(Conn::new(PgStream::Plain(tcp)), max_packet);
-        if let Err(e) = serve(&mut pipe, &shared).await {
+        let (conn, opening) = startup::open(Conn::new(PgStream::Plain(tcp)), &shared).await;
+        let Some(conn) = conn else {
+            if let Err(e) = opening {
+                tracing::info!(error = %e, "TLS handshake failed");
+            }
+            return;
+        };
+        let mut pipe = Pipe::new(conn, max_packet);
+        let result = match opening {
+            Ok(Opening::Startup(params)) => serve(&mut pipe, &shared, params).await,
+            Ok(Opening::Cancelled) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
             match e.client_message() {
                 Some((code, msg)) => {
                     tracing::info!(%code, error = %msg, "client refused");
@@ -78,11 +90,7 @@ pub(crate) struct Ctx<'a> {
     pub primary: &'a crate::config::HostPort,
 }
 
-async fn serve(pipe: &mut Pipe, shared: &Shared) -> Result<(), Error> {
-    let params = match startup::read_opening(&mut pipe.client, shared).await? {
-        Opening::Startup(p) => p,
-        Opening::Cancelled => return Ok(()),
-    };
+async fn serve(pipe: &mut Pipe, shared: &Shared, params: StartupParams) -> Result<(), Error> {
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
             sqlstate::TOO_MANY_CONNECTIONS,

@@ -55,7 +55,8 @@ impl OutQueue {
             }
             self.advance(n);
         }
-        Poll::Ready(Ok(()))
+        // TLS streams may hold encrypted records back until flushed.
+        Pin::new(&mut *w).poll_flush(cx)
     }
 
     fn advance(&mut self, mut n: usize) {

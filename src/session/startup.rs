@@ -13,36 +13,79 @@ pub enum Opening {
     Cancelled,
 }
 
-/// Reads packets until a StartupMessage or CancelRequest. SSLRequest and
-/// GSSENCRequest are answered 'N' (at most once each, as libpq expects).
-pub async fn read_opening(conn: &mut Conn, shared: &Shared) -> Result<Opening, Error> {
+/// Reads packets until a StartupMessage or CancelRequest, upgrading to TLS
+/// when the client asks and sluice offers it. Returns the connection as it
+/// ends up (None when a TLS handshake failed half-way) and the outcome.
+pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Opening, Error>) {
+    let tls = shared.config().general.client_tls.clone();
     let mut negotiations = 0;
     loop {
-        let pkt = conn.read_startup_packet().await?;
-        match startup::parse(&pkt)? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations < 2 => {
+        let pkt = match conn.read_startup_packet().await {
+            Ok(p) => p,
+            Err(e) => return (Some(conn), Err(e)),
+        };
+        let parsed = match startup::parse(&pkt) {
+            Ok(p) => p,
+            Err(e) => return (Some(conn), Err(e.into())),
+        };
+        match parsed {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations >= 2 => {
+                return (
+                    Some(conn),
+                    Err(Error::refuse(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "too many encryption requests",
+                    )),
+                );
+            }
+            StartupPacket::SslRequest if tls.acceptor.is_some() && !conn.stream.is_tls() => {
                 negotiations += 1;
-                conn.write_all(b"N").await?;
+                if !conn.rbuf.is_empty() {
+                    // CVE-2021-23214: plaintext pipelined after SSLRequest.
+                    let e = Error::refuse(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        "received unencrypted data after SSL request",
+                    );
+                    return (Some(conn), Err(e));
+                }
+                if let Err(e) = conn.write_all(b"S").await {
+                    return (Some(conn), Err(e));
+                }
+                let Some(acceptor) = &tls.acceptor else {
+                    continue;
+                };
+                match conn.accept_tls(acceptor).await {
+                    Ok(c) => conn = c,
+                    Err(e) => return (None, Err(e)),
+                }
             }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                return Err(Error::refuse(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "too many encryption requests",
-                ));
+                negotiations += 1;
+                if let Err(e) = conn.write_all(b"N").await {
+                    return (Some(conn), Err(e));
+                }
             }
             StartupPacket::Cancel { pid, secret } => {
                 let timeout = shared.config().general.server_connect_timeout;
                 shared.cancels.cancel(pid, secret, timeout).await;
-                return Ok(Opening::Cancelled);
+                return (Some(conn), Ok(Opening::Cancelled));
             }
-            StartupPacket::Startup(p) => return Ok(Opening::Startup(p)),
+            StartupPacket::Startup(_) if tls.required && !conn.stream.is_tls() => {
+                let e = Error::refuse(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "TLS is required: connect with sslmode=require (client_tls_mode = require)",
+                );
+                return (Some(conn), Err(e));
+            }
+            StartupPacket::Startup(p) => return (Some(conn), Ok(Opening::Startup(p))),
             StartupPacket::Unsupported { major, minor } => {
-                return Err(Error::refuse(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!(
-                        "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
-                    ),
-                ));
+                let msg = format!(
+                    "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                );
+                return (
+                    Some(conn),
+                    Err(Error::refuse(sqlstate::FEATURE_NOT_SUPPORTED, msg)),
+                );
             }
         }
     }

@@ -13,5 +13,6 @@ mod limits;
 mod passthrough;
 mod pooling;
 mod prepared;
+mod tls;
 mod tools;
 mod txn_pooling;

@@ -12,6 +12,8 @@ pub const SCRAM_USER: (&str, &str) = ("sluice_scram", "scram_pw");
 pub const MD5_USER: (&str, &str) = ("sluice_md5", "md5_pw");
 pub const PLAIN_USER: (&str, &str) = ("sluice_plain", "plain_pw");
 pub const TRUST_USER: &str = "sluice_trust";
+/// Allowed in only over TLS (hostssl), refused without.
+pub const TLS_USER: (&str, &str) = ("sluice_tls", "tls_pw");
 pub const DB: &str = "app";
 
 pub fn pg_bin(name: &str) -> PathBuf {
@@ -87,6 +89,8 @@ host replication all 127.0.0.1/32 trust
 host all sluice_trust 127.0.0.1/32 trust
 host all sluice_md5 127.0.0.1/32 md5
 host all sluice_plain 127.0.0.1/32 password
+hostssl all sluice_tls 127.0.0.1/32 scram-sha-256
+hostnossl all sluice_tls 127.0.0.1/32 reject
 host all all 127.0.0.1/32 scram-sha-256
 ";
 
@@ -102,10 +106,15 @@ fn template() -> &'static PathBuf {
         c.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
         run(&mut c, "initdb");
         std::fs::write(data.join("pg_hba.conf"), HBA).expect("write pg_hba.conf");
+        let certs = super::certs::certs();
+        std::fs::copy(&certs.cert, data.join("server.crt")).expect("copy server.crt");
+        std::fs::copy(&certs.key, data.join("server.key")).expect("copy server.key");
+        std::fs::set_permissions(data.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod server.key");
         let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\n\
                     synchronous_commit = off\nmax_connections = 300\nshared_buffers = 32MB\n\
                     max_wal_senders = 10\nwal_level = replica\nhot_standby = on\nlogging_collector = off\n\
-                    log_min_messages = warning\n";
+                    log_min_messages = warning\nssl = on\n";
         append(&data.join("postgresql.conf"), conf);
         give_to_postgres(&root);
         spawn_reaper(&root);
@@ -235,14 +244,16 @@ impl Cluster {
                 "CREATE ROLE {s} LOGIN SUPERUSER PASSWORD '{sp}';\
                  SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN SUPERUSER PASSWORD '{mp}';\
                  RESET password_encryption; CREATE ROLE {p} LOGIN SUPERUSER PASSWORD '{pp}';\
-                 CREATE ROLE {t} LOGIN SUPERUSER;",
+                 CREATE ROLE {t} LOGIN SUPERUSER; CREATE ROLE {tls} LOGIN SUPERUSER PASSWORD '{tlsp}';",
                 s = SCRAM_USER.0,
                 sp = SCRAM_USER.1,
                 m = MD5_USER.0,
                 mp = MD5_USER.1,
                 p = PLAIN_USER.0,
                 pp = PLAIN_USER.1,
-                t = TRUST_USER
+                t = TRUST_USER,
+                tls = TLS_USER.0,
+                tlsp = TLS_USER.1,
             ),
         );
         primary.psql(

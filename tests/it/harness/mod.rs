@@ -1,7 +1,8 @@
+pub mod certs;
 pub mod cluster;
 pub mod sluice;
 pub mod wire;
 
-pub use cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TRUST_USER};
+pub use cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TLS_USER, TRUST_USER};
 pub use sluice::{Sluice, config_for, wait_until};
 pub use wire::Wire;

@@ -1,0 +1,170 @@
+//! TLS on both sides: clients to sluice (client_tls_*) and sluice to
+//! PostgreSQL (server_tls_*), with certificates made in the test.
+
+use std::sync::Arc;
+
+use crate::harness::certs::certs;
+use crate::harness::cluster::pg_bin;
+use crate::harness::wire::startup_packet;
+use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, TLS_USER, Wire, config_for};
+
+fn client_tls_general(mode: &str) -> String {
+    let c = certs();
+    format!(
+        "client_tls_mode = \"{mode}\"\nclient_tls_cert = \"{}\"\nclient_tls_key = \"{}\"",
+        c.cert.display(),
+        c.key.display()
+    )
+}
+
+fn rustls_connector(ca: &std::path::Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+}
+
+use rustls::pki_types::pem::PemObject;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
+    let s = Sluice::with(Cluster::shared(), &client_tls_general("require")).await;
+    let url = format!("{} sslmode=require", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    // tokio-postgres-rustls checks the chain and the name (127.0.0.1): verify-full.
+    let (c, conn) = tokio_postgres::connect(&url, rustls_connector(&certs().ca))
+        .await
+        .expect("TLS login");
+    tokio::spawn(conn);
+    let v: i32 = c.query_one("SELECT 41 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+    // A big result crosses many TLS records intact.
+    let n: i64 = c.query_one("SELECT sum(length(x)) FROM (SELECT repeat('x', 1000) x FROM generate_series(1, 5000)) t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5_000_000);
+
+    let plain = format!("{} sslmode=disable", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    let e = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("plaintext refused");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
+
+    // psql with sslmode=verify-full against the test CA.
+    let port = s.port;
+    let ca = certs().ca.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(pg_bin("psql"))
+            .arg(format!(
+                "host=127.0.0.1 port={port} user={} dbname={DB} sslmode=verify-full sslrootcert={}",
+                SCRAM_USER.0,
+                ca.display()
+            ))
+            .args(["-X", "-A", "-t", "-c", "SELECT 'over tls'"])
+            .env("PGPASSWORD", SCRAM_USER.1)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_mode_serves_both_and_plaintext_after_sslrequest_is_refused() {
+    let s = Sluice::with(Cluster::shared(), &client_tls_general("prefer")).await;
+    let plain = format!("{} sslmode=disable", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    let (c, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .expect("plaintext allowed");
+    tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.unwrap();
+    // SSLRequest with a plaintext StartupMessage pipelined behind it
+    // (CVE-2021-23214): refused, never read as if it came over TLS.
+    let mut w = Wire::connect(s.port).await;
+    let mut bytes = vec![0, 0, 0, 8, 4, 210, 22, 47];
+    bytes.extend_from_slice(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]));
+    w.send(&bytes).await;
+    let m = w.recv().await.expect("an error, not 'S'");
+    assert_eq!(m.tag, b'E');
+    assert_eq!(m.field(b'C').as_deref(), Some("08P01"));
+}
+
+fn tls_user_config(server_tls: &str) -> String {
+    config_for(
+        Cluster::shared(),
+        server_tls,
+        &format!("[users.{}]\npassword = \"{}\"\n", TLS_USER.0, TLS_USER.1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_reaches_a_hostssl_only_server_with_verify_full() {
+    let c = certs();
+    let s = Sluice::start(&tls_user_config(&format!(
+        "server_tls_mode = \"verify-full\"\nserver_tls_ca = \"{}\"",
+        c.ca.display()
+    )))
+    .await;
+    let client = s
+        .connect(TLS_USER.0, TLS_USER.1, DB)
+        .await
+        .expect("login through TLS to the server");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "the server connection is encrypted");
+
+    // Without TLS, the hostssl-only role is refused by PostgreSQL itself.
+    let s = Sluice::start(&tls_user_config("server_tls_mode = \"disable\"")).await;
+    let e = s
+        .connect(TLS_USER.0, TLS_USER.1, DB)
+        .await
+        .expect_err("hostnossl reject");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
+
+    // A server certificate from another CA fails verification.
+    let s = Sluice::start(&tls_user_config(&format!(
+        "server_tls_mode = \"verify-full\"\nserver_tls_ca = \"{}\"",
+        c.other_ca.display()
+    )))
+    .await;
+    let e = s
+        .connect(TLS_USER.0, TLS_USER.1, DB)
+        .await
+        .expect_err("untrusted server certificate");
+    let db = e.as_db_error().expect("ErrorResponse");
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("TLS"), "{}", db.message());
+}
+
+#[test]
+fn check_config_reports_tls_problems() {
+    let bad = "[general]\nclient_tls_mode = \"require\"\nserver_tls_mode = \"verify-full\"\n[databases.app]\nprimary = \"127.0.0.1:5432\"\n";
+    let Err(sluice::config::ConfigError::Invalid(p)) = sluice::config::Config::parse(bad) else {
+        panic!("expected problems")
+    };
+    let joined = p
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(joined.contains("general.client_tls_cert"), "{joined}");
+    assert!(joined.contains("general.server_tls_ca"), "{joined}");
+}
