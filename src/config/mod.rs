@@ -78,6 +78,8 @@ pub struct General {
     pub max_prepared_statements: usize,
     pub client_tls: ClientTls,
     pub server_tls: ServerTls,
+    /// A client must finish startup and authentication within this.
+    pub client_login_timeout: Duration,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

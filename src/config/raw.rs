@@ -45,6 +45,7 @@ pub struct RawGeneral {
     pub client_tls_key: Option<String>,
     pub server_tls_mode: String,
     pub server_tls_ca: Option<String>,
+    pub client_login_timeout: String,
 }
 
 impl Default for RawGeneral {
@@ -76,6 +77,7 @@ impl Default for RawGeneral {
             client_tls_key: None,
             server_tls_mode: "prefer".into(),
             server_tls_ca: None,
+            client_login_timeout: "60s".into(),
         }
     }
 }

@@ -43,8 +43,16 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
     let span = tracing::info_span!("client", %peer);
     async move {
-        let max_packet = shared.config().general.max_packet_size;
-        let (conn, opening) = startup::open(Conn::new(PgStream::Plain(tcp)), &shared).await;
+        let config = shared.config();
+        let max_packet = config.general.max_packet_size;
+        let deadline = login_deadline(&config);
+        let opening = startup::open(Conn::new(PgStream::Plain(tcp)), &shared);
+        let Ok((conn, opening)) = tokio::time::timeout_at(deadline, opening).await else {
+            tracing::info!(
+                "client_login_timeout: closing a client that did not finish its startup"
+            );
+            return;
+        };
         let Some(conn) = conn else {
             if let Err(e) = opening {
                 tracing::info!(error = %e, "TLS handshake failed");
@@ -53,7 +61,7 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         };
         let mut pipe = Pipe::new(conn, max_packet);
         let result = match opening {
-            Ok(Opening::Startup(params)) => serve(&mut pipe, &shared, params).await,
+            Ok(Opening::Startup(params)) => serve(&mut pipe, &shared, params, deadline).await,
             Ok(Opening::Cancelled) => Ok(()),
             Err(e) => Err(e),
         };
@@ -90,7 +98,23 @@ pub(crate) struct Ctx<'a> {
     pub primary: &'a crate::config::HostPort,
 }
 
-async fn serve(pipe: &mut Pipe, shared: &Shared, params: StartupParams) -> Result<(), Error> {
+/// When a client connecting now must be logged in by (client_login_timeout).
+fn login_deadline(config: &Config) -> tokio::time::Instant {
+    let t = config.general.client_login_timeout;
+    let t = if t.is_zero() {
+        std::time::Duration::from_secs(86_400 * 365)
+    } else {
+        t
+    };
+    tokio::time::Instant::now() + t
+}
+
+async fn serve(
+    pipe: &mut Pipe,
+    shared: &Shared,
+    params: StartupParams,
+    deadline: tokio::time::Instant,
+) -> Result<(), Error> {
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
             sqlstate::TOO_MANY_CONNECTIONS,
@@ -98,7 +122,14 @@ async fn serve(pipe: &mut Pipe, shared: &Shared, params: StartupParams) -> Resul
         )
     })?;
     let config = shared.config();
-    let login = authenticate(&mut pipe.client, &config, &params).await?;
+    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
+        .await
+        .map_err(|_| {
+            Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout: authentication took too long",
+            )
+        })??;
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),

@@ -291,3 +291,26 @@ async fn newer_minor_protocol_is_negotiated_down_to_3_0() {
     let msgs = w.authenticate(SCRAM_USER.0, SCRAM_USER.1).await;
     assert_eq!(msgs.last().map(|m| m.tag), Some(b'Z'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_logins_are_dropped_and_real_clients_still_get_in() {
+    let s = Sluice::with(Cluster::shared(), "client_login_timeout = \"300ms\"").await;
+    // Connects and says nothing (slowloris).
+    let mut silent = Wire::connect(s.port).await;
+    // Starts, then never answers the password request.
+    let mut stalled = Wire::connect(s.port).await;
+    stalled
+        .send(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await;
+    assert_eq!(stalled.recv().await.map(|m| m.tag), Some(b'R'));
+    let started = std::time::Instant::now();
+    assert!(silent.recv().await.is_none(), "a silent client is closed");
+    let m = stalled.recv().await.expect("an error before close");
+    assert_eq!(m.field(b'C').as_deref(), Some("08P01"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let c = s.app().await;
+    assert_eq!(
+        c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+        1
+    );
+}
