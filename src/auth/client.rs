@@ -54,26 +54,30 @@ fn method(user: Option<&User>, auth_type: AuthType) -> Method {
     }
 }
 
-/// Runs the exchange; on success the caller sends AuthenticationOk.
+/// Runs the exchange; on success the caller sends AuthenticationOk. A SCRAM
+/// login against a stored verifier also yields the client's ClientKey, with
+/// which sluice can log in to PostgreSQL (pass-through).
 pub async fn authenticate(
     conn: &mut Conn,
     name: &str,
     user: Option<&User>,
     auth_type: AuthType,
-) -> Result<(), Error> {
+) -> Result<Option<Vec<u8>>, Error> {
     match method(user, auth_type) {
-        Method::Trust => Ok(()),
+        Method::Trust => Ok(None),
         Method::Md5(secret) => {
             let stored = if matches!(user.map(|u| &u.secret), Some(Secret::Md5(_))) {
                 secret
             } else {
                 md5::stored_hash(name, &secret)
             };
-            md5_exchange(conn, name, Some(&stored)).await
+            md5_exchange(conn, name, Some(&stored)).await.map(|()| None)
         }
-        Method::Scram(v) => scram_exchange(conn, name, &v).await,
-        Method::Reject(AuthType::Md5) => md5_exchange(conn, name, None).await,
-        Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible()).await,
+        Method::Scram(v) => scram_exchange(conn, name, &v).await.map(Some),
+        Method::Reject(AuthType::Md5) => md5_exchange(conn, name, None).await.map(|()| None),
+        Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible())
+            .await
+            .map(Some),
     }
 }
 
@@ -106,7 +110,7 @@ async fn scram_exchange(
     conn: &mut Conn,
     name: &str,
     verifier: &ScramVerifier,
-) -> Result<(), Error> {
+) -> Result<Vec<u8>, Error> {
     let mut out = BytesMut::new();
     build::auth_sasl_mechanisms(&mut out, &["SCRAM-SHA-256"]);
     conn.write_all(&out).await?;
@@ -137,7 +141,8 @@ async fn scram_exchange(
             out.clear();
             build::authentication(&mut out, 12, server_final.as_bytes());
             conn.write_all(&out).await?;
-            Ok(())
+            super::scram::recover_client_key(verifier, data, &server_first, &client_final)
+                .ok_or_else(|| malformed("SCRAM client-final message"))
         }
         Err(PgWireError::InvalidPassword(_)) => Err(failed(name)),
         // A proof of the wrong length or a bad nonce is a failed login too.

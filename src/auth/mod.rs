@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod md5;
+pub mod scram;
 pub mod secret;

@@ -45,6 +45,9 @@ fn server_password(user: Option<&User>) -> ServerPassword {
     match &u.secret {
         Secret::Plain { password, .. } => ServerPassword::Plain(password.clone()),
         Secret::Md5(h) if u.server_user.is_none() => ServerPassword::Md5Hash(h.clone()),
+        Secret::Scram(v) if u.server_user.is_none() => {
+            ServerPassword::PassThrough(Arc::new(crate::server::login::PassThrough::new(v.clone())))
+        }
         _ => ServerPassword::None,
     }
 }

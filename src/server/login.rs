@@ -21,12 +21,40 @@ use crate::protocol::tags::BackendTag;
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 
 /// How sluice proves itself to PostgreSQL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum ServerPassword {
     None,
     Plain(String),
     /// md5(password || user) in hex: enough for md5 auth, not for SCRAM.
     Md5Hash(String),
+    /// SCRAM pass-through: the user's verifier, and the ClientKey learnt
+    /// from the first client that logged in with it.
+    PassThrough(std::sync::Arc<PassThrough>),
+}
+
+pub struct PassThrough {
+    pub verifier: crate::auth::secret::ScramVerifier,
+    client_key: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl PassThrough {
+    pub fn new(verifier: crate::auth::secret::ScramVerifier) -> Self {
+        Self {
+            verifier,
+            client_key: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn learn(&self, key: Vec<u8>) {
+        *self.client_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+
+    fn key(&self) -> Option<Vec<u8>> {
+        self.client_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for ServerPassword {
@@ -141,8 +169,7 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
     let mut out = BytesMut::new();
     build::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
     conn.write_all(&out).await?;
-    let mut scram = None;
-    let mut scram_final = None;
+    let mut sasl = Sasl::None;
     loop {
         let f = conn.read_frame(MAX_AUTH_MESSAGE).await?;
         match BackendTag::from_byte(f.tag) {
@@ -155,13 +182,11 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
             BackendTag::NoticeResponse | BackendTag::NegotiateProtocolVersion => continue,
             BackendTag::Authentication => {}
             _ => {
-                return Err(auth_err(
-                    t,
-                    format!(
-                        "unexpected message '{}' during authentication",
-                        f.tag as char
-                    ),
-                ));
+                let msg = format!(
+                    "unexpected message '{}' during authentication",
+                    f.tag as char
+                );
+                return Err(auth_err(t, msg));
             }
         }
         let (code, data) =
@@ -175,7 +200,7 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
                 let hash = match &t.password {
                     ServerPassword::Plain(p) => md5::stored_hash(&t.user, p),
                     ServerPassword::Md5Hash(h) => h.clone(),
-                    ServerPassword::None => {
+                    ServerPassword::None | ServerPassword::PassThrough(_) => {
                         return Err(auth_err(
                             t,
                             "server asks for md5 but no server password is configured",
@@ -184,38 +209,7 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
                 };
                 build::password(&mut out, md5::response_from_hash(&hash, &salt).as_bytes());
             }
-            10 => {
-                if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
-                    return Err(auth_err(
-                        t,
-                        "server offers no SASL mechanism sluice supports",
-                    ));
-                }
-                let client =
-                    ScramClientAuth::new(t.user.clone(), plain(t, "SCRAM-SHA-256")?.to_string());
-                let (first, waiting) = client
-                    .build_client_first()
-                    .map_err(|e| auth_err(t, e.to_string()))?;
-                build::sasl_initial_response(&mut out, "SCRAM-SHA-256", first.as_bytes());
-                scram = Some(waiting);
-            }
-            11 => {
-                let w = scram
-                    .take()
-                    .ok_or_else(|| auth_err(t, "unexpected SASLContinue"))?;
-                let (fin, waiting) = w
-                    .build_client_final(data)
-                    .map_err(|e| auth_err(t, e.to_string()))?;
-                build::sasl_response(&mut out, fin.as_bytes());
-                scram_final = Some(waiting);
-            }
-            12 => {
-                let w = scram_final
-                    .take()
-                    .ok_or_else(|| auth_err(t, "unexpected SASLFinal"))?;
-                w.verify_server_final(data)
-                    .map_err(|e| auth_err(t, format!("server signature invalid: {e}")))?;
-            }
+            10..=12 => sasl = sasl_step(code, data, t, sasl, &mut out)?,
             other => {
                 return Err(auth_err(
                     t,
@@ -226,6 +220,74 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
         if !out.is_empty() {
             conn.write_all(&out).await?;
         }
+    }
+}
+
+/// Where a SCRAM exchange with the server stands.
+enum Sasl {
+    None,
+    /// With a plaintext password (pgwire's client).
+    First(pgwire::api::auth::sasl::scram::ScramClientAuthWaitingForServerFirst),
+    Final(pgwire::api::auth::sasl::scram::ScramClientAuthWaitingForServerFinal),
+    /// Pass-through with a ClientKey learnt from a client.
+    Key(crate::auth::scram::KeyLogin, Vec<u8>),
+    Done,
+}
+
+/// One SASL step (AuthenticationSASL, SASLContinue, SASLFinal).
+fn sasl_step(
+    code: i32,
+    data: &[u8],
+    t: &ServerTarget,
+    st: Sasl,
+    out: &mut BytesMut,
+) -> Result<Sasl, Error> {
+    match (code, st, &t.password) {
+        (10, Sasl::None, ServerPassword::PassThrough(pt)) => {
+            let key = pt.key().ok_or_else(|| {
+                auth_err(t, "SCRAM pass-through: no client has logged in yet to learn the key; set server_password")
+            })?;
+            let (first, login) = crate::auth::scram::KeyLogin::start();
+            build::sasl_initial_response(out, "SCRAM-SHA-256", first.as_bytes());
+            Ok(Sasl::Key(login, key))
+        }
+        (10, Sasl::None, _) => {
+            if !sasl_mechanisms(data).any(|m| m == b"SCRAM-SHA-256") {
+                return Err(auth_err(
+                    t,
+                    "server offers no SASL mechanism sluice supports",
+                ));
+            }
+            let client =
+                ScramClientAuth::new(t.user.clone(), plain(t, "SCRAM-SHA-256")?.to_string());
+            let (first, waiting) = client
+                .build_client_first()
+                .map_err(|e| auth_err(t, e.to_string()))?;
+            build::sasl_initial_response(out, "SCRAM-SHA-256", first.as_bytes());
+            Ok(Sasl::First(waiting))
+        }
+        (11, Sasl::Key(mut login, key), ServerPassword::PassThrough(pt)) => {
+            let fin = login
+                .finish(data, &pt.verifier, &key)
+                .map_err(|e| auth_err(t, e))?;
+            build::sasl_response(out, fin.as_bytes());
+            Ok(Sasl::Key(login, key))
+        }
+        (11, Sasl::First(w), _) => {
+            let (fin, waiting) = w
+                .build_client_final(data)
+                .map_err(|e| auth_err(t, e.to_string()))?;
+            build::sasl_response(out, fin.as_bytes());
+            Ok(Sasl::Final(waiting))
+        }
+        (12, Sasl::Key(login, _), _) if login.verify(data) => Ok(Sasl::Done),
+        (12, Sasl::Final(w), _) => {
+            w.verify_server_final(data)
+                .map_err(|e| auth_err(t, format!("server signature invalid: {e}")))?;
+            Ok(Sasl::Done)
+        }
+        (12, _, _) => Err(auth_err(t, "server signature invalid")),
+        (code, _, _) => Err(auth_err(t, format!("unexpected SASL message {code}"))),
     }
 }
 

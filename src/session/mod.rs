@@ -87,6 +87,8 @@ struct Login {
     user: String,
     database: String,
     settings: Vec<(String, String)>,
+    /// From a SCRAM login against a stored verifier (pass-through).
+    client_key: Option<Vec<u8>>,
 }
 
 /// What the pool-mode loops need besides the pipe.
@@ -122,14 +124,15 @@ async fn serve(
         )
     })?;
     let config = shared.config();
-    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
-        .await
-        .map_err(|_| {
-            Error::refuse(
-                sqlstate::PROTOCOL_VIOLATION,
-                "client_login_timeout: authentication took too long",
-            )
-        })??;
+    let mut login =
+        tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
+            .await
+            .map_err(|_| {
+                Error::refuse(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "client_login_timeout: authentication took too long",
+                )
+            })??;
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),
@@ -138,6 +141,11 @@ async fn serve(
     let user = config.users.get(&login.user);
     let mode = config.pool_mode(db, user);
     let pool = shared.pools.get_or_create(&config, &key, db, user);
+    if let (Some(k), crate::server::ServerPassword::PassThrough(pt)) =
+        (login.client_key.take(), &pool.manager().target.password)
+    {
+        pt.learn(k);
+    }
     let mut checkout = Checkout::get(&pool, &login.database).await?;
 
     let mut greeting = BytesMut::new();
@@ -211,7 +219,7 @@ async fn authenticate(
         conn.write_all(&out).await?;
         out.clear();
     }
-    auth::client::authenticate(
+    let client_key = auth::client::authenticate(
         conn,
         &user,
         config.users.get(&user),
@@ -230,6 +238,7 @@ async fn authenticate(
         user,
         database,
         settings,
+        client_key,
     })
 }
 

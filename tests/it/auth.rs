@@ -165,3 +165,48 @@ async fn unknown_database_is_3d000() {
         .expect("missing on server");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("3D000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_needs_no_plaintext_password() {
+    let cluster = Cluster::shared();
+    let verifier = cluster.primary.psql(
+        "postgres",
+        &format!(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+            SCRAM_USER.0
+        ),
+    );
+    // Only the verifier PostgreSQL stores: no plaintext anywhere in the config.
+    let toml = config_for(cluster, "pool_mode = \"transaction\"", "").replace(
+        &format!("password = \"{}\"", SCRAM_USER.1),
+        &format!("password = \"{verifier}\""),
+    );
+    assert!(!toml.contains(SCRAM_USER.1));
+    let s = Sluice::start(&toml).await;
+    // Several clients, so sluice opens more than one server connection with the learnt key.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = s
+            .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+            .await
+            .expect("pass-through login");
+        c.batch_execute("BEGIN").await.unwrap();
+        clients.push(c);
+    }
+    for c in &clients {
+        assert_eq!(
+            c.query_one("SELECT current_user::text", &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0),
+            SCRAM_USER.0
+        );
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    let e = s
+        .connect(SCRAM_USER.0, "wrong", DB)
+        .await
+        .err()
+        .expect("wrong password");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
