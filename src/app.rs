@@ -22,6 +22,8 @@ pub struct Shared {
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
     pub stats: Arc<crate::stats::Stats>,
+    pub client_counts: Arc<crate::admission::ClientCounts>,
+    pub auth_throttle: crate::admission::AuthThrottle,
 }
 
 impl Shared {
@@ -33,6 +35,8 @@ impl Shared {
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
             stats: Arc::default(),
+            client_counts: Arc::default(),
+            auth_throttle: Default::default(),
         }
     }
 

@@ -80,6 +80,13 @@ pub struct General {
     pub server_tls: ServerTls,
     /// A client must finish startup and authentication within this.
     pub client_login_timeout: Duration,
+    /// Failed logins from one address within auth_failure_window before it
+    /// is refused (0: never).
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: Duration,
+    /// Clients per user / per database (0: no limit).
+    pub max_user_client_connections: usize,
+    pub max_db_client_connections: usize,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

@@ -46,6 +46,10 @@ pub struct RawGeneral {
     pub server_tls_mode: String,
     pub server_tls_ca: Option<String>,
     pub client_login_timeout: String,
+    pub auth_failure_limit: u32,
+    pub auth_failure_window: String,
+    pub max_user_client_connections: u32,
+    pub max_db_client_connections: u32,
 }
 
 impl Default for RawGeneral {
@@ -78,6 +82,10 @@ impl Default for RawGeneral {
             server_tls_mode: "prefer".into(),
             server_tls_ca: None,
             client_login_timeout: "60s".into(),
+            auth_failure_limit: 20,
+            auth_failure_window: "60s".into(),
+            max_user_client_connections: 0,
+            max_db_client_connections: 0,
         }
     }
 }

@@ -131,6 +131,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let query_timeout = duration("query_timeout", &g.query_timeout, p);
     let client_tls = client_tls(g, p);
     let server_tls = server_tls(g, p);
+    let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
@@ -161,6 +162,10 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_prepared_statements: g.max_prepared_statements as usize,
         client_tls: client_tls?,
         client_login_timeout: client_login_timeout?,
+        auth_failure_limit: g.auth_failure_limit,
+        auth_failure_window: auth_failure_window?,
+        max_user_client_connections: g.max_user_client_connections as usize,
+        max_db_client_connections: g.max_db_client_connections as usize,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

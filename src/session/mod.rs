@@ -39,7 +39,8 @@ use vars::Setting;
 
 /// Serves one accepted TCP connection to completion.
 pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
-    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer_addr = tcp.peer_addr().ok();
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let span = tracing::info_span!("client", %peer);
     async move {
@@ -61,7 +62,10 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         };
         let mut pipe = Pipe::new(conn, max_packet);
         let result = match opening {
-            Ok(Opening::Startup(params)) => serve(&mut pipe, &shared, params, deadline).await,
+            Ok(Opening::Startup(params)) => {
+                let peer_ip = peer_addr.map(|a| a.ip());
+                serve(&mut pipe, &shared, params, deadline, peer_ip).await
+            }
             Ok(Opening::Cancelled) => Ok(()),
             Err(e) => Err(e),
         };
@@ -116,6 +120,7 @@ async fn serve(
     shared: &Shared,
     params: StartupParams,
     deadline: tokio::time::Instant,
+    peer_ip: Option<std::net::IpAddr>,
 ) -> Result<(), Error> {
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
@@ -124,15 +129,60 @@ async fn serve(
         )
     })?;
     let config = shared.config();
-    let mut login =
-        tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
-            .await
-            .map_err(|_| {
-                Error::refuse(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "client_login_timeout: authentication took too long",
-                )
-            })??;
+    let g = &config.general;
+    if let Some(ip) = peer_ip
+        && shared
+            .auth_throttle
+            .blocked(ip, g.auth_failure_limit, g.auth_failure_window)
+    {
+        // Slow the guesser down, and never let it reach PostgreSQL.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        return Err(Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("too many failed login attempts from {ip}; try again later"),
+        ));
+    }
+    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
+        .await
+        .map_err(|_| {
+            Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout: authentication took too long",
+            )
+        })?;
+    let mut login = match login {
+        Err(e) => {
+            if let (Some(ip), Error::Refuse { code, .. }) = (peer_ip, &e)
+                && code == sqlstate::INVALID_PASSWORD
+            {
+                shared.auth_throttle.failed(ip, g.auth_failure_window);
+            }
+            return Err(e);
+        }
+        Ok(l) => l,
+    };
+    let too_many = |what: &str, name: &str| {
+        Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many client connections for {what} \"{name}\" (max_{what}_client_connections)"
+            ),
+        )
+    };
+    let _user_slot = shared
+        .client_counts
+        .admit(
+            format!("user:{}", login.user),
+            g.max_user_client_connections,
+        )
+        .ok_or_else(|| too_many("user", &login.user))?;
+    let _db_slot = shared
+        .client_counts
+        .admit(
+            format!("db:{}", login.database),
+            g.max_db_client_connections,
+        )
+        .ok_or_else(|| too_many("db", &login.database))?;
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),

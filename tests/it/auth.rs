@@ -210,3 +210,74 @@ async fn scram_pass_through_needs_no_plaintext_password() {
         .expect("wrong password");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_throttled_per_address() {
+    use crate::harness::Wire;
+    let s = Sluice::with(
+        Cluster::shared(),
+        "auth_failure_limit = 3\nauth_failure_window = \"60s\"",
+    )
+    .await;
+    for _ in 0..3 {
+        let (_, msgs) = Wire::connect_from("127.0.0.2", s.port)
+            .await
+            .login_as(SCRAM_USER.0, "guess", DB, &[])
+            .await;
+        assert_eq!(msgs[0].field(b'C').as_deref(), Some("28P01"));
+    }
+    // Now even the right password from that address is refused, before any
+    // exchange and without reaching PostgreSQL...
+    let mut w = Wire::connect_from("127.0.0.2", s.port).await;
+    w.send(&crate::harness::wire::startup_packet(&[
+        ("user", SCRAM_USER.0),
+        ("database", DB),
+    ]))
+    .await;
+    let m = w.recv().await.expect("an error");
+    assert_eq!(m.field(b'C').as_deref(), Some("28000"));
+    assert!(
+        m.field(b'M')
+            .unwrap_or_default()
+            .contains("too many failed login attempts")
+    );
+    // ...while clients from other addresses still get in.
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, SCRAM_USER.1).await,
+        SCRAM_USER.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_caps_per_user_and_per_database() {
+    let s = Sluice::with(
+        Cluster::shared(),
+        "max_user_client_connections = 1\nmax_db_client_connections = 2",
+    )
+    .await;
+    let a = s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.unwrap();
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+        .await
+        .err()
+        .expect("user cap");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"));
+    let _b = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();
+    let e = s
+        .connect(PLAIN_USER.0, PLAIN_USER.1, DB)
+        .await
+        .err()
+        .expect("database cap");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("max_db_client_connections"),
+        "{}",
+        db.message()
+    );
+    drop(a);
+    crate::harness::wait_until(10, "the user's place to free up", || async {
+        s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.is_ok()
+    })
+    .await;
+}

@@ -75,6 +75,21 @@ impl Wire {
         }
     }
 
+    /// Connects from another loopback address (127.0.0.2, say): another client host.
+    pub async fn connect_from(source: &str, port: u16) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{source}:0").parse().expect("source address"))
+            .expect("bind source");
+        let stream = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect to sluice");
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
     }
@@ -130,12 +145,25 @@ impl Wire {
         db: &str,
         extra: &[(&str, &str)],
     ) -> (Self, Vec<Msg>) {
-        let mut w = Self::connect(port).await;
+        Self::connect(port)
+            .await
+            .login_as(user, password, db, extra)
+            .await
+    }
+
+    /// Sends a StartupMessage on this connection and logs in.
+    pub async fn login_as(
+        mut self,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> (Self, Vec<Msg>) {
         let mut params = vec![("user", user), ("database", db)];
         params.extend_from_slice(extra);
-        w.send(&startup_packet(&params)).await;
-        let msgs = w.authenticate(user, password).await;
-        (w, msgs)
+        self.send(&startup_packet(&params)).await;
+        let msgs = self.authenticate(user, password).await;
+        (self, msgs)
     }
 
     /// Answers authentication requests; returns everything after AuthenticationOk.

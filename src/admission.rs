@@ -1,0 +1,113 @@
+//! Who gets in: per-user and per-database client caps, and throttling of
+//! addresses that keep failing authentication. Plain data behind std
+//! mutexes, never held across an await.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Counts connected clients per key ("user:x", "db:y").
+#[derive(Debug, Default)]
+pub struct ClientCounts {
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+/// One admitted client; dropping it frees its place.
+#[derive(Debug)]
+pub struct Admitted {
+    counts: Arc<ClientCounts>,
+    key: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut m = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl ClientCounts {
+    /// Admits one more client under `key` unless `max` (0: no limit) is reached.
+    pub fn admit(self: &Arc<Self>, key: String, max: usize) -> Option<Admitted> {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.clone()).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted {
+            counts: self.clone(),
+            key,
+        })
+    }
+}
+
+/// Failed logins per client address within a sliding window.
+#[derive(Debug, Default)]
+pub struct AuthThrottle {
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl AuthThrottle {
+    /// Records a failed login from `ip`.
+    pub fn failed(&self, ip: IpAddr, window: Duration) {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let e = m.entry(ip).or_insert((0, now));
+        if now.duration_since(e.1) > window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        // Keep the table small: forget addresses whose window has passed.
+        if m.len() > 10_000 {
+            m.retain(|_, (_, start)| now.duration_since(*start) <= window);
+        }
+    }
+
+    /// Whether `ip` has failed `limit` times (0: never throttle) within `window`.
+    pub fn blocked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
+        if limit == 0 {
+            return false;
+        }
+        let m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&ip)
+            .is_some_and(|(n, start)| *n >= limit && start.elapsed() <= window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_count_and_release() {
+        let c = Arc::new(ClientCounts::default());
+        let a = c.admit("user:u".into(), 2).unwrap();
+        let _b = c.admit("user:u".into(), 2).unwrap();
+        assert!(c.admit("user:u".into(), 2).is_none());
+        assert!(c.admit("user:v".into(), 2).is_some());
+        drop(a);
+        assert!(c.admit("user:u".into(), 2).is_some());
+        assert!(c.admit("user:w".into(), 0).is_some());
+    }
+
+    #[test]
+    fn throttle_after_limit_within_window() {
+        let t = AuthThrottle::default();
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let w = Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(!t.blocked(ip, 3, w));
+            t.failed(ip, w);
+        }
+        assert!(t.blocked(ip, 3, w));
+        assert!(!t.blocked("127.0.0.1".parse().unwrap(), 3, w));
+        assert!(!t.blocked(ip, 0, w));
+    }
+}
