@@ -129,60 +129,7 @@ async fn serve(
         )
     })?;
     let config = shared.config();
-    let g = &config.general;
-    if let Some(ip) = peer_ip
-        && shared
-            .auth_throttle
-            .blocked(ip, g.auth_failure_limit, g.auth_failure_window)
-    {
-        // Slow the guesser down, and never let it reach PostgreSQL.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        return Err(Error::refuse(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("too many failed login attempts from {ip}; try again later"),
-        ));
-    }
-    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, &config, &params))
-        .await
-        .map_err(|_| {
-            Error::refuse(
-                sqlstate::PROTOCOL_VIOLATION,
-                "client_login_timeout: authentication took too long",
-            )
-        })?;
-    let mut login = match login {
-        Err(e) => {
-            if let (Some(ip), Error::Refuse { code, .. }) = (peer_ip, &e)
-                && code == sqlstate::INVALID_PASSWORD
-            {
-                shared.auth_throttle.failed(ip, g.auth_failure_window);
-            }
-            return Err(e);
-        }
-        Ok(l) => l,
-    };
-    let too_many = |what: &str, name: &str| {
-        Error::refuse(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "too many client connections for {what} \"{name}\" (max_{what}_client_connections)"
-            ),
-        )
-    };
-    let _user_slot = shared
-        .client_counts
-        .admit(
-            format!("user:{}", login.user),
-            g.max_user_client_connections,
-        )
-        .ok_or_else(|| too_many("user", &login.user))?;
-    let _db_slot = shared
-        .client_counts
-        .admit(
-            format!("db:{}", login.database),
-            g.max_db_client_connections,
-        )
-        .ok_or_else(|| too_many("db", &login.database))?;
+    let (mut login, _places) = admit(pipe, shared, &config, &params, deadline, peer_ip).await?;
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),
@@ -237,6 +184,73 @@ async fn serve(
             .await
         }
     }
+}
+
+/// Throttling, authentication (within client_login_timeout) and client
+/// caps. The returned places free themselves when the session ends.
+async fn admit(
+    pipe: &mut Pipe,
+    shared: &Shared,
+    config: &Config,
+    params: &StartupParams,
+    deadline: tokio::time::Instant,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<(Login, [crate::admission::Admitted; 2]), Error> {
+    let g = &config.general;
+    if let Some(ip) = peer_ip
+        && shared
+            .auth_throttle
+            .blocked(ip, g.auth_failure_limit, g.auth_failure_window)
+    {
+        // Slow the guesser down, and never let it reach PostgreSQL.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        return Err(Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("too many failed login attempts from {ip}; try again later"),
+        ));
+    }
+    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, config, params))
+        .await
+        .map_err(|_| {
+            Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout: authentication took too long",
+            )
+        })?;
+    let login = match login {
+        Err(e) => {
+            if let (Some(ip), Error::Refuse { code, .. }) = (peer_ip, &e)
+                && code == sqlstate::INVALID_PASSWORD
+            {
+                shared.auth_throttle.failed(ip, g.auth_failure_window);
+            }
+            return Err(e);
+        }
+        Ok(l) => l,
+    };
+    let too_many = |what: &str, name: &str| {
+        Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many client connections for {what} \"{name}\" (max_{what}_client_connections)"
+            ),
+        )
+    };
+    let user_place = shared
+        .client_counts
+        .admit(
+            format!("user:{}", login.user),
+            g.max_user_client_connections,
+        )
+        .ok_or_else(|| too_many("user", &login.user))?;
+    let db_place = shared
+        .client_counts
+        .admit(
+            format!("db:{}", login.database),
+            g.max_db_client_connections,
+        )
+        .ok_or_else(|| too_many("db", &login.database))?;
+    Ok((login, [user_place, db_place]))
 }
 
 /// Checks the startup parameters and the client's credentials, then sends
