@@ -77,6 +77,24 @@ impl Conn {
         Ok(())
     }
 
+    /// True when the client opened with a TLS ClientHello (direct TLS) rather
+    /// than a startup packet. Peeks: nothing is consumed.
+    pub async fn starts_with_tls(&self) -> bool {
+        let PgStream::Plain(tcp) = &self.stream else {
+            return false;
+        };
+        let mut b = [0u8; 1];
+        matches!(tcp.peek(&mut b).await, Ok(1)) && b[0] == crate::net::tls::TLS_HANDSHAKE_BYTE
+    }
+
+    /// The ALPN protocol the TLS client chose, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match &self.stream {
+            PgStream::ClientTls(t) => t.get_ref().1.alpn_protocol(),
+            _ => None,
+        }
+    }
+
     /// Upgrades a plaintext client connection to TLS after answering 'S'.
     /// The read buffer must be empty: bytes a client sent in plaintext after
     /// SSLRequest are never treated as if they came over TLS.

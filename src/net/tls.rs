@@ -31,16 +31,25 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// The acceptor for clients that send SSLRequest.
+/// The ALPN protocol name PostgreSQL 17 registered.
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// First byte of a TLS handshake record: a client using direct TLS
+/// (PostgreSQL 17 `sslnegotiation=direct`) starts with it instead of a packet length.
+pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
+
+/// The acceptor for clients that send SSLRequest or start TLS directly.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read key {}: {e}", key.display()))?;
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs(cert)?, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    // PostgreSQL 17 clients name the protocol; direct TLS requires it.
+    cfg.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 

@@ -19,6 +19,23 @@ pub enum Opening {
 pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Opening, Error>) {
     let tls = shared.config().general.client_tls.clone();
     let mut negotiations = 0;
+    if let Some(acceptor) = &tls.acceptor
+        && conn.starts_with_tls().await
+    {
+        // Direct TLS (PostgreSQL 17): only with ALPN "postgresql", as PostgreSQL requires.
+        conn = match conn.accept_tls(acceptor).await {
+            Ok(c) => c,
+            Err(e) => return (None, Err(e)),
+        };
+        if conn.alpn() != Some(crate::net::tls::ALPN_POSTGRESQL) {
+            let e = Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "direct TLS connection without ALPN protocol \"postgresql\"",
+            );
+            return (Some(conn), Err(e));
+        }
+        negotiations = 2;
+    }
     loop {
         let pkt = match conn.read_startup_packet().await {
             Ok(p) => p,

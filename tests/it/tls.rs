@@ -168,3 +168,79 @@ fn check_config_reports_tls_problems() {
     assert!(joined.contains("general.client_tls_cert"), "{joined}");
     assert!(joined.contains("general.server_tls_ca"), "{joined}");
 }
+
+/// A TLS client that starts with a ClientHello (PostgreSQL 17's
+/// `sslnegotiation=direct`), offering `alpn`.
+async fn direct_tls(
+    port: u16,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&certs().ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("direct TLS handshake")
+}
+
+/// Reads frames until one tagged `tag`; returns their tags.
+async fn read_tags_until<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    tag: u8,
+) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    loop {
+        let mut h = [0u8; 5];
+        if s.read_exact(&mut h).await.is_err() {
+            return out;
+        }
+        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        out.push((h[0], body));
+        if h[0] == tag {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_needs_alpn_postgresql() {
+    use tokio::io::AsyncWriteExt;
+    let s = Sluice::with(
+        Cluster::shared(),
+        &format!("{}\nauth_type = \"trust\"", client_tls_general("require")),
+    )
+    .await;
+    let mut tls = direct_tls(s.port, &[b"postgresql"]).await;
+    tls.write_all(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await
+        .unwrap();
+    let msgs = read_tags_until(&mut tls, b'Z').await;
+    assert_eq!(msgs.first().map(|m| m.0), Some(b'R'));
+    assert_eq!(
+        msgs.last().map(|m| (m.0, m.1.clone())),
+        Some((b'Z', b"I".to_vec()))
+    );
+
+    let mut no_alpn = direct_tls(s.port, &[]).await;
+    let msgs = read_tags_until(&mut no_alpn, b'E').await;
+    let err = msgs.last().expect("an error");
+    assert_eq!(err.0, b'E');
+    assert!(String::from_utf8_lossy(&err.1).contains("08P01"));
+}
