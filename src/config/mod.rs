@@ -87,6 +87,8 @@ pub struct General {
     /// Clients per user / per database (0: no limit).
     pub max_user_client_connections: usize,
     pub max_db_client_connections: usize,
+    /// Rules from auth_hba_file, when set: they decide the auth method.
+    pub hba: Option<std::sync::Arc<crate::auth::hba::Hba>>,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

@@ -50,6 +50,7 @@ pub struct RawGeneral {
     pub auth_failure_window: String,
     pub max_user_client_connections: u32,
     pub max_db_client_connections: u32,
+    pub auth_hba_file: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -86,6 +87,7 @@ impl Default for RawGeneral {
             auth_failure_window: "60s".into(),
             max_user_client_connections: 0,
             max_db_client_connections: 0,
+            auth_hba_file: None,
         }
     }
 }

@@ -132,6 +132,19 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let client_tls = client_tls(g, p);
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
+    let hba = match &g.auth_hba_file {
+        None => Some(None),
+        Some(path) => p
+            .check(
+                "general.auth_hba_file",
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {path}: {e}"))
+                    .and_then(|t| {
+                        crate::auth::hba::Hba::parse(&t).map_err(|e| format!("{path}: {e}"))
+                    }),
+            )
+            .map(|h| Some(std::sync::Arc::new(h))),
+    };
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
@@ -166,6 +179,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_failure_window: auth_failure_window?,
         max_user_client_connections: g.max_user_client_connections as usize,
         max_db_client_connections: g.max_db_client_connections as usize,
+        hba: hba?,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

@@ -209,14 +209,17 @@ async fn admit(
             format!("too many failed login attempts from {ip}; try again later"),
         ));
     }
-    let login = tokio::time::timeout_at(deadline, authenticate(&mut pipe.client, config, params))
-        .await
-        .map_err(|_| {
-            Error::refuse(
-                sqlstate::PROTOCOL_VIOLATION,
-                "client_login_timeout: authentication took too long",
-            )
-        })?;
+    let login = tokio::time::timeout_at(
+        deadline,
+        authenticate(&mut pipe.client, config, params, peer_ip),
+    )
+    .await
+    .map_err(|_| {
+        Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client_login_timeout: authentication took too long",
+        )
+    })?;
     let login = match login {
         Err(e) => {
             if let (Some(ip), Error::Refuse { code, .. }) = (peer_ip, &e)
@@ -253,12 +256,48 @@ async fn admit(
     Ok((login, [user_place, db_place]))
 }
 
+/// The authentication method for this client: auth_hba_file's first
+/// matching line when there is one, else auth_type.
+fn auth_method(
+    config: &Config,
+    tls: bool,
+    database: &str,
+    user: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Result<crate::config::AuthType, Error> {
+    use crate::auth::hba::HbaMethod;
+    use crate::config::AuthType;
+    let Some(hba) = &config.general.hba else {
+        return Ok(config.general.auth_type);
+    };
+    let host = ip.map(|i| i.to_string()).unwrap_or_default();
+    let ssl = if tls { "on" } else { "off" };
+    match hba.method(tls, database, user, ip) {
+        Some(HbaMethod::ScramSha256) => Ok(AuthType::ScramSha256),
+        Some(HbaMethod::Md5) => Ok(AuthType::Md5),
+        Some(HbaMethod::Trust) => Ok(AuthType::Trust),
+        Some(HbaMethod::Reject) => Err(Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "auth_hba_file rejects connection for host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"
+            ),
+        )),
+        None => Err(Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "no auth_hba_file entry for host \"{host}\", user \"{user}\", database \"{database}\", SSL {ssl}"
+            ),
+        )),
+    }
+}
+
 /// Checks the startup parameters and the client's credentials, then sends
 /// AuthenticationOk.
 async fn authenticate(
     conn: &mut Conn,
     config: &Config,
     params: &StartupParams,
+    peer_ip: Option<std::net::IpAddr>,
 ) -> Result<Login, Error> {
     let user = params
         .get("user")
@@ -283,13 +322,9 @@ async fn authenticate(
         conn.write_all(&out).await?;
         out.clear();
     }
-    let client_key = auth::client::authenticate(
-        conn,
-        &user,
-        config.users.get(&user),
-        config.general.auth_type,
-    )
-    .await?;
+    let auth_type = auth_method(config, conn.stream.is_tls(), &database, &user, peer_ip)?;
+    let client_key =
+        auth::client::authenticate(conn, &user, config.users.get(&user), auth_type).await?;
     if !config.databases.contains_key(&database) {
         return Err(Error::refuse(
             sqlstate::INVALID_CATALOG_NAME,

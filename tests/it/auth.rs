@@ -281,3 +281,70 @@ async fn client_caps_per_user_and_per_database() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hba_rules_pick_the_method_or_refuse() {
+    use crate::harness::Wire;
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hba = dir.join(format!("hba-{}.conf", crate::harness::cluster::free_port()));
+    std::fs::write(
+        &hba,
+        format!(
+            "host all {t} 127.0.0.1/32 trust\n\
+             host all {m} all reject\n\
+             host all all 127.0.0.2/32 reject\n\
+             host {DB} all 127.0.0.0/8 scram-sha-256\n",
+            t = TRUST_USER,
+            m = MD5_USER.0
+        ),
+    )
+    .unwrap();
+    let s = Sluice::with(
+        Cluster::shared(),
+        &format!("auth_hba_file = \"{}\"", hba.display()),
+    )
+    .await;
+    // trust: any password will do.
+    assert_eq!(
+        current_user(&s, TRUST_USER, "wrong").await,
+        TRUST_USER
+    );
+    // reject by user.
+    let e = s
+        .connect(MD5_USER.0, MD5_USER.1, DB)
+        .await
+        .err()
+        .expect("rejected user");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "28000");
+    assert!(db.message().contains("rejects"), "{}", db.message());
+    // reject by address, before any password exchange.
+    let mut w = Wire::connect_from("127.0.0.2", s.port).await;
+    w.send(&crate::harness::wire::startup_packet(&[
+        ("user", SCRAM_USER.0),
+        ("database", DB),
+    ]))
+    .await;
+    assert_eq!(
+        w.recv().await.and_then(|m| m.field(b'C')).as_deref(),
+        Some("28000")
+    );
+    // scram for the rest of app; no line for another database.
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, SCRAM_USER.1).await,
+        SCRAM_USER.0
+    );
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, "missing_on_server")
+        .await
+        .err()
+        .expect("no entry");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "28000");
+    assert!(
+        db.message().contains("no auth_hba_file entry"),
+        "{}",
+        db.message()
+    );
+}
