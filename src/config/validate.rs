@@ -132,19 +132,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let client_tls = client_tls(g, p);
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
-    let hba = match &g.auth_hba_file {
-        None => Some(None),
-        Some(path) => p
-            .check(
-                "general.auth_hba_file",
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {path}: {e}"))
-                    .and_then(|t| {
-                        crate::auth::hba::Hba::parse(&t).map_err(|e| format!("{path}: {e}"))
-                    }),
-            )
-            .map(|h| Some(std::sync::Arc::new(h))),
-    };
+    let hba = hba(g, p);
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
@@ -189,6 +177,17 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
     })
+}
+
+fn hba(g: &RawGeneral, p: &mut Problems) -> Option<Option<std::sync::Arc<crate::auth::hba::Hba>>> {
+    let Some(path) = &g.auth_hba_file else {
+        return Some(None);
+    };
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {path}: {e}"))
+        .and_then(|t| crate::auth::hba::Hba::parse(&t).map_err(|e| format!("{path}: {e}")));
+    p.check("general.auth_hba_file", parsed)
+        .map(|h| Some(std::sync::Arc::new(h)))
 }
 
 fn client_tls(g: &RawGeneral, p: &mut Problems) -> Option<super::ClientTls> {

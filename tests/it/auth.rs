@@ -306,10 +306,7 @@ async fn hba_rules_pick_the_method_or_refuse() {
     )
     .await;
     // trust: any password will do.
-    assert_eq!(
-        current_user(&s, TRUST_USER, "wrong").await,
-        TRUST_USER
-    );
+    assert_eq!(current_user(&s, TRUST_USER, "wrong").await, TRUST_USER);
     // reject by user.
     let e = s
         .connect(MD5_USER.0, MD5_USER.1, DB)
