@@ -24,6 +24,7 @@ pub struct Shared {
     pub stats: Arc<crate::stats::Stats>,
     pub client_counts: Arc<crate::admission::ClientCounts>,
     pub auth_throttle: crate::admission::AuthThrottle,
+    pub auth_cache: crate::auth::query::AuthCache,
 }
 
 impl Shared {
@@ -37,6 +38,7 @@ impl Shared {
             stats: Arc::default(),
             client_counts: Arc::default(),
             auth_throttle: Default::default(),
+            auth_cache: Default::default(),
         }
     }
 

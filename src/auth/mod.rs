@@ -3,5 +3,6 @@
 pub mod client;
 pub mod hba;
 pub mod md5;
+pub mod query;
 pub mod scram;
 pub mod secret;

@@ -89,6 +89,10 @@ pub struct General {
     pub max_db_client_connections: usize,
     /// Rules from auth_hba_file, when set: they decide the auth method.
     pub hba: Option<std::sync::Arc<crate::auth::hba::Hba>>,
+    /// Users not in [users] are looked up in PostgreSQL as this user.
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub auth_query_ttl: Duration,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

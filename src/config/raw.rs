@@ -51,6 +51,9 @@ pub struct RawGeneral {
     pub max_user_client_connections: u32,
     pub max_db_client_connections: u32,
     pub auth_hba_file: Option<String>,
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub auth_query_ttl: String,
 }
 
 impl Default for RawGeneral {
@@ -88,6 +91,10 @@ impl Default for RawGeneral {
             max_user_client_connections: 0,
             max_db_client_connections: 0,
             auth_hba_file: None,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
+                .into(),
+            auth_query_ttl: "60s".into(),
         }
     }
 }

@@ -51,6 +51,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         .iter()
         .filter_map(|(name, u)| Some((name.clone(), user(name, u, &mut p)?)))
         .collect();
+    if let Some(au) = &raw.general.auth_user
+        && !raw.users.contains_key(au)
+    {
+        p.add(
+            "general.auth_user",
+            format!("\"{au}\" is not a [users.{au}] entry"),
+        );
+    }
     if raw.databases.is_empty() {
         p.add(
             "databases",
@@ -133,6 +141,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
     let hba = hba(g, p);
+    let auth_query_ttl = duration("auth_query_ttl", &g.auth_query_ttl, p);
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = match g.on_session_state.as_str() {
@@ -168,6 +177,9 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_user_client_connections: g.max_user_client_connections as usize,
         max_db_client_connections: g.max_db_client_connections as usize,
         hba: hba?,
+        auth_user: g.auth_user.clone(),
+        auth_query: g.auth_query.clone(),
+        auth_query_ttl: auth_query_ttl?,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
@@ -332,7 +344,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let p = problems(
-            "[general]\nquery_wait_timeout = \"30\"\nmax_packet_size = \"1TB\"\npool_mode = \"bogus\"\n\
+            "[general]\nquery_wait_timeout = \"30\"\nmax_packet_size = \"1TB\"\npool_mode = \"bogus\"\nauth_user = \"ghost\"\n\
              [databases.app]\nprimary = \"nohost\"\n[users.u]\npassword = \"SCRAM-SHA-256$bad\"\n",
         );
         let joined = p.join("\n");
@@ -342,6 +354,7 @@ mod tests {
             "general.pool_mode",
             "databases.app.primary",
             "users.u.password",
+            "general.auth_user",
         ] {
             assert!(joined.contains(key), "{key} missing from:\n{joined}");
         }

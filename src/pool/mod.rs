@@ -34,7 +34,8 @@ pub struct PoolSet {
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-fn server_password(user: Option<&User>) -> ServerPassword {
+/// How sluice logs in to PostgreSQL as `user`.
+pub fn server_password(user: Option<&User>) -> ServerPassword {
     use crate::auth::secret::Secret;
     let Some(u) = user else {
         return ServerPassword::None;

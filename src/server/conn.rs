@@ -20,6 +20,31 @@ use crate::protocol::tags::BackendTag;
 /// Replies to sluice's own queries (reset, settings) are small.
 const MAX_INTERNAL_REPLY: usize = 1 << 20;
 
+/// A DataRow body as text columns (None for NULL); malformed input ends the row early.
+fn decode_text_row(body: &[u8]) -> Vec<Option<String>> {
+    let mut cols = Vec::new();
+    let Some(n) = body.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return cols;
+    };
+    let mut rest = &body[2..];
+    for _ in 0..n.max(0) {
+        let Some((len, tail)) = inspect::take_i32(rest) else {
+            break;
+        };
+        if len < 0 {
+            cols.push(None);
+            rest = tail;
+            continue;
+        }
+        let Some(v) = tail.get(..len as usize) else {
+            break;
+        };
+        cols.push(Some(String::from_utf8_lossy(v).into_owned()));
+        rest = &tail[len as usize..];
+    }
+    cols
+}
+
 #[derive(Debug)]
 pub struct ServerConn {
     pub conn: Conn,
@@ -160,6 +185,52 @@ impl ServerConn {
             // An error from the abandoned batch is the client's, not ours.
             Err(ServerError::Refused { .. }) | Ok(()) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one parameterized query of sluice's own and returns its first row
+    /// as text (None for SQL NULL), or None when it returns no row.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        build::parse_unnamed(&mut out, sql);
+        build::bind_unnamed_text(&mut out, params);
+        build::execute_unnamed(&mut out);
+        build::sync(&mut out);
+        self.state
+            .on_frontend(crate::protocol::tags::FrontendTag::Sync);
+        self.conn
+            .write_all(&out)
+            .await
+            .map_err(|e| self.io_err(e))?;
+        let (mut row, mut error) = (None, None);
+        loop {
+            let f = self
+                .conn
+                .read_frame(MAX_INTERNAL_REPLY)
+                .await
+                .map_err(|e| self.io_err(e))?;
+            match BackendTag::from_byte(f.tag) {
+                BackendTag::Other(b'D') if row.is_none() => row = Some(decode_text_row(f.body())),
+                BackendTag::ErrorResponse if error.is_none() => {
+                    error = Some(ErrorFields::parse(f.body()))
+                }
+                BackendTag::ReadyForQuery => {
+                    self.state
+                        .on_backend(BackendTag::ReadyForQuery, inspect::ready_status(f.body()));
+                    return match error {
+                        Some(fields) => Err(ServerError::Refused {
+                            addr: self.addr.clone(),
+                            fields,
+                        }),
+                        None => Ok(row),
+                    };
+                }
+                _ => {}
+            }
         }
     }
 

@@ -93,6 +93,8 @@ struct Login {
     settings: Vec<(String, String)>,
     /// From a SCRAM login against a stored verifier (pass-through).
     client_key: Option<Vec<u8>>,
+    /// A user found with auth_query rather than in [users].
+    looked_up: Option<crate::config::User>,
 }
 
 /// What the pool-mode loops need besides the pipe.
@@ -135,7 +137,7 @@ async fn serve(
         user: login.user.clone(),
     };
     let db = &config.databases[&login.database];
-    let user = config.users.get(&login.user);
+    let user = config.users.get(&login.user).or(login.looked_up.as_ref());
     let mode = config.pool_mode(db, user);
     let pool = shared.pools.get_or_create(&config, &key, db, user);
     if let (Some(k), crate::server::ServerPassword::PassThrough(pt)) =
@@ -211,7 +213,7 @@ async fn admit(
     }
     let login = tokio::time::timeout_at(
         deadline,
-        authenticate(&mut pipe.client, config, params, peer_ip),
+        authenticate(&mut pipe.client, shared, config, params, peer_ip),
     )
     .await
     .map_err(|_| {
@@ -295,6 +297,7 @@ fn auth_method(
 /// AuthenticationOk.
 async fn authenticate(
     conn: &mut Conn,
+    shared: &Shared,
     config: &Config,
     params: &StartupParams,
     peer_ip: Option<std::net::IpAddr>,
@@ -323,8 +326,12 @@ async fn authenticate(
         out.clear();
     }
     let auth_type = auth_method(config, conn.stream.is_tls(), &database, &user, peer_ip)?;
-    let client_key =
-        auth::client::authenticate(conn, &user, config.users.get(&user), auth_type).await?;
+    let looked_up = match config.users.contains_key(&user) {
+        true => None,
+        false => auth::query::lookup(&shared.auth_cache, config, &database, &user).await?,
+    };
+    let user_cfg = config.users.get(&user).or(looked_up.as_ref());
+    let client_key = auth::client::authenticate(conn, &user, user_cfg, auth_type).await?;
     if !config.databases.contains_key(&database) {
         return Err(Error::refuse(
             sqlstate::INVALID_CATALOG_NAME,
@@ -338,6 +345,7 @@ async fn authenticate(
         database,
         settings,
         client_key,
+        looked_up,
     })
 }
 

@@ -345,3 +345,38 @@ async fn hba_rules_pick_the_method_or_refuse() {
         db.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_finds_users_created_after_start() {
+    let cluster = Cluster::shared();
+    let s = Sluice::with(
+        cluster,
+        &format!("auth_user = \"{}\"\nauth_query_ttl = \"1s\"", SCRAM_USER.0),
+    )
+    .await;
+    let name = format!("late_{}", crate::harness::cluster::free_port());
+    // Unknown to PostgreSQL and to sluice: the usual 28P01.
+    let e = s
+        .connect(&name, "late_pw", DB)
+        .await
+        .err()
+        .expect("unknown user");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+    // Created in SQL after sluice started (the TTL lets the miss expire).
+    cluster.primary.psql(
+        "postgres",
+        &format!("CREATE ROLE {name} LOGIN PASSWORD 'late_pw'"),
+    );
+    crate::harness::wait_until(15, "the new user to be found", || async {
+        s.connect(&name, "late_pw", DB).await.is_ok()
+    })
+    .await;
+    // Its SCRAM verifier authenticates it, and pass-through logs sluice in as it.
+    assert_eq!(current_user(&s, &name, "late_pw").await, name);
+    let e = s
+        .connect(&name, "wrong", DB)
+        .await
+        .err()
+        .expect("wrong password");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+}
