@@ -33,6 +33,8 @@ fn malformed(what: &str) -> Error {
 
 enum Method {
     Trust,
+    /// A verified client certificate naming the user.
+    Cert,
     Md5(String),
     Scram(ScramVerifier),
     /// A user that may not log in: run an exchange that cannot succeed.
@@ -40,6 +42,9 @@ enum Method {
 }
 
 fn method(user: Option<&User>, auth_type: AuthType) -> Method {
+    if auth_type == AuthType::Cert {
+        return Method::Cert;
+    }
     let Some(u) = user else {
         return Method::Reject(auth_type);
     };
@@ -65,6 +70,13 @@ pub async fn authenticate(
 ) -> Result<Option<Vec<u8>>, Error> {
     match method(user, auth_type) {
         Method::Trust => Ok(None),
+        Method::Cert => match conn.client_cert_cn() {
+            Some(cn) if cn == name => Ok(None),
+            _ => Err(Error::refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("certificate authentication failed for user \"{name}\""),
+            )),
+        },
         Method::Md5(secret) => {
             let stored = if matches!(user.map(|u| &u.secret), Some(Secret::Md5(_))) {
                 secret

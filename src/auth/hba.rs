@@ -23,6 +23,7 @@ pub enum HbaMethod {
     ScramSha256,
     Md5,
     Trust,
+    Cert,
     Reject,
 }
 
@@ -119,8 +120,12 @@ impl Hba {
                 "md5" => HbaMethod::Md5,
                 "trust" => HbaMethod::Trust,
                 "reject" => HbaMethod::Reject,
-                "cert" => return Err(bad("method cert is not supported yet")),
-                _ => return Err(bad("method must be scram-sha-256, md5, trust or reject")),
+                "cert" => HbaMethod::Cert,
+                _ => {
+                    return Err(bad(
+                        "method must be scram-sha-256, md5, cert, trust or reject",
+                    ));
+                }
             };
             rules.push(Rule {
                 conn,
@@ -227,10 +232,11 @@ mod tests {
         let e = Hba::parse("host all all 1.2.3.4/32 md5\nhost all all bogus md5").unwrap_err();
         assert!(e.starts_with("line 2"), "{e}");
         assert!(Hba::parse("local all all trust").is_err());
+        assert!(Hba::parse("host all all all cert").is_ok());
         assert!(
-            Hba::parse("host all all all cert")
+            Hba::parse("host all all all ident")
                 .unwrap_err()
-                .contains("cert")
+                .contains("method")
         );
     }
 }

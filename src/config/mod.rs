@@ -39,6 +39,8 @@ pub enum AuthType {
     ScramSha256,
     Md5,
     Trust,
+    /// A verified TLS client certificate whose common name is the user name.
+    Cert,
 }
 
 #[derive(Debug, Clone)]

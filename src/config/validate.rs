@@ -103,10 +103,13 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         "scram-sha-256" => Some(AuthType::ScramSha256),
         "md5" => Some(AuthType::Md5),
         "trust" => Some(AuthType::Trust),
+        "cert" => Some(AuthType::Cert),
         other => {
             p.add(
                 "general.auth_type",
-                format!("unknown auth type \"{other}\" (expected scram-sha-256, md5 or trust)"),
+                format!(
+                    "unknown auth type \"{other}\" (expected scram-sha-256, md5, cert or trust)"
+                ),
             );
             None
         }
@@ -227,7 +230,11 @@ fn client_tls(g: &RawGeneral, p: &mut Problems) -> Option<super::ClientTls> {
     };
     let acceptor = p.check(
         "general.client_tls_cert",
-        crate::net::tls::acceptor(cert.as_ref(), key.as_ref()),
+        crate::net::tls::acceptor(
+            cert.as_ref(),
+            key.as_ref(),
+            g.client_tls_ca.as_deref().map(std::path::Path::new),
+        ),
     )?;
     Some(super::ClientTls {
         acceptor: Some(acceptor),

@@ -87,6 +87,16 @@ impl Conn {
         matches!(tcp.peek(&mut b).await, Ok(1)) && b[0] == crate::net::tls::TLS_HANDSHAKE_BYTE
     }
 
+    /// The common name of the client's verified TLS certificate, if it sent one.
+    pub fn client_cert_cn(&self) -> Option<String> {
+        match &self.stream {
+            PgStream::ClientTls(t) => {
+                crate::net::tls::common_name(t.get_ref().1.peer_certificates()?.first()?)
+            }
+            _ => None,
+        }
+    }
+
     /// The ALPN protocol the TLS client chose, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match &self.stream {

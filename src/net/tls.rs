@@ -38,19 +38,52 @@ pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// (PostgreSQL 17 `sslnegotiation=direct`) starts with it instead of a packet length.
 pub const TLS_HANDSHAKE_BYTE: u8 = 0x16;
 
+fn roots(ca: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate in {}: {e}", ca.display()))?;
+    }
+    Ok(roots)
+}
+
 /// The acceptor for clients that send SSLRequest or start TLS directly.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// With `client_ca`, client certificates are requested and verified against
+/// it (clients without one may still connect; the `cert` method needs one).
+pub fn acceptor(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsAcceptor, String> {
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read key {}: {e}", key.display()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let p = provider();
+    let builder = ServerConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                p,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(certs(cert)?, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
     // PostgreSQL 17 clients name the protocol; direct TLS requires it.
     cfg.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The common name of a verified client certificate (DER).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    x509_certificate::X509Certificate::from_der(der)
+        .ok()?
+        .subject_common_name()
 }
 
 /// How sluice uses TLS towards PostgreSQL (libpq's sslmode values).

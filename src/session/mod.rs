@@ -278,6 +278,7 @@ fn auth_method(
         Some(HbaMethod::ScramSha256) => Ok(AuthType::ScramSha256),
         Some(HbaMethod::Md5) => Ok(AuthType::Md5),
         Some(HbaMethod::Trust) => Ok(AuthType::Trust),
+        Some(HbaMethod::Cert) => Ok(AuthType::Cert),
         Some(HbaMethod::Reject) => Err(Error::refuse(
             sqlstate::INVALID_AUTHORIZATION,
             format!(

@@ -244,3 +244,69 @@ async fn direct_tls_needs_alpn_postgresql() {
     assert_eq!(err.0, b'E');
     assert!(String::from_utf8_lossy(&err.1).contains("08P01"));
 }
+
+fn rustls_connector_with_cert(ca: &std::path::Path) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let c = certs();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&c.client_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&c.client_key).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_auth_matches_the_common_name_to_the_user() {
+    let c = certs();
+    let general = format!(
+        "{}\nclient_tls_ca = \"{}\"\nauth_type = \"cert\"",
+        client_tls_general("require"),
+        c.ca.display()
+    );
+    let s = Sluice::with(Cluster::shared(), &general).await;
+    // CN = sluice_scram: logs in as sluice_scram with no password at all.
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={DB} sslmode=require",
+        s.port, SCRAM_USER.0
+    );
+    let (client, conn) = tokio_postgres::connect(&url, rustls_connector_with_cert(&c.ca))
+        .await
+        .expect("cert login");
+    tokio::spawn(conn);
+    let who: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, SCRAM_USER.0);
+    // The same certificate does not let anyone log in as another user...
+    let url = format!(
+        "host=127.0.0.1 port={} user={} dbname={DB} sslmode=require",
+        s.port,
+        crate::harness::MD5_USER.0
+    );
+    let e = tokio_postgres::connect(&url, rustls_connector_with_cert(&c.ca))
+        .await
+        .err()
+        .expect("CN mismatch");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
+    // ...and without a certificate there is no login.
+    let url = format!("{} sslmode=require", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    let e = tokio_postgres::connect(&url, rustls_connector(&c.ca))
+        .await
+        .err()
+        .expect("no certificate");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
+}
