@@ -81,6 +81,33 @@ impl AuthThrottle {
     }
 }
 
+/// New connections per user per second, as a token bucket (burst = rate).
+#[derive(Debug, Default)]
+pub struct ConnectRate {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl ConnectRate {
+    /// Takes a token for `user`; false when the user is over `per_second` (0: no limit).
+    pub fn allow(&self, user: &str, per_second: u32) -> bool {
+        if per_second == 0 {
+            return true;
+        }
+        let rate = f64::from(per_second);
+        let mut m = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = m.entry(user.to_string()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +122,15 @@ mod tests {
         drop(a);
         assert!(c.admit("user:u".into(), 2).is_some());
         assert!(c.admit("user:w".into(), 0).is_some());
+    }
+
+    #[test]
+    fn connect_rate_allows_a_burst_then_refuses() {
+        let r = ConnectRate::default();
+        assert!((0..5).all(|_| r.allow("u", 5)));
+        assert!(!r.allow("u", 5));
+        assert!(r.allow("v", 5));
+        assert!(r.allow("u", 0));
     }
 
     #[test]

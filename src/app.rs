@@ -25,6 +25,7 @@ pub struct Shared {
     pub client_counts: Arc<crate::admission::ClientCounts>,
     pub auth_throttle: crate::admission::AuthThrottle,
     pub auth_cache: crate::auth::query::AuthCache,
+    pub connect_rate: crate::admission::ConnectRate,
 }
 
 impl Shared {
@@ -39,7 +40,30 @@ impl Shared {
             client_counts: Arc::default(),
             auth_throttle: Default::default(),
             auth_cache: Default::default(),
+            connect_rate: Default::default(),
         }
+    }
+
+    /// Switches to `new`: later logins and checkouts use it; connected
+    /// clients stay. TLS certificates and keys come from the new config, so
+    /// they are re-read. listen_addr cannot change without a restart.
+    pub fn reload(&self, new: Config) {
+        let old = self.config();
+        let (was, now) = (old.general.max_client_conn, new.general.max_client_conn);
+        if now > was {
+            self.clients.add_permits(now - was);
+        } else if was > now {
+            // Permits in use are taken back as clients leave.
+            let clients = self.clients.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = clients.acquire_many_owned((was - now) as u32).await {
+                    p.forget();
+                }
+            });
+        }
+        self.pools.reload(&old, &new);
+        self.config.store(Arc::new(new));
+        tracing::info!("configuration reloaded");
     }
 
     /// The current configuration snapshot.

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config) {
+    match run(config, cli.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -90,15 +90,35 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
-        sluice::app::run(listener, config, shutdown_signal()).await?;
+        let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
+        tokio::spawn(reload_on_sighup(shared.clone(), path));
+        sluice::app::serve(listener, shared, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// SIGHUP re-reads the config file; a bad file is rejected whole and the
+/// running config kept.
+async fn reload_on_sighup(shared: std::sync::Arc<sluice::app::Shared>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match load(&path) {
+            Ok(c) => shared.reload(c),
+            Err(e) => tracing::error!(
+                "reload of {} failed, keeping the running config: {e}",
+                path.display()
+            ),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -95,6 +95,8 @@ pub struct General {
     pub auth_user: Option<String>,
     pub auth_query: String,
     pub auth_query_ttl: Duration,
+    /// New connections per second per user (0: no limit).
+    pub max_user_connect_rate: u32,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.
@@ -141,7 +143,7 @@ impl std::fmt::Display for HostPort {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Database {
     pub primary: HostPort,
     pub replicas: Vec<HostPort>,
@@ -153,7 +155,7 @@ pub struct Database {
     pub max_db_connections: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub secret: Secret,
     pub server_user: Option<String>,

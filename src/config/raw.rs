@@ -55,6 +55,7 @@ pub struct RawGeneral {
     pub auth_user: Option<String>,
     pub auth_query: String,
     pub auth_query_ttl: String,
+    pub max_user_connect_rate: u32,
 }
 
 impl Default for RawGeneral {
@@ -97,6 +98,7 @@ impl Default for RawGeneral {
             auth_query: "SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = $1"
                 .into(),
             auth_query_ttl: "60s".into(),
+            max_user_connect_rate: 0,
         }
     }
 }

@@ -183,6 +183,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_user: g.auth_user.clone(),
         auth_query: g.auth_query.clone(),
         auth_query_ttl: auth_query_ttl?,
+        max_user_connect_rate: g.max_user_connect_rate,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

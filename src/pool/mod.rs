@@ -134,6 +134,32 @@ impl PoolSet {
         pools.entry(key.clone()).or_insert(pool).clone()
     }
 
+    /// Applies a reloaded config: pools whose database or user changed or
+    /// went away are closed (their idle servers at once, busy ones when
+    /// returned), the others take the new pool size.
+    pub fn reload(&self, old: &Config, new: &Config) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|key, pool| {
+            let db = new.databases.get(&key.database);
+            let same_db = db.is_some() && db == old.databases.get(&key.database);
+            let same_user = new.users.get(&key.user) == old.users.get(&key.user);
+            match db {
+                Some(db) if same_db && same_user => {
+                    pool.resize(new.pool_size(db));
+                    true
+                }
+                _ => {
+                    pool.close();
+                    false
+                }
+            }
+        });
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     pub fn all(&self) -> Vec<(PoolKey, ServerPool)> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.iter().map(|(k, p)| (k.clone(), p.clone())).collect()

@@ -233,6 +233,18 @@ async fn admit(
         }
         Ok(l) => l,
     };
+    if !shared
+        .connect_rate
+        .allow(&login.user, g.max_user_connect_rate)
+    {
+        return Err(Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many new connections for user \"{}\" (max_user_connect_rate = {}/s)",
+                login.user, g.max_user_connect_rate
+            ),
+        ));
+    }
     let too_many = |what: &str, name: &str| {
         Error::refuse(
             sqlstate::TOO_MANY_CONNECTIONS,

@@ -380,3 +380,28 @@ async fn auth_query_finds_users_created_after_start() {
         .expect("wrong password");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_per_user_are_rate_limited() {
+    let s = Sluice::with(Cluster::shared(), "max_user_connect_rate = 3").await;
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(e) = s.connect(MD5_USER.0, MD5_USER.1, DB).await {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("a burst over the rate is refused");
+    let db = e.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "53300");
+    assert!(
+        db.message().contains("max_user_connect_rate"),
+        "{}",
+        db.message()
+    );
+    // Other users are not affected.
+    assert_eq!(
+        current_user(&s, SCRAM_USER.0, SCRAM_USER.1).await,
+        SCRAM_USER.0
+    );
+}

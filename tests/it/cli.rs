@@ -63,13 +63,33 @@ fn check_config_accepts_the_example_and_lists_every_problem() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
 }
 
+type SharedLog = std::sync::Arc<std::sync::Mutex<String>>;
+
+/// Collects a child's stderr as it is written.
+fn collect_log(stderr: std::process::ChildStderr) -> (SharedLog, std::thread::JoinHandle<()>) {
+    let log = SharedLog::default();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut l = sink.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    (log, reader)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
     let port = crate::harness::cluster::free_port();
     let toml =
         config_for(Cluster::shared(), "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = temp_file("serve.toml", &toml);
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["--config"])
         .arg(&path)
         .args(["--log-format", "json", "--log-level", "info"])
@@ -77,6 +97,14 @@ async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let (log, reader) = collect_log(child.stderr.take().unwrap());
+    let logged = |what: &'static str| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move { log.lock().unwrap().contains(what) }
+        }
+    };
     let url = format!(
         "host=127.0.0.1 port={port} user={} password={} dbname={DB}",
         SCRAM_USER.0, SCRAM_USER.1
@@ -95,17 +123,51 @@ async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
         c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
         5
     );
+
+    // SIGHUP with a broken file keeps the running config; a good one applies.
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(&path, "[general]\nnot_a_key = 1\n").unwrap();
+    assert!(hup().success());
+    wait_until(
+        10,
+        "the bad reload to be reported",
+        logged("keeping the running config"),
+    )
+    .await;
+    std::fs::write(
+        &path,
+        toml.replace("[general]", "[general]\ndefault_pool_size = 7"),
+    )
+    .unwrap();
+    assert!(hup().success());
+    wait_until(
+        10,
+        "the reload to be applied",
+        logged("configuration reloaded"),
+    )
+    .await;
+    assert_eq!(
+        c.query_one("SELECT 6", &[]).await.unwrap().get::<_, i32>(0),
+        6
+    );
+
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+    let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(out.status.success(), "exit status {:?}", out.status);
-    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(status.success(), "exit status {status:?}");
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
     assert!(
         log.contains("\"level\":\"INFO\""),
         "json logs expected:\n{log}"

@@ -100,3 +100,41 @@ async fn min_pool_size_keeps_servers_open() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_removes_a_database_closes_its_idle_servers() {
+    let cluster = Cluster::shared();
+    let toml = config_for(cluster, "pool_mode = \"transaction\"", "");
+    let s = Sluice::start(&toml).await;
+    let url = format!(
+        "{} application_name=soon-gone",
+        s.url(SCRAM_USER.0, SCRAM_USER.1, DB)
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.unwrap();
+    let count = || {
+        cluster.primary.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'soon-gone'",
+        )
+    };
+    assert_eq!(count(), "1", "the idle server stays in the pool");
+    let without_app = toml.replace(&format!("[databases.{DB}]"), "[databases.renamed]");
+    s.shared
+        .as_ref()
+        .unwrap()
+        .reload(sluice::config::Config::parse(&without_app).unwrap());
+    wait_until(10, "the removed database's servers to close", || async {
+        count() == "0"
+    })
+    .await;
+    let e = s
+        .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
+        .await
+        .err()
+        .expect("database removed");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("3D000"));
+}

@@ -310,3 +310,33 @@ async fn cert_auth_matches_the_common_name_to_the_user() {
         .expect("no certificate");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_certificates_and_keeps_clients() {
+    let cluster = Cluster::shared();
+    let s = Sluice::with(cluster, "").await;
+    let plain = format!("{} sslmode=disable", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    let (old, conn) = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Reload with TLS required and a certificate: new plaintext logins are refused...
+    let toml = config_for(cluster, &client_tls_general("require"), "");
+    s.shared
+        .as_ref()
+        .unwrap()
+        .reload(sluice::config::Config::parse(&toml).unwrap());
+    let e = tokio_postgres::connect(&plain, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("TLS now required");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28000"));
+    let url = format!("{} sslmode=require", s.url(SCRAM_USER.0, SCRAM_USER.1, DB));
+    let (c, conn) = tokio_postgres::connect(&url, rustls_connector(&certs().ca))
+        .await
+        .expect("TLS login");
+    tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.unwrap();
+    // ...while the client connected before the reload carries on.
+    old.simple_query("SELECT 1").await.unwrap();
+}
