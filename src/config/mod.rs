@@ -155,13 +155,29 @@ pub struct Database {
     pub max_db_connections: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     pub secret: Secret,
     pub server_user: Option<String>,
     pub server_password: Option<String>,
     pub pool_mode: Option<PoolMode>,
     pub max_user_connections: Option<usize>,
+}
+
+/// Never prints passwords, even at debug level.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("secret", &self.secret)
+            .field("server_user", &self.server_user)
+            .field(
+                "server_password",
+                &self.server_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pool_mode", &self.pool_mode)
+            .field("max_user_connections", &self.max_user_connections)
+            .finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -369,6 +369,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_passwords() {
+        let c = Config::parse(
+            "[databases.app]\nprimary = \"h:1\"\n[users.u]\npassword = \"p1-secret\"\nserver_password = \"p2-secret\"\n",
+        )
+        .unwrap();
+        let d = format!("{c:?}");
+        assert!(!d.contains("p1-secret") && !d.contains("p2-secret"), "{d}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let Err(ConfigError::Syntax(s)) = Config::parse("[general]\nlisten_adr = \"x\"\n") else {
             panic!("expected a syntax error")
