@@ -109,17 +109,17 @@ impl ServerConn {
         ServerError::from_io(&self.addr, e)
     }
 
-    /// Sends `out` and reads replies up to ReadyForQuery, swallowing rows and
-    /// completions. Notices are handed to `notices`; ParameterStatus updates
-    /// the cache. The first ErrorResponse is returned after the server is
-    /// ready again, so the connection stays usable.
+    /// Sends `out` and reads replies up to ReadyForQuery, keeping only the
+    /// first row (as text). Notices are handed to `notices`; ParameterStatus
+    /// updates the cache. The first ErrorResponse is returned after the
+    /// server is ready again, so the connection stays usable.
     async fn exchange(
         &mut self,
         out: &[u8],
         mut notices: Option<&mut Vec<Bytes>>,
-    ) -> Result<(), ServerError> {
+    ) -> Result<Option<Vec<Option<String>>>, ServerError> {
         self.conn.write_all(out).await.map_err(|e| self.io_err(e))?;
-        let mut first_error = None;
+        let (mut first_error, mut row) = (None, None);
         loop {
             let f = self
                 .conn
@@ -132,13 +132,14 @@ impl ServerConn {
                         self.state.on_backend(BackendTag::ReadyForQuery, Some(s));
                     }
                     return match first_error {
-                        None => Ok(()),
+                        None => Ok(row),
                         Some(fields) => Err(ServerError::Refused {
                             addr: self.addr.clone(),
                             fields,
                         }),
                     };
                 }
+                BackendTag::Other(b'D') if row.is_none() => row = Some(decode_text_row(f.body())),
                 BackendTag::ErrorResponse if first_error.is_none() => {
                     first_error = Some(ErrorFields::parse(f.body()));
                 }
@@ -171,21 +172,7 @@ impl ServerConn {
         build::query(&mut out, sql);
         self.state
             .on_frontend(crate::protocol::tags::FrontendTag::Query);
-        self.exchange(&out, None).await
-    }
-
-    /// Sends Sync for extended messages a client left without one, and
-    /// waits for the server to be ready again.
-    pub async fn sync(&mut self) -> Result<(), ServerError> {
-        let mut out = BytesMut::new();
-        build::sync(&mut out);
-        self.state
-            .on_frontend(crate::protocol::tags::FrontendTag::Sync);
-        match self.exchange(&out, None).await {
-            // An error from the abandoned batch is the client's, not ours.
-            Err(ServerError::Refused { .. }) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.exchange(&out, None).await.map(|_| ())
     }
 
     /// Runs one parameterized query of sluice's own and returns its first row
@@ -202,36 +189,7 @@ impl ServerConn {
         build::sync(&mut out);
         self.state
             .on_frontend(crate::protocol::tags::FrontendTag::Sync);
-        self.conn
-            .write_all(&out)
-            .await
-            .map_err(|e| self.io_err(e))?;
-        let (mut row, mut error) = (None, None);
-        loop {
-            let f = self
-                .conn
-                .read_frame(MAX_INTERNAL_REPLY)
-                .await
-                .map_err(|e| self.io_err(e))?;
-            match BackendTag::from_byte(f.tag) {
-                BackendTag::Other(b'D') if row.is_none() => row = Some(decode_text_row(f.body())),
-                BackendTag::ErrorResponse if error.is_none() => {
-                    error = Some(ErrorFields::parse(f.body()))
-                }
-                BackendTag::ReadyForQuery => {
-                    self.state
-                        .on_backend(BackendTag::ReadyForQuery, inspect::ready_status(f.body()));
-                    return match error {
-                        Some(fields) => Err(ServerError::Refused {
-                            addr: self.addr.clone(),
-                            fields,
-                        }),
-                        None => Ok(row),
-                    };
-                }
-                _ => {}
-            }
-        }
+        self.exchange(&out, None).await
     }
 
     /// Applies session settings (startup parameters) with set_config, in one
@@ -253,6 +211,6 @@ impl ServerConn {
         build::sync(&mut out);
         self.state
             .on_frontend(crate::protocol::tags::FrontendTag::Sync);
-        self.exchange(&out, Some(notices)).await
+        self.exchange(&out, Some(notices)).await.map(|_| ())
     }
 }

@@ -33,13 +33,7 @@ async fn md5_client_auth_from_plaintext_and_from_stored_hash() {
         SCRAM_USER.0
     );
     // A user configured with only its md5 hash, logging in to an md5 server.
-    let hash = cluster.primary.psql(
-        "postgres",
-        &format!(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
-            MD5_USER.0
-        ),
-    );
+    let hash = cluster.primary.rolpassword(MD5_USER.0);
     assert!(hash.starts_with("md5"), "{hash}");
     let toml = config_for(cluster, "auth_type = \"md5\"", "").replace(
         &format!("password = \"{}\"", MD5_USER.1),
@@ -58,13 +52,7 @@ async fn md5_client_auth_from_plaintext_and_from_stored_hash() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_verifier_from_pg_authid_authenticates_clients() {
     let cluster = Cluster::shared();
-    let verifier = cluster.primary.psql(
-        "postgres",
-        &format!(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
-            SCRAM_USER.0
-        ),
-    );
+    let verifier = cluster.primary.rolpassword(SCRAM_USER.0);
     assert!(verifier.starts_with("SCRAM-SHA-256$"));
     let toml = config_for(cluster, "", "").replace(
         &format!("password = \"{}\"", SCRAM_USER.1),
@@ -169,13 +157,7 @@ async fn unknown_database_is_3d000() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_pass_through_needs_no_plaintext_password() {
     let cluster = Cluster::shared();
-    let verifier = cluster.primary.psql(
-        "postgres",
-        &format!(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
-            SCRAM_USER.0
-        ),
-    );
+    let verifier = cluster.primary.rolpassword(SCRAM_USER.0);
     // Only the verifier PostgreSQL stores: no plaintext anywhere in the config.
     let toml = config_for(cluster, "pool_mode = \"transaction\"", "").replace(
         &format!("password = \"{}\"", SCRAM_USER.1),

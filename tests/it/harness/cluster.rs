@@ -187,6 +187,14 @@ impl PgInstance {
         std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
     }
 
+    /// The password secret PostgreSQL stores for `role` (pg_authid.rolpassword).
+    pub fn rolpassword(&self, role: &str) -> String {
+        self.psql(
+            "postgres",
+            &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{role}'"),
+        )
+    }
+
     /// Runs SQL as the superuser with psql; returns stdout.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(pg_bin("psql"))
