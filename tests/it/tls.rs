@@ -131,6 +131,21 @@ async fn sluice_reaches_a_hostssl_only_server_with_verify_full() {
         .get(0);
     assert!(ssl, "the server connection is encrypted");
 
+    // verify-ca checks the chain (not the name): the right CA passes.
+    let s = Sluice::start(&tls_user_config(&format!(
+        "server_tls_mode = \"verify-ca\"\nserver_tls_ca = \"{}\"",
+        c.ca.display()
+    )))
+    .await;
+    s.connect(TLS_USER.0, TLS_USER.1, DB)
+        .await
+        .expect("verify-ca login");
+    // require encrypts without checking the certificate at all.
+    let s = Sluice::start(&tls_user_config("server_tls_mode = \"require\"")).await;
+    s.connect(TLS_USER.0, TLS_USER.1, DB)
+        .await
+        .expect("require login");
+
     // Without TLS, the hostssl-only role is refused by PostgreSQL itself.
     let s = Sluice::start(&tls_user_config("server_tls_mode = \"disable\"")).await;
     let e = s
