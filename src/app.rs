@@ -26,6 +26,18 @@ pub struct Shared {
     pub auth_throttle: crate::admission::AuthThrottle,
     pub auth_cache: crate::auth::query::AuthCache,
     pub connect_rate: crate::admission::ConnectRate,
+    /// True once a graceful shutdown started: sessions end at their next idle moment.
+    pub draining: tokio::sync::watch::Sender<bool>,
+}
+
+/// How to stop: let clients finish their transactions, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Stop accepting; close each client when it is between transactions
+    /// (up to shutdown_timeout).
+    Graceful,
+    /// Stop now.
+    Immediate,
 }
 
 impl Shared {
@@ -41,6 +53,7 @@ impl Shared {
             auth_throttle: Default::default(),
             auth_cache: Default::default(),
             connect_rate: Default::default(),
+            draining: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -77,7 +90,7 @@ impl Shared {
 pub async fn run(
     listener: TcpListener,
     config: Config,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Drain>,
 ) -> std::io::Result<()> {
     serve(listener, Arc::new(Shared::new(config)), shutdown).await
 }
@@ -86,20 +99,21 @@ pub async fn run(
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Drain>,
 ) -> std::io::Result<()> {
     tokio::spawn(janitor(Arc::downgrade(&shared)));
     tokio::pin!(shutdown);
     tracing::info!(addr = %listener.local_addr()?, "sluice listening");
+    let sessions = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("shutting down");
-                return Ok(());
+            how = &mut shutdown => {
+                drop(listener);
+                return drain(&shared, &sessions, how).await;
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {
-                    tokio::spawn(session::run(tcp, shared.clone()));
+                    sessions.spawn(session::run(tcp, shared.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, don't spin.
@@ -109,6 +123,35 @@ pub async fn serve(
             },
         }
     }
+}
+
+/// Stops: with `Drain::Graceful`, sessions end between transactions and
+/// this waits for them, up to shutdown_timeout.
+async fn drain(
+    shared: &Shared,
+    sessions: &tokio_util::task::TaskTracker,
+    how: Drain,
+) -> std::io::Result<()> {
+    sessions.close();
+    if how == Drain::Immediate {
+        tracing::info!(clients = sessions.len(), "shutting down now");
+        return Ok(());
+    }
+    let _ = shared.draining.send(true);
+    let limit = shared.config().general.shutdown_timeout;
+    tracing::info!(
+        clients = sessions.len(),
+        ?limit,
+        "shutting down: waiting for clients to finish their transactions"
+    );
+    match tokio::time::timeout(limit, sessions.wait()).await {
+        Ok(()) => tracing::info!("all clients done"),
+        Err(_) => tracing::warn!(
+            clients = sessions.len(),
+            "shutdown_timeout reached: closing the rest"
+        ),
+    }
+    Ok(())
 }
 
 /// Periodic pool upkeep: keeps min_pool_size connections open.

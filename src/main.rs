@@ -121,14 +121,16 @@ async fn reload_on_sighup(shared: std::sync::Arc<sluice::app::Shared>, path: Pat
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM drains (clients finish their transactions); SIGINT stops now.
+async fn shutdown_signal() -> sluice::app::Drain {
+    use sluice::app::Drain;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => Drain::Graceful,
+        _ = tokio::signal::ctrl_c() => Drain::Immediate,
     }
 }

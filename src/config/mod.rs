@@ -97,6 +97,8 @@ pub struct General {
     pub auth_query_ttl: Duration,
     /// New connections per second per user (0: no limit).
     pub max_user_connect_rate: u32,
+    /// SIGTERM: how long to wait for clients to finish their transactions.
+    pub shutdown_timeout: Duration,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

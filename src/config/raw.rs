@@ -56,6 +56,7 @@ pub struct RawGeneral {
     pub auth_query: String,
     pub auth_query_ttl: String,
     pub max_user_connect_rate: u32,
+    pub shutdown_timeout: String,
 }
 
 impl Default for RawGeneral {
@@ -99,6 +100,7 @@ impl Default for RawGeneral {
                 .into(),
             auth_query_ttl: "60s".into(),
             max_user_connect_rate: 0,
+            shutdown_timeout: "30s".into(),
         }
     }
 }

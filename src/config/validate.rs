@@ -99,21 +99,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
             .parse::<SocketAddr>()
             .map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
     );
-    let auth_type = match g.auth_type.as_str() {
-        "scram-sha-256" => Some(AuthType::ScramSha256),
-        "md5" => Some(AuthType::Md5),
-        "trust" => Some(AuthType::Trust),
-        "cert" => Some(AuthType::Cert),
-        other => {
-            p.add(
-                "general.auth_type",
-                format!(
-                    "unknown auth type \"{other}\" (expected scram-sha-256, md5, cert or trust)"
-                ),
-            );
-            None
-        }
-    };
+    let auth_type = auth_type(g, p);
     let max_packet_size = p.check("general.max_packet_size", parse_size(&g.max_packet_size));
     if max_packet_size.is_some_and(|m| !(1024..=i32::MAX as usize).contains(&m)) {
         p.add("general.max_packet_size", "must be between 1kB and 2GB");
@@ -144,20 +130,11 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
     let hba = hba(g, p);
+    let shutdown_timeout = duration("shutdown_timeout", &g.shutdown_timeout, p);
     let auth_query_ttl = duration("auth_query_ttl", &g.auth_query_ttl, p);
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
-    let reject_session_state = match g.on_session_state.as_str() {
-        "pin" => Some(false),
-        "error" => Some(true),
-        other => {
-            p.add(
-                "general.on_session_state",
-                format!("unknown value \"{other}\" (expected pin or error)"),
-            );
-            None
-        }
-    };
+    let reject_session_state = on_session_state(g, p);
     Some(General {
         pool_mode: mode?,
         query_wait_timeout: query_wait_timeout?,
@@ -184,6 +161,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_query: g.auth_query.clone(),
         auth_query_ttl: auth_query_ttl?,
         max_user_connect_rate: g.max_user_connect_rate,
+        shutdown_timeout: shutdown_timeout?,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,
@@ -193,6 +171,36 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
     })
+}
+
+fn auth_type(g: &RawGeneral, p: &mut Problems) -> Option<AuthType> {
+    match g.auth_type.as_str() {
+        "scram-sha-256" => Some(AuthType::ScramSha256),
+        "md5" => Some(AuthType::Md5),
+        "trust" => Some(AuthType::Trust),
+        "cert" => Some(AuthType::Cert),
+        other => {
+            let msg = format!(
+                "unknown auth type \"{other}\" (expected scram-sha-256, md5, cert or trust)"
+            );
+            p.add("general.auth_type", msg);
+            None
+        }
+    }
+}
+
+fn on_session_state(g: &RawGeneral, p: &mut Problems) -> Option<bool> {
+    match g.on_session_state.as_str() {
+        "pin" => Some(false),
+        "error" => Some(true),
+        other => {
+            p.add(
+                "general.on_session_state",
+                format!("unknown value \"{other}\" (expected pin or error)"),
+            );
+            None
+        }
+    }
 }
 
 fn hba(g: &RawGeneral, p: &mut Problems) -> Option<Option<std::sync::Arc<crate::auth::hba::Hba>>> {

@@ -61,6 +61,7 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
             return;
         };
         let mut pipe = Pipe::new(conn, max_packet);
+        pipe.stop = Some(shared.draining.subscribe());
         let result = match opening {
             Ok(Opening::Startup(params)) => {
                 let peer_ip = peer_addr.map(|a| a.ip());
@@ -434,6 +435,13 @@ pub(crate) async fn finish(
         RelayEnd::Timeout { code, message } => {
             cleanup::check_in(checkout, reset).await;
             Err(Error::refuse(code, message))
+        }
+        RelayEnd::Shutdown => {
+            cleanup::check_in(checkout, reset).await;
+            Err(Error::refuse(
+                sqlstate::ADMIN_SHUTDOWN,
+                "sluice is shutting down",
+            ))
         }
         RelayEnd::TxnBlockInStatementMode => {
             cleanup::check_in(checkout, reset).await;

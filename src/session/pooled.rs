@@ -90,6 +90,12 @@ pub(crate) async fn run(
                     ));
                 }
                 Waited::Malformed(e) => break Err(Error::Frame(e)),
+                Waited::Shutdown => {
+                    break Err(Error::refuse(
+                        crate::protocol::sqlstate::ADMIN_SHUTDOWN,
+                        "sluice is shutting down",
+                    ));
+                }
             },
         };
         let server = checkout.server();

@@ -55,6 +55,8 @@ pub enum RelayEnd {
     },
     /// Statement mode: the client opened a transaction block.
     TxnBlockInStatementMode,
+    /// sluice is shutting down and the client is between transactions.
+    Shutdown,
 }
 
 /// What the client did while it held no server.
@@ -66,6 +68,18 @@ pub enum Waited {
     Gone,
     IdleTimeout,
     Malformed(FrameError),
+    /// sluice is shutting down.
+    Shutdown,
+}
+
+/// Resolves when a graceful shutdown starts (never, without a receiver).
+async fn shutdown_started(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(s) => {
+            let _ = s.wait_for(|draining| *draining).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Timers that apply while a server is held.
@@ -109,6 +123,8 @@ pub struct Pipe {
     server_said_fatal: bool,
     /// After a refused Parse: the client's batch is dropped up to its Sync.
     skip_batch: bool,
+    /// Graceful shutdown: true once sluice is draining.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -145,6 +161,7 @@ impl Pipe {
             server_skip: 0,
             server_said_fatal: false,
             skip_batch: false,
+            stop: None,
         }
     }
 
@@ -171,7 +188,11 @@ impl Pipe {
     /// Without a server: flushes replies and waits for the client's next request.
     pub async fn wait_client(&mut self, idle_timeout: Option<Duration>) -> Waited {
         let deadline = idle_timeout.map(|d| Instant::now() + d);
+        let mut stop = self.stop.clone();
         loop {
+            if self.draining() {
+                return Waited::Shutdown;
+            }
             match peek_header(&self.client.rbuf, self.max_packet) {
                 Err(e) => return Waited::Malformed(e),
                 Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
@@ -193,12 +214,18 @@ impl Pipe {
                 }
                 poll_read(client, rbuf, cx)
             });
-            let r = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, read).await {
-                    Ok(r) => r,
-                    Err(_) => return Waited::IdleTimeout,
+            let timed = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, read).await.ok(),
+                    None => Some(read.await),
+                }
+            };
+            let r = tokio::select! {
+                r = timed => match r {
+                    Some(r) => r,
+                    None => return Waited::IdleTimeout,
                 },
-                None => read.await,
+                _ = shutdown_started(&mut stop) => return Waited::Shutdown,
             };
             match r {
                 Ok(0) | Err(_) => return Waited::Gone,
@@ -226,21 +253,40 @@ impl Pipe {
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
             }
+            let draining = self.draining();
+            if draining
+                && server.state.is_idle()
+                && self.client_skip == 0
+                && self.to_server.len() == 0
+            {
+                return self.finish(RelayEnd::Shutdown).await;
+            }
+            // Once draining, the state above is checked after every event instead.
+            let mut stop = self.stop.clone().filter(|_| !draining);
             busy_since = match (server.state.at_boundary(), busy_since) {
                 (true, _) => None,
                 (false, None) => Some(Instant::now()),
                 (false, s) => s,
             };
             let deadline = self.deadline(server, timers, last_client, busy_since);
-            let ev = {
+            let waited = {
                 let fut = poll_fn(|cx| self.poll_event(server, cx));
-                match deadline {
-                    Some((at, code, message)) => match tokio::time::timeout_at(at, fut).await {
-                        Ok(ev) => ev,
-                        Err(_) => return self.finish(RelayEnd::Timeout { code, message }).await,
-                    },
-                    None => fut.await,
+                async move {
+                    match deadline {
+                        Some((at, code, message)) => match tokio::time::timeout_at(at, fut).await {
+                            Ok(ev) => Ok(ev),
+                            Err(_) => Err(RelayEnd::Timeout { code, message }),
+                        },
+                        None => Ok(fut.await),
+                    }
                 }
+            };
+            let ev = tokio::select! {
+                ev = waited => match ev {
+                    Ok(ev) => ev,
+                    Err(end) => return self.finish(end).await,
+                },
+                _ = shutdown_started(&mut stop) => continue,
             };
             let step = match ev {
                 Event::ClientData => {
@@ -255,6 +301,10 @@ impl Pipe {
                 return self.finish(end).await;
             }
         }
+    }
+
+    fn draining(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| *s.borrow())
     }
 
     /// In transaction/statement mode: whether the server may go back now.

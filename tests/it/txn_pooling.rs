@@ -499,3 +499,44 @@ async fn pool_mode_can_be_set_per_user_and_per_database() {
     let c = s.app().await;
     assert!(c.batch_execute("BEGIN").await.is_err() || c.batch_execute("SELECT 1").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_open_transactions_finish() {
+    let cluster = Cluster::shared();
+    cluster
+        .primary
+        .psql(DB, "CREATE TABLE IF NOT EXISTS drained (x int)");
+    let mut s = pooled("transaction", 2, "shutdown_timeout = \"20s\"").await;
+    let a = s.app().await;
+    let idle = s.app().await;
+    a.batch_execute("BEGIN; INSERT INTO drained VALUES (1)")
+        .await
+        .unwrap();
+    let serving = s.shutdown();
+    // No new clients...
+    let refused = tokio_postgres::connect(
+        &s.url(SCRAM_USER.0, SCRAM_USER.1, DB),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert!(refused.is_err(), "the listener is closed");
+    // ...the open transaction finishes...
+    a.batch_execute("INSERT INTO drained VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    // ...then its client, like the idle one, is told and closed.
+    let e = a.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(
+        e.is_closed() || e.as_db_error().is_some_and(|d| d.code().code() == "57P01"),
+        "{e}"
+    );
+    assert!(idle.batch_execute("SELECT 1").await.is_err());
+    tokio::time::timeout(std::time::Duration::from_secs(10), serving)
+        .await
+        .expect("drained")
+        .unwrap();
+    assert_eq!(
+        cluster.primary.psql(DB, "SELECT count(*) FROM drained"),
+        "2"
+    );
+}

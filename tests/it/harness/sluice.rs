@@ -33,6 +33,7 @@ pub struct Sluice {
     /// The instance's state, for assertions on its stats.
     pub shared: Option<std::sync::Arc<sluice::app::Shared>>,
     stop: Option<oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sluice {
@@ -43,9 +44,10 @@ impl Sluice {
         let (tx, rx) = oneshot::channel::<()>();
         let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
         let serving = shared.clone();
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
             let _ = sluice::app::serve(listener, serving, async {
                 let _ = rx.await;
+                sluice::app::Drain::Graceful
             })
             .await;
         });
@@ -53,6 +55,7 @@ impl Sluice {
             port,
             shared: Some(shared),
             stop: Some(tx),
+            serving: Some(handle),
         }
     }
 
@@ -62,7 +65,17 @@ impl Sluice {
             port,
             shared: None,
             stop: None,
+            serving: None,
         }
+    }
+
+    /// Starts a graceful shutdown (as SIGTERM does); returns the serving
+    /// task, which ends once every client has drained.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.serving.take().expect("a started sluice")
     }
 
     pub async fn with(cluster: &Cluster, general: &str) -> Self {
