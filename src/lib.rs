@@ -12,6 +12,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod pool;
 pub mod protocol;

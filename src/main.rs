@@ -96,7 +96,14 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
+        let metrics = match config.general.metrics_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
         let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
+        if let Some(l) = metrics {
+            tokio::spawn(sluice::metrics_http::serve(l, shared.clone()));
+        }
         tokio::spawn(reload_on_sighup(shared.clone(), path));
         sluice::app::serve(listener, shared, shutdown_signal()).await?;
         Ok(())

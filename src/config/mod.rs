@@ -99,6 +99,8 @@ pub struct General {
     pub max_user_connect_rate: u32,
     /// SIGTERM: how long to wait for clients to finish their transactions.
     pub shutdown_timeout: Duration,
+    /// Where /metrics and /health are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

@@ -57,6 +57,7 @@ pub struct RawGeneral {
     pub auth_query_ttl: String,
     pub max_user_connect_rate: u32,
     pub shutdown_timeout: String,
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -101,6 +102,7 @@ impl Default for RawGeneral {
             auth_query_ttl: "60s".into(),
             max_user_connect_rate: 0,
             shutdown_timeout: "30s".into(),
+            metrics_addr: None,
         }
     }
 }

@@ -100,6 +100,16 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
             .map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
     );
     let auth_type = auth_type(g, p);
+    let metrics_addr = match &g.metrics_addr {
+        None => Some(None),
+        Some(a) => p
+            .check(
+                "general.metrics_addr",
+                a.parse::<SocketAddr>()
+                    .map_err(|e| format!("\"{a}\" is not an address:port ({e})")),
+            )
+            .map(Some),
+    };
     let max_packet_size = p.check("general.max_packet_size", parse_size(&g.max_packet_size));
     if max_packet_size.is_some_and(|m| !(1024..=i32::MAX as usize).contains(&m)) {
         p.add("general.max_packet_size", "must be between 1kB and 2GB");
@@ -162,6 +172,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_query_ttl: auth_query_ttl?,
         max_user_connect_rate: g.max_user_connect_rate,
         shutdown_timeout: shutdown_timeout?,
+        metrics_addr: metrics_addr?,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

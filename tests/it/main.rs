@@ -10,6 +10,7 @@ mod bad_input;
 mod cancel;
 mod cli;
 mod limits;
+mod metrics;
 mod passthrough;
 mod pooling;
 mod prepared;

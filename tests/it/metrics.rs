@@ -1,0 +1,74 @@
+//! /metrics and /health over HTTP, read while a pool is saturated.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::{Cluster, SCRAM_USER, Sluice, config_for, wait_until};
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_saturated_pool() {
+    let toml = config_for(
+        Cluster::shared(),
+        "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"",
+        "",
+    )
+    .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+    let shared = s.shared.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(sluice::metrics_http::serve(listener, shared));
+
+    let holder = s.app().await;
+    let waiter = s.app().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(|_| ()) });
+    let labels = format!(
+        "database=\"app\",role=\"primary\",user=\"{}\"",
+        SCRAM_USER.0
+    );
+    wait_until(10, "a waiting client in the metrics", || {
+        let labels = labels.clone();
+        async move {
+            http_get(port, "/metrics")
+                .await
+                .1
+                .contains(&format!("sluice_clients_waiting{{{labels}}} 1"))
+        }
+    })
+    .await;
+    let (status, body) = http_get(port, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("sluice_pool_saturation{{{labels}}} 2")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("sluice_pool_size{{{labels}}} 1")),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE sluice_prepared_reprepares_total counter"),
+        "{body}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiting.await.unwrap().unwrap();
+
+    assert_eq!(http_get(port, "/health").await.0, 200);
+    assert_eq!(http_get(port, "/nope").await.0, 404);
+}
