@@ -101,6 +101,8 @@ pub struct General {
     pub shutdown_timeout: Duration,
     /// Where /metrics and /health are served, if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// A pooled client waiting this long for a server gets a NOTICE (0: never).
+    pub query_wait_notify: Duration,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

@@ -58,6 +58,7 @@ pub struct RawGeneral {
     pub max_user_connect_rate: u32,
     pub shutdown_timeout: String,
     pub metrics_addr: Option<String>,
+    pub query_wait_notify: String,
 }
 
 impl Default for RawGeneral {
@@ -103,6 +104,7 @@ impl Default for RawGeneral {
             max_user_connect_rate: 0,
             shutdown_timeout: "30s".into(),
             metrics_addr: None,
+            query_wait_notify: "0".into(),
         }
     }
 }

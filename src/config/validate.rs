@@ -140,6 +140,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
     let hba = hba(g, p);
+    let query_wait_notify = duration("query_wait_notify", &g.query_wait_notify, p);
     let shutdown_timeout = duration("shutdown_timeout", &g.shutdown_timeout, p);
     let auth_query_ttl = duration("auth_query_ttl", &g.auth_query_ttl, p);
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
@@ -173,6 +174,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_user_connect_rate: g.max_user_connect_rate,
         shutdown_timeout: shutdown_timeout?,
         metrics_addr: metrics_addr?,
+        query_wait_notify: query_wait_notify?,
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

@@ -77,7 +77,7 @@ pub(crate) async fn run(
                         continue;
                     }
                     tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
-                    match checkout_synced(ctx, &mux).await {
+                    match checkout_notifying(ctx, &mux, pipe).await {
                         Ok(c) => c,
                         Err(e) => break Err(e),
                     }
@@ -130,6 +130,34 @@ pub(crate) async fn neutralize(checkout: &mut Checkout) -> Result<(), ServerErro
         server.extra.clear();
     }
     Ok(())
+}
+
+/// `checkout_synced`, telling the client once with a NOTICE when it has
+/// waited query_wait_notify for a server.
+async fn checkout_notifying(
+    ctx: &Ctx<'_>,
+    mux: &Multiplex,
+    pipe: &mut Pipe,
+) -> Result<Checkout, Error> {
+    let notify = ctx.config.general.query_wait_notify;
+    let get = checkout_synced(ctx, mux);
+    if notify.is_zero() {
+        return get.await;
+    }
+    tokio::pin!(get);
+    tokio::select! {
+        c = &mut get => return c,
+        _ = tokio::time::sleep(notify) => {}
+    }
+    let mut out = BytesMut::new();
+    let msg = format!(
+        "pool for database \"{}\" is saturated: waiting for a free server connection (query_wait_notify)",
+        ctx.database
+    );
+    build::error_or_notice(&mut out, build::Severity::Notice, "01000", &msg);
+    pipe.send_client(out.freeze());
+    pipe.flush_client().await;
+    get.await
 }
 
 /// Checks out a server and applies the client's settings where they differ.

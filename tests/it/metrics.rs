@@ -72,3 +72,27 @@ async fn metrics_show_a_saturated_pool() {
     assert_eq!(http_get(port, "/health").await.0, 200);
     assert_eq!(http_get(port, "/nope").await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_told_once() {
+    use crate::harness::wire::query;
+    let toml = config_for(
+        Cluster::shared(),
+        "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"\nquery_wait_notify = \"200ms\"",
+        "",
+    )
+    .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let s = Sluice::start(&toml).await;
+    let holder = s.app().await;
+    let (mut w, _) =
+        crate::harness::Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, "app", &[]).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    w.send(&query("SELECT 1")).await;
+    let notice = w.recv().await.expect("a notice while waiting");
+    assert_eq!(notice.tag, b'N');
+    assert!(notice.field(b'M').unwrap_or_default().contains("saturated"));
+    holder.batch_execute("COMMIT").await.unwrap();
+    let rest = w.recv_until(b'Z').await;
+    assert!(rest.iter().all(|m| m.tag != b'N'), "told once: {rest:?}");
+    assert!(rest.iter().any(|m| m.tag == b'D'));
+}
