@@ -33,6 +33,16 @@ impl Drop for Admitted {
 }
 
 impl ClientCounts {
+    /// Clients currently admitted under `key`.
+    pub fn count(&self, key: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Admits one more client under `key` unless `max` (0: no limit) is reached.
     pub fn admit(self: &Arc<Self>, key: String, max: usize) -> Option<Admitted> {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());

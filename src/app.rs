@@ -28,6 +28,10 @@ pub struct Shared {
     pub connect_rate: crate::admission::ConnectRate,
     /// True once a graceful shutdown started: sessions end at their next idle moment.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// The file RELOAD re-reads, when sluice was started from one.
+    pub config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// The admin console's SHUTDOWN: a graceful drain, as SIGTERM.
+    pub shutdown_request: tokio::sync::Notify,
 }
 
 /// How to stop: let clients finish their transactions, or not.
@@ -54,6 +58,8 @@ impl Shared {
             auth_cache: Default::default(),
             connect_rate: Default::default(),
             draining: tokio::sync::watch::channel(false).0,
+            config_path: std::sync::Mutex::new(None),
+            shutdown_request: tokio::sync::Notify::new(),
         }
     }
 
@@ -110,6 +116,10 @@ pub async fn serve(
             how = &mut shutdown => {
                 drop(listener);
                 return drain(&shared, &sessions, how).await;
+            }
+            _ = shared.shutdown_request.notified() => {
+                drop(listener);
+                return drain(&shared, &sessions, Drain::Graceful).await;
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => {

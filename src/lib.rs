@@ -7,6 +7,7 @@
 //! `server::state`; when the client leaves, `session::cleanup` resets the
 //! server and returns it to the pool, or discards it.
 
+pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod auth;

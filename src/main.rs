@@ -101,6 +101,7 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             None => None,
         };
         let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
+        *shared.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.clone());
         if let Some(l) = metrics {
             tokio::spawn(sluice::metrics_http::serve(l, shared.clone()));
         }

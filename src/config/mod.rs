@@ -103,6 +103,10 @@ pub struct General {
     pub metrics_addr: Option<SocketAddr>,
     /// A pooled client waiting this long for a server gets a NOTICE (0: never).
     pub query_wait_notify: Duration,
+    /// May use every admin console command.
+    pub admin_users: Vec<String>,
+    /// May use the console's SHOW commands only.
+    pub stats_users: Vec<String>,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.

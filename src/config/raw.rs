@@ -59,6 +59,8 @@ pub struct RawGeneral {
     pub shutdown_timeout: String,
     pub metrics_addr: Option<String>,
     pub query_wait_notify: String,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
 }
 
 impl Default for RawGeneral {
@@ -105,6 +107,8 @@ impl Default for RawGeneral {
             shutdown_timeout: "30s".into(),
             metrics_addr: None,
             query_wait_notify: "0".into(),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
         }
     }
 }

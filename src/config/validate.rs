@@ -175,6 +175,8 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         shutdown_timeout: shutdown_timeout?,
         metrics_addr: metrics_addr?,
         query_wait_notify: query_wait_notify?,
+        admin_users: g.admin_users.clone(),
+        stats_users: g.stats_users.clone(),
         server_tls: server_tls?,
         listen_addr: listen_addr?,
         default_pool_size: g.default_pool_size as usize,

@@ -111,6 +111,42 @@ pub fn negotiate_protocol_version(out: &mut BytesMut, minor: u32, unsupported: &
     });
 }
 
+/// RowDescription with text columns.
+pub fn row_description(out: &mut BytesMut, names: &[&str]) {
+    typed(out, b'T', |b| {
+        b.put_i16(names.len() as i16);
+        for n in names {
+            cstr(b, n.as_bytes());
+            b.put_i32(0); // table oid
+            b.put_i16(0); // column number
+            b.put_i32(25); // text
+            b.put_i16(-1);
+            b.put_i32(-1);
+            b.put_i16(0); // text format
+        }
+    });
+}
+
+/// DataRow of text values (None is NULL).
+pub fn data_row(out: &mut BytesMut, values: &[Option<&str>]) {
+    typed(out, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_i32(v.len() as i32);
+                    b.put_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    });
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    typed(out, b'C', |b| cstr(b, tag.as_bytes()));
+}
+
 // ---- frontend messages sluice sends to servers ----
 
 /// StartupMessage for protocol 3.0.

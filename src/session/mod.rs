@@ -133,6 +133,14 @@ async fn serve(
     })?;
     let config = shared.config();
     let (mut login, _places) = admit(pipe, shared, &config, &params, deadline, peer_ip).await?;
+    if crate::admin::DATABASES.contains(&login.database.as_str())
+        && let Some(role) = crate::admin::role(&config, &login.user)
+    {
+        return crate::admin::run(&mut pipe.client, shared, role).await;
+    }
+    let _pool_place = shared
+        .client_counts
+        .admit(format!("pool:{}/{}", login.database, login.user), 0);
     let key = PoolKey {
         database: login.database.clone(),
         user: login.user.clone(),
@@ -346,7 +354,9 @@ async fn authenticate(
     };
     let user_cfg = config.users.get(&user).or(looked_up.as_ref());
     let client_key = auth::client::authenticate(conn, &user, user_cfg, auth_type).await?;
-    if !config.databases.contains_key(&database) {
+    let console = crate::admin::DATABASES.contains(&database.as_str())
+        && crate::admin::role(config, &user).is_some();
+    if !console && !config.databases.contains_key(&database) {
         return Err(Error::refuse(
             sqlstate::INVALID_CATALOG_NAME,
             format!("database \"{database}\" does not exist"),

@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod admin;
 mod auth;
 mod bad_input;
 mod cancel;

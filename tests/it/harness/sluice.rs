@@ -78,6 +78,11 @@ impl Sluice {
         self.serving.take().expect("a started sluice")
     }
 
+    /// The serving task, to await a shutdown started some other way.
+    pub fn shutdown_handle(&mut self) -> tokio::task::JoinHandle<()> {
+        self.serving.take().expect("a started sluice")
+    }
+
     pub async fn with(cluster: &Cluster, general: &str) -> Self {
         Self::start(&config_for(cluster, general, "")).await
     }
