@@ -122,7 +122,8 @@ impl Multiplex {
         if let Verdict::Reject(m) = verdict {
             return Action::Reject(m);
         }
-        let search_path = self.search_path();
+        // Borrowed field by field: no copy of the path per message.
+        let search_path = search_path(&self.vars);
         let Some(st) = self.statements.as_mut() else {
             return Action::Forward;
         };
@@ -140,7 +141,7 @@ impl Multiplex {
             }
         }
         let before = (st.reprepares, st.evictions);
-        let action = st.on_client(tag, body, search_path.as_deref(), server);
+        let action = st.on_client(tag, body, search_path, server);
         if let Some(stats) = &self.stats {
             stats.prepared(st.reprepares - before.0, st.evictions - before.1);
         }
@@ -221,17 +222,10 @@ impl Multiplex {
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
     pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Option<BytesMut> {
-        let search_path = self.search_path();
+        let search_path = search_path(&self.vars);
         self.statements
             .as_mut()?
-            .answer_without_server(buf, search_path.as_deref(), max)
-    }
-
-    fn search_path(&self) -> Option<String> {
-        match self.vars.extra.get("search_path") {
-            Some(Setting::Sql(v)) | Some(Setting::Text(v)) => Some(v.clone()),
-            None => self.vars.reported.get("search_path").cloned(),
-        }
+            .answer_without_server(buf, search_path, max)
     }
 
     /// Whether replies are still owed for messages sluice rewrote or answered.
@@ -280,6 +274,14 @@ impl Multiplex {
             },
             _ => {}
         }
+    }
+}
+
+/// The client's search_path setting, which is part of a prepared statement's identity.
+fn search_path(vars: &SessionVars) -> Option<&str> {
+    match vars.extra.get("search_path") {
+        Some(Setting::Sql(v)) | Some(Setting::Text(v)) => Some(v),
+        None => vars.reported.get("search_path").map(String::as_str),
     }
 }
 

@@ -249,20 +249,15 @@ impl Pipe {
         }
         let mut last_client = Instant::now();
         let mut busy_since: Option<Instant> = None;
+        let mut stop = self.stop.clone();
         loop {
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
             }
             let draining = self.draining();
-            if draining
-                && server.state.is_idle()
-                && self.client_skip == 0
-                && self.to_server.len() == 0
-            {
+            if draining && self.quiet(server) {
                 return self.finish(RelayEnd::Shutdown).await;
             }
-            // Once draining, the state above is checked after every event instead.
-            let mut stop = self.stop.clone().filter(|_| !draining);
             busy_since = match (server.state.at_boundary(), busy_since) {
                 (true, _) => None,
                 (false, None) => Some(Instant::now()),
@@ -286,7 +281,8 @@ impl Pipe {
                     Ok(ev) => ev,
                     Err(end) => return self.finish(end).await,
                 },
-                _ = shutdown_started(&mut stop) => continue,
+                // Once draining, the check above runs after every event instead.
+                _ = shutdown_started(&mut stop), if !draining => continue,
             };
             let step = match ev {
                 Event::ClientData => {
@@ -313,12 +309,13 @@ impl Pipe {
         if mux.txn_violation {
             return Some(RelayEnd::TxnBlockInStatementMode);
         }
-        let free = server.state.is_idle()
-            && self.client_skip == 0
-            && self.to_server.len() == 0
-            && !mux.pins.is_pinned()
-            && !mux.owes_replies();
+        let free = self.quiet(server) && !mux.pins.is_pinned() && !mux.owes_replies();
         free.then_some(RelayEnd::Release)
+    }
+
+    /// Nothing in flight: the server is idle and no client frame is half sent.
+    fn quiet(&self, server: &ServerConn) -> bool {
+        server.state.is_idle() && self.client_skip == 0 && self.to_server.len() == 0
     }
 
     fn deadline(
