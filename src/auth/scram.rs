@@ -32,6 +32,18 @@ fn first_bare(client_first: &str) -> Option<&str> {
     Some(&client_first[i + 1..])
 }
 
+/// The most PBKDF2 rounds sluice computes for a server (PostgreSQL's
+/// default is 4096).
+pub const MAX_ITERATIONS: usize = 1_000_000;
+
+/// The iteration count (`i=`) of a server-first message.
+pub fn iterations(server_first: &[u8]) -> Option<usize> {
+    std::str::from_utf8(server_first)
+        .ok()?
+        .split(',')
+        .find_map(|p| p.strip_prefix("i=")?.parse().ok())
+}
+
 /// The ClientKey behind a client's proof, once pgwire has accepted it.
 pub fn recover_client_key(
     v: &ScramVerifier,
@@ -144,6 +156,13 @@ mod tests {
             .expect("server accepts the proof");
         assert!(login.verify(server_final.as_bytes()));
         assert!(!login.verify(b"v=AAAA"));
+    }
+
+    #[test]
+    fn iteration_count_is_read_from_server_first() {
+        assert_eq!(iterations(b"r=abc,s=c2FsdA==,i=4096"), Some(4096));
+        assert_eq!(iterations(b"r=abc,s=c2FsdA=="), None);
+        assert_eq!(iterations(b"r=abc,i=lots"), None);
     }
 
     #[test]

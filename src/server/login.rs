@@ -274,6 +274,15 @@ fn sasl_step(
             Ok(Sasl::Key(login, key))
         }
         (11, Sasl::First(w), _) => {
+            // PBKDF2 runs as many rounds as the server says: bound what a
+            // hostile server can make sluice compute.
+            let rounds = crate::auth::scram::iterations(data).unwrap_or(0);
+            if !(1..=crate::auth::scram::MAX_ITERATIONS).contains(&rounds) {
+                return Err(auth_err(
+                    t,
+                    format!("server asks for {rounds} SCRAM iterations"),
+                ));
+            }
             let (fin, waiting) = w
                 .build_client_final(data)
                 .map_err(|e| auth_err(t, e.to_string()))?;
