@@ -5,8 +5,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::tags::TxnStatus;
 
-/// Appends a typed message whose body is written by `body`.
-fn typed(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+/// Appends a typed message whose body is written by `body`: the one place
+/// that writes a length for a message sluice builds.
+pub(crate) fn typed(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     let start = out.len();
     out.put_u8(tag);
     out.put_u32(0);

@@ -6,13 +6,9 @@ use bytes::{BufMut, BytesMut};
 
 use super::inspect::take_cstr;
 
+/// One message made of `parts`, through the builders' single framing helper.
 fn typed(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
-    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
-    out.put_u8(tag);
-    out.put_u32(len as u32);
-    for p in parts {
-        out.put_slice(p);
-    }
+    super::build::typed(out, tag, |b| parts.iter().for_each(|p| b.put_slice(p)));
 }
 
 /// A Parse body: statement name, and the rest (query, parameter types) verbatim.
@@ -81,10 +77,6 @@ pub fn parse_complete(out: &mut BytesMut) {
 
 pub fn close_complete(out: &mut BytesMut) {
     typed(out, b'3', &[]);
-}
-
-pub fn command_complete(out: &mut BytesMut, tag: &str) {
-    typed(out, b'C', &[tag.as_bytes(), b"\0"]);
 }
 
 #[cfg(test)]

@@ -387,7 +387,7 @@ impl Statements {
             return false;
         }
         let mut out = BytesMut::new();
-        ext::command_complete(&mut out, "DEALLOCATE");
+        build::command_complete(&mut out, "DEALLOCATE");
         build::ready_for_query(&mut out, status);
         self.push(Entry {
             kind: Kind::Simple,
