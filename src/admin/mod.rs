@@ -81,9 +81,7 @@ fn show_pools(shared: &Shared) -> Table {
             .databases
             .get(&key.database)
             .map(|db| config.pool_mode(db, config.users.get(&key.user)));
-        let mode = mode
-            .map(|m| format!("{m:?}").to_lowercase())
-            .unwrap_or_default();
+        let mode = mode.map(|m| m.as_str().to_string()).unwrap_or_default();
         let in_use = st.size.saturating_sub(st.available);
         rows.push(vec![
             some(&key.database),
@@ -135,7 +133,7 @@ fn show_databases(config: &Config) -> Table {
                 some(&db.dbname),
                 some(config.pool_size(db)),
                 some(config.min_pool_size(db)),
-                db.pool_mode.map(|m| format!("{m:?}").to_lowercase()),
+                db.pool_mode.map(|m| m.as_str().to_string()),
                 some(
                     db.replicas
                         .iter()
@@ -153,7 +151,7 @@ fn show_config(config: &Config) -> Table {
     let g = &config.general;
     let pairs: Vec<(&str, String)> = vec![
         ("listen_addr", g.listen_addr.to_string()),
-        ("pool_mode", format!("{:?}", g.pool_mode).to_lowercase()),
+        ("pool_mode", g.pool_mode.as_str().to_string()),
         ("default_pool_size", g.default_pool_size.to_string()),
         ("min_pool_size", g.min_pool_size.to_string()),
         ("max_client_conn", g.max_client_conn.to_string()),

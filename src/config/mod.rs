@@ -23,6 +23,15 @@ pub enum PoolMode {
 }
 
 impl PoolMode {
+    /// The name used in the config file and the admin console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+            Self::Statement => "statement",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "session" => Some(Self::Session),
