@@ -4,7 +4,7 @@
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::wire::{message, query, startup_packet};
-use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire, config_for};
+use crate::harness::{AppSetting, Cluster, DB, SCRAM_USER, Sluice, Wire, config_for};
 
 fn code(e: &tokio_postgres::Error) -> Option<&str> {
     e.as_db_error().map(|d| d.code().code())
@@ -31,7 +31,7 @@ async fn too_many_clients_is_53300() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_past_query_wait_timeout_is_an_error() {
     let toml = config_for(Cluster::shared(), "query_wait_timeout = \"300ms\"", "")
-        .replace("replicas = [", "pool_size = 1\nreplicas = [");
+        .app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
     let holder = s.app().await;
     let e = s
@@ -167,7 +167,7 @@ async fn client_vanishing_mid_transaction_leaves_a_clean_server() {
     cluster
         .primary
         .psql(DB, "CREATE TABLE IF NOT EXISTS vanish (id int)");
-    let toml = config_for(cluster, "", "").replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let toml = config_for(cluster, "", "").app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
 
     let mut w = logged_in(&s).await;
@@ -207,8 +207,7 @@ async fn client_vanishing_mid_transaction_leaves_a_clean_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_mid_query_discards_the_server() {
-    let toml = config_for(Cluster::shared(), "", "")
-        .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    let toml = config_for(Cluster::shared(), "", "").app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
     let mut w = logged_in(&s).await;
     w.send(&query("SELECT pg_backend_pid()")).await;

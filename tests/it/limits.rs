@@ -1,7 +1,9 @@
 //! Pool limits and server upkeep: server_idle_timeout, reserve pools,
 //! max_db_connections and max_user_connections.
 
-use crate::harness::{Cluster, DB, MD5_USER, SCRAM_USER, Sluice, config_for, wait_until};
+use crate::harness::{
+    AppSetting, Cluster, DB, MD5_USER, SCRAM_USER, Sluice, config_for, wait_until,
+};
 
 async fn backends(c: &tokio_postgres::Client, app: &str) -> i64 {
     c.query_one(
@@ -54,7 +56,7 @@ async fn reserve_pool_opens_when_clients_wait() {
         "pool_mode = \"transaction\"\nreserve_pool_size = 1\nreserve_pool_timeout = \"200ms\"\nquery_wait_timeout = \"5s\"",
         "",
     )
-    .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    .app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
     let a = named(&s, SCRAM_USER, "reserve-a").await;
     let b = named(&s, SCRAM_USER, "reserve-b").await;

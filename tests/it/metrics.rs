@@ -2,7 +2,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Cluster, SCRAM_USER, Sluice, config_for, wait_until};
+use crate::harness::{AppSetting, Cluster, SCRAM_USER, Sluice, config_for, wait_until};
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -27,7 +27,7 @@ async fn metrics_show_a_saturated_pool() {
         "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"",
         "",
     )
-    .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    .app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
     let shared = s.shared.clone().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,7 +81,7 @@ async fn waiting_clients_are_told_once() {
         "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"\nquery_wait_notify = \"200ms\"",
         "",
     )
-    .replace("replicas = [", "pool_size = 1\nreplicas = [");
+    .app_setting("pool_size = 1");
     let s = Sluice::start(&toml).await;
     let holder = s.app().await;
     let (mut w, _) =

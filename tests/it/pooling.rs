@@ -1,10 +1,9 @@
 //! Session pooling: servers are reused, reset between clients, and bounded.
 
-use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, config_for, wait_until};
+use crate::harness::{AppSetting, Cluster, DB, SCRAM_USER, Sluice, config_for, wait_until};
 
 fn pool_of(n: usize, general: &str) -> String {
-    config_for(Cluster::shared(), general, "")
-        .replace("replicas = [", &format!("pool_size = {n}\nreplicas = ["))
+    config_for(Cluster::shared(), general, "").app_setting(&format!("pool_size = {n}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,10 +80,7 @@ async fn pool_size_bounds_server_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn min_pool_size_keeps_servers_open() {
-    let toml = config_for(Cluster::shared(), "min_pool_size = 3", "").replace(
-        "replicas = [",
-        "pool_size = 5\ndbname = \"app\"\nreplicas = [",
-    );
+    let toml = config_for(Cluster::shared(), "min_pool_size = 3", "").app_setting("pool_size = 5");
     let s = Sluice::start(&toml).await;
     let c = s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await.unwrap();
     wait_until(15, "min_pool_size servers to open", || async {

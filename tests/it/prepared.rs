@@ -9,13 +9,7 @@ use crate::harness::wire::{Msg, message, query};
 use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire, config_for};
 
 async fn pooled(pool: usize, general: &str) -> Sluice {
-    let toml = config_for(
-        Cluster::shared(),
-        &format!("pool_mode = \"transaction\"\n{general}"),
-        "",
-    )
-    .replace("replicas = [", &format!("pool_size = {pool}\nreplicas = ["));
-    Sluice::start(&toml).await
+    crate::harness::pooled("transaction", pool, general).await
 }
 
 fn parse(name: &str, sql: &str) -> Vec<u8> {

@@ -4,18 +4,9 @@
 use std::collections::HashSet;
 
 use crate::harness::wire::{message, query};
-use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire, config_for, wait_until};
-
-/// A sluice in `mode` with a pool of `pool` servers and extra [general] lines.
-async fn pooled(mode: &str, pool: usize, general: &str) -> Sluice {
-    let toml = config_for(
-        Cluster::shared(),
-        &format!("pool_mode = \"{mode}\"\n{general}"),
-        "",
-    )
-    .replace("replicas = [", &format!("pool_size = {pool}\nreplicas = ["));
-    Sluice::start(&toml).await
-}
+use crate::harness::{
+    AppSetting, Cluster, DB, SCRAM_USER, Sluice, Wire, config_for, pooled, wait_until,
+};
 
 fn first_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> String {
     msgs.iter()
@@ -469,7 +460,7 @@ async fn pgbench_64_clients_over_8_servers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_mode_can_be_set_per_user_and_per_database() {
     let toml = config_for(Cluster::shared(), "query_wait_timeout = \"500ms\"", "")
-        .replace("replicas = [", "pool_size = 1\nreplicas = [")
+        .app_setting("pool_size = 1")
         .replace(
             &format!("[users.{}]", crate::harness::MD5_USER.0),
             &format!(
@@ -493,8 +484,7 @@ async fn pool_mode_can_be_set_per_user_and_per_database() {
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("08P01"));
     drop(c);
 
-    let toml = config_for(Cluster::shared(), "", "")
-        .replace("replicas = [", "pool_mode = \"statement\"\nreplicas = [");
+    let toml = config_for(Cluster::shared(), "", "").app_setting("pool_mode = \"statement\"");
     let s = Sluice::start(&toml).await;
     let c = s.app().await;
     assert!(c.batch_execute("BEGIN").await.is_err() || c.batch_execute("SELECT 1").await.is_err());

@@ -4,5 +4,5 @@ pub mod sluice;
 pub mod wire;
 
 pub use cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TLS_USER, TRUST_USER};
-pub use sluice::{Sluice, config_for, wait_until};
+pub use sluice::{AppSetting, Sluice, config_for, pooled, wait_until};
 pub use wire::Wire;

@@ -28,6 +28,27 @@ pub fn config_for(cluster: &Cluster, general: &str, extra: &str) -> String {
     )
 }
 
+/// Adds settings to the `app` database's section of a test config.
+pub trait AppSetting {
+    fn app_setting(self, setting: &str) -> String;
+}
+
+impl AppSetting for String {
+    fn app_setting(self, setting: &str) -> String {
+        self.replace("replicas = [", &format!("{setting}\nreplicas = ["))
+    }
+}
+
+/// A sluice in `mode` whose `app` pool holds `pool` servers, with extra [general] lines.
+pub async fn pooled(mode: &str, pool: usize, general: &str) -> Sluice {
+    let toml = config_for(
+        super::Cluster::shared(),
+        &format!("pool_mode = \"{mode}\"\n{general}"),
+        "",
+    );
+    Sluice::start(&toml.app_setting(&format!("pool_size = {pool}"))).await
+}
+
 pub struct Sluice {
     pub port: u16,
     /// The instance's state, for assertions on its stats.
