@@ -37,34 +37,20 @@ async fn show_pools_has_pgbouncer_columns_and_counts() {
     app.simple_query("SELECT 1").await.unwrap();
     // psql against the console, as a DBA would.
     let port = s.port;
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(pg_bin("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                SCRAM_USER.0,
-                "-d",
-                "pgbouncer",
-                "-c",
-                "SHOW POOLS",
-            ])
-            .env("PGPASSWORD", SCRAM_USER.1)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut psql = std::process::Command::new(pg_bin("psql"));
+    psql.args([
+        "-X",
+        "-A",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        SCRAM_USER.0,
+    ])
+    .args(["-d", "pgbouncer", "-c", "SHOW POOLS"])
+    .env("PGPASSWORD", SCRAM_USER.1);
+    let (text, _) = crate::harness::run::run_ok(psql).await;
     let header = text.lines().next().unwrap_or_default();
     assert!(
         header.starts_with(

@@ -362,22 +362,17 @@ fn ensure(kind: &'static str) {
     };
 }
 
-async fn driver(kind: &'static str, program: &'static str, script: &'static str, url: String) {
-    let out = tokio::task::spawn_blocking(move || {
-        ensure(kind);
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/").to_string() + script;
-        Command::new(program).arg(path).arg(url).output().unwrap()
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+async fn driver(kind: &'static str, program: &str, script: &str, url: String) {
+    tokio::task::spawn_blocking(move || ensure(kind))
+        .await
+        .unwrap();
+    let mut cmd = Command::new(program);
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/").to_string() + script)
+        .arg(url);
+    let (stdout, stderr) = crate::harness::run::run_ok(cmd).await;
     assert!(
-        out.status.success() && text.trim_end().ends_with("ok"),
-        "{script}:\n{text}"
+        stdout.trim_end().ends_with("ok"),
+        "{script}:\n{stdout}{stderr}"
     );
 }
 

@@ -59,26 +59,16 @@ async fn clients_connect_over_tls_and_plaintext_is_refused_when_required() {
     // psql with sslmode=verify-full against the test CA.
     let port = s.port;
     let ca = certs().ca.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(pg_bin("psql"))
-            .arg(format!(
-                "host=127.0.0.1 port={port} user={} dbname={DB} sslmode=verify-full sslrootcert={}",
-                SCRAM_USER.0,
-                ca.display()
-            ))
-            .args(["-X", "-A", "-t", "-c", "SELECT 'over tls'"])
-            .env("PGPASSWORD", SCRAM_USER.1)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+    let mut psql = std::process::Command::new(pg_bin("psql"));
+    psql.arg(format!(
+        "host=127.0.0.1 port={port} user={} dbname={DB} sslmode=verify-full sslrootcert={}",
+        SCRAM_USER.0,
+        ca.display()
+    ))
+    .args(["-X", "-A", "-t", "-c", "SELECT 'over tls'"])
+    .env("PGPASSWORD", SCRAM_USER.1);
+    let (out, _) = crate::harness::run::run_ok(psql).await;
+    assert_eq!(out.trim(), "over tls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

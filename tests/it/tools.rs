@@ -5,39 +5,21 @@ use std::process::Command;
 use crate::harness::cluster::pg_bin;
 use crate::harness::{Cluster, DB, SCRAM_USER, Sluice};
 
-fn tool(name: &str, s: &Sluice, args: &[&str]) -> std::process::Output {
-    Command::new(pg_bin(name))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &s.port.to_string(),
-            "-U",
-            SCRAM_USER.0,
-        ])
-        .args(args)
-        .env("PGPASSWORD", SCRAM_USER.1)
-        .output()
-        .unwrap_or_else(|e| panic!("run {name}: {e}"))
-}
-
-pub async fn run_tool(name: &'static str, s: &Sluice, args: &[&str]) -> String {
-    let port = s.port;
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let fake = Sluice::port_only(port);
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        tool(name, &fake, &a)
-    })
-    .await
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{name} failed:\n{text}");
-    text
+/// Runs psql or pgbench against sluice as the SCRAM test user; returns its output.
+pub async fn run_tool(name: &str, s: &Sluice, args: &[&str]) -> String {
+    let mut cmd = Command::new(pg_bin(name));
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &s.port.to_string(),
+        "-U",
+        SCRAM_USER.0,
+    ])
+    .args(args)
+    .env("PGPASSWORD", SCRAM_USER.1);
+    let (stdout, stderr) = crate::harness::run::run_ok(cmd).await;
+    stdout + &stderr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

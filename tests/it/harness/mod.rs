@@ -1,5 +1,6 @@
 pub mod certs;
 pub mod cluster;
+pub mod run;
 pub mod sluice;
 pub mod wire;
 

@@ -80,16 +80,6 @@ impl Sluice {
         }
     }
 
-    /// A handle that only knows the port (for blocking helpers); stops nothing.
-    pub fn port_only(port: u16) -> Self {
-        Self {
-            port,
-            shared: None,
-            stop: None,
-            serving: None,
-        }
-    }
-
     /// Starts a graceful shutdown (as SIGTERM does); returns the serving
     /// task, which ends once every client has drained.
     pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
