@@ -12,11 +12,7 @@ SLUICE_PORT=${SLUICE_PORT:-6432}
 . scripts/lib/cluster.sh
 cluster_dir demo
 
-cleanup() {
-    if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
-    stop_cluster
-}
-trap cleanup EXIT
+trap stop_all EXIT
 
 echo "== building sluice (release)"
 cargo build --release --quiet
@@ -39,9 +35,7 @@ replicas = ["127.0.0.1:$REPLICA_PORT"]
 password = "secret"
 TOML
 echo "== starting sluice on $SLUICE_PORT"
-./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
-SLUICE_PID=$!
-wait_for_port "$SLUICE_PORT"
+start_sluice "$SLUICE_PORT"
 
 export PGPASSWORD=secret
 echo "== a query through sluice"

@@ -15,11 +15,7 @@ ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-8}
 
 cluster_dir tls
-cleanup() {
-    if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
-    stop_cluster
-}
-trap cleanup EXIT
+trap stop_all EXIT
 
 cargo build --release --quiet
 start_primary "$PRIMARY_PORT" 300
@@ -41,9 +37,7 @@ primary = "127.0.0.1:$PRIMARY_PORT"
 [users.app]
 password = "secret"
 TOML
-./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
-SLUICE_PID=$!
-wait_for_port "$SLUICE_PORT"
+start_sluice "$SLUICE_PORT"
 
 declare -A TPS
 for round in $(seq 1 "$ROUNDS"); do

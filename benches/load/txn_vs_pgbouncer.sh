@@ -22,9 +22,8 @@ SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb-simpl
 
 cluster_dir load
 cleanup() {
-    if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
     if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
-    stop_cluster
+    stop_all
 }
 trap cleanup EXIT
 
@@ -65,10 +64,8 @@ primary = "127.0.0.1:$PRIMARY_PORT"
 [users.app]
 password = "secret"
 TOML
-./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
-SLUICE_PID=$!
 wait_for_port "$BOUNCER_PORT"
-wait_for_port "$SLUICE_PORT"
+start_sluice "$SLUICE_PORT"
 
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { # utime + stime of a pid, in clock ticks

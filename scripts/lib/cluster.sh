@@ -57,3 +57,17 @@ wait_for_port() {
     echo "nothing answers on port $1" >&2
     return 1
 }
+
+# start_sluice PORT: runs the release build on $DIR/pooler.toml (listening
+# on PORT) in the background; sets SLUICE_PID.
+start_sluice() {
+    ./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
+    SLUICE_PID=$!
+    wait_for_port "$1"
+}
+
+# stop_all: sluice, if started, then the cluster.
+stop_all() {
+    if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
+    stop_cluster
+}
