@@ -180,3 +180,30 @@ mod tests {
         assert_eq!(recover_client_key(&v, b"garbage", "x", b"y"), None);
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+    use pgwire::api::auth::sasl::scram::ScramServerAuth;
+
+    /// Whatever a client sends, pgwire's SCRAM parser and ours return errors, never panic.
+    #[test]
+    fn malformed_scram_messages_do_not_panic() {
+        let v = ScramVerifier::from_password("secret");
+        let firsts: &[&[u8]] = &[b"", b"n", b"n,", b"n,,", b"n,,r", b"n,,n=,r=", b"p=x,,n=,r=a", b"y,,n=u,r=\xff", b"n,a=,n=,r=\xc3"];
+        for first in firsts {
+            let server = ScramServerAuth::new();
+            if let Ok((server_first, w)) = server.on_client_first_message_with_secret(first, v.to_scram_secret()) {
+                for fin in [&b""[..], b"c=biws", b"c=biws,r=x,p=", b"c=biws,r=x,p=!!!!", b",p=AAAA"] {
+                    let _ = w.on_client_final_message(fin);
+                    let _ = recover_client_key(&v, first, &server_first, fin);
+                }
+            }
+            let _ = recover_client_key(&v, first, "r=x", b"c=biws,r=x,p=AAAA");
+        }
+        let (_, mut login) = KeyLogin::start();
+        for sf in [&b""[..], b"r=", b"r=zz,s=!!,i=-1", b"\xff"] {
+            assert!(login.finish(sf, &v, &[0u8; 32]).is_err());
+        }
+    }
+}
