@@ -190,11 +190,29 @@ mod hostile {
     #[test]
     fn malformed_scram_messages_do_not_panic() {
         let v = ScramVerifier::from_password("secret");
-        let firsts: &[&[u8]] = &[b"", b"n", b"n,", b"n,,", b"n,,r", b"n,,n=,r=", b"p=x,,n=,r=a", b"y,,n=u,r=\xff", b"n,a=,n=,r=\xc3"];
+        let firsts: &[&[u8]] = &[
+            b"",
+            b"n",
+            b"n,",
+            b"n,,",
+            b"n,,r",
+            b"n,,n=,r=",
+            b"p=x,,n=,r=a",
+            b"y,,n=u,r=\xff",
+            b"n,a=,n=,r=\xc3",
+        ];
         for first in firsts {
             let server = ScramServerAuth::new();
-            if let Ok((server_first, w)) = server.on_client_first_message_with_secret(first, v.to_scram_secret()) {
-                for fin in [&b""[..], b"c=biws", b"c=biws,r=x,p=", b"c=biws,r=x,p=!!!!", b",p=AAAA"] {
+            if let Ok((server_first, w)) =
+                server.on_client_first_message_with_secret(first, v.to_scram_secret())
+            {
+                for fin in [
+                    &b""[..],
+                    b"c=biws",
+                    b"c=biws,r=x,p=",
+                    b"c=biws,r=x,p=!!!!",
+                    b",p=AAAA",
+                ] {
                     let _ = w.on_client_final_message(fin);
                     let _ = recover_client_key(&v, first, &server_first, fin);
                 }
