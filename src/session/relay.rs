@@ -209,8 +209,11 @@ impl Pipe {
                 &mut self.client.rbuf,
             );
             let read = poll_fn(|cx| {
-                if let Poll::Ready(Err(e)) = q.poll_flush(client, cx) {
-                    return Poll::Ready(Err(e));
+                match q.poll_flush(client, cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    // A client that does not read its replies is not read either.
+                    Poll::Pending if q.len() >= HIGH_WATER => return Poll::Pending,
+                    _ => {}
                 }
                 poll_read(client, rbuf, cx)
             });
@@ -379,7 +382,9 @@ impl Pipe {
         if let Poll::Ready(Err(_)) = self.to_client.poll_flush(&mut self.client.stream, cx) {
             return Poll::Ready(Event::ClientClosed);
         }
-        if self.to_server.len() < HIGH_WATER {
+        // Replies sluice answers itself go straight to the client, so a client
+        // that stops reading is not read either.
+        if self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
             match poll_read(&mut self.client.stream, &mut self.client.rbuf, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Event::ClientClosed);

@@ -400,3 +400,48 @@ async fn node_postgres_named_queries() {
     let s = pooled(2, "").await;
     driver("node", "node", "node_pg_check.js", url(&s)).await;
 }
+
+/// Parses sluice answers itself still obey backpressure: a client that
+/// never reads its replies is stopped, not buffered without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_replies_is_not_buffered() {
+    use tokio::io::AsyncWriteExt;
+    let s = pooled(1, "").await;
+    let mut w = login(&s).await;
+    w.send(&[parse("warm", "SELECT 11"), sync()].concat()).await;
+    w.recv_until(b'Z').await;
+    let mut other = login(&s).await;
+    let mut chunk = Vec::new();
+    for i in 0..2000 {
+        chunk.extend_from_slice(
+            &[
+                parse(&format!("k{i}"), "SELECT 11"),
+                close_stmt(&format!("k{i}")),
+                sync(),
+            ]
+            .concat(),
+        );
+    }
+    // Without backpressure sluice would keep answering (and buffering) for as
+    // long as the client writes; with it, the client's writes stall.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut stalled = false;
+    while tokio::time::Instant::now() < deadline {
+        let write = other.stream.write_all(&chunk);
+        if tokio::time::timeout(std::time::Duration::from_secs(1), write)
+            .await
+            .is_err()
+        {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(
+        stalled,
+        "sluice kept reading a client that never reads its replies"
+    );
+    // Others are unaffected.
+    w.send(&[bind("warm", &[]), execute(), sync()].concat())
+        .await;
+    assert_eq!(tags(&w.recv_until(b'Z').await), "2DCZ");
+}
