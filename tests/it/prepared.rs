@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::harness::wire::{Msg, message, query};
-use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire, config_for};
+use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire};
 
 async fn pooled(pool: usize, general: &str) -> Sluice {
     crate::harness::pooled("transaction", pool, general).await
@@ -298,27 +298,16 @@ async fn session_mode_passes_names_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_prepared_64_clients_over_8_servers() {
-    let cluster = Cluster::shared();
-    cluster
-        .primary
-        .psql("postgres", "CREATE DATABASE benchprep OWNER sluice_scram");
-    let toml = config_for(
-        cluster,
+    let s = crate::tools::pgbench_db(
+        "benchprep",
         "pool_mode = \"transaction\"\nmax_client_conn = 200",
-        "[databases.benchprep]\nprimary = \"127.0.0.1:PORT\"\npool_size = 8\n",
+        8,
     )
-    .replace("PORT", &cluster.primary.port.to_string());
-    let s = Sluice::start(&toml).await;
-    crate::tools::run_tool("pgbench", &s, &["-i", "-q", "-s", "1", "benchprep"]).await;
+    .await;
     for script in [&["-M", "prepared"][..], &["-M", "prepared", "-S"][..]] {
         let mut args = script.to_vec();
-        args.extend_from_slice(&["-c", "64", "-j", "2", "-t", "20", "benchprep"]);
-        let out = crate::tools::run_tool("pgbench", &s, &args).await;
-        assert!(
-            out.contains("number of transactions actually processed: 1280/1280"),
-            "{out}"
-        );
-        assert!(out.contains("number of failed transactions: 0 "), "{out}");
+        args.extend_from_slice(&["-c", "64", "-j", "2", "-t", "20"]);
+        crate::tools::pgbench_clean(&s, "benchprep", &args, 1280).await;
     }
 }
 

@@ -22,6 +22,37 @@ pub async fn run_tool(name: &str, s: &Sluice, args: &[&str]) -> String {
     stdout + &stderr
 }
 
+/// A new database `name`, initialised with `pgbench -i` through a sluice
+/// whose [general] has `general` and whose pool for `name` holds `pool` servers.
+pub async fn pgbench_db(name: &str, general: &str, pool: usize) -> Sluice {
+    let cluster = Cluster::shared();
+    cluster.primary.psql(
+        "postgres",
+        &format!("CREATE DATABASE {name} OWNER {}", SCRAM_USER.0),
+    );
+    let db = format!(
+        "[databases.{name}]\nprimary = \"127.0.0.1:{}\"\npool_size = {pool}\n",
+        cluster.primary.port
+    );
+    let s = Sluice::start(&crate::harness::config_for(cluster, general, &db)).await;
+    run_tool("pgbench", &s, &["-i", "-q", "-s", "1", name]).await;
+    s
+}
+
+/// Runs pgbench on `name` with `args`; asserts all `total` transactions ran and none failed.
+pub async fn pgbench_clean(s: &Sluice, name: &str, args: &[&str], total: usize) -> String {
+    let mut all = args.to_vec();
+    all.push(name);
+    let out = run_tool("pgbench", s, &all).await;
+    let processed = format!("number of transactions actually processed: {total}/{total}");
+    assert!(out.contains(&processed), "{args:?}:\n{out}");
+    assert!(
+        out.contains("number of failed transactions: 0 "),
+        "{args:?}:\n{out}"
+    );
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_runs_queries_through_sluice() {
     let s = Sluice::with(Cluster::shared(), "").await;
@@ -46,32 +77,14 @@ async fn psql_runs_queries_through_sluice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_every_query_mode_has_no_failed_transactions() {
-    let cluster = Cluster::shared();
-    cluster
-        .primary
-        .psql("postgres", "CREATE DATABASE bench OWNER sluice_scram");
-    let toml = crate::harness::config_for(
-        cluster,
-        "",
-        "[databases.bench]\nprimary = \"127.0.0.1:PORT\"\n",
-    )
-    .replace("PORT", &cluster.primary.port.to_string());
-    let s = Sluice::start(&toml).await;
-    run_tool("pgbench", &s, &["-i", "-q", "-s", "1", "bench"]).await;
+    let s = pgbench_db("bench", "", 20).await;
     for mode in ["simple", "extended", "prepared"] {
-        let out = run_tool(
-            "pgbench",
+        pgbench_clean(
             &s,
-            &["-M", mode, "-c", "4", "-j", "2", "-t", "100", "bench"],
+            "bench",
+            &["-M", mode, "-c", "4", "-j", "2", "-t", "100"],
+            400,
         )
         .await;
-        assert!(
-            out.contains("number of transactions actually processed: 400/400"),
-            "{mode}:\n{out}"
-        );
-        assert!(
-            out.contains("number of failed transactions: 0 "),
-            "{mode}:\n{out}"
-        );
     }
 }

@@ -420,32 +420,20 @@ async fn protocol_corners_in_transaction_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_64_clients_over_8_servers() {
     let cluster = Cluster::shared();
-    cluster
-        .primary
-        .psql("postgres", "CREATE DATABASE benchtxn OWNER sluice_scram");
-    let toml = config_for(
-        cluster,
+    let s = crate::tools::pgbench_db(
+        "benchtxn",
         "pool_mode = \"transaction\"\nmax_client_conn = 200",
-        "[databases.benchtxn]\nprimary = \"127.0.0.1:PORT\"\npool_size = 8\n",
+        8,
     )
-    .replace("PORT", &cluster.primary.port.to_string());
-    let s = Sluice::start(&toml).await;
-    crate::tools::run_tool("pgbench", &s, &["-i", "-q", "-s", "1", "benchtxn"]).await;
+    .await;
     for mode in ["simple", "extended"] {
-        let out = crate::tools::run_tool(
-            "pgbench",
+        crate::tools::pgbench_clean(
             &s,
-            &["-M", mode, "-c", "64", "-j", "2", "-t", "20", "benchtxn"],
+            "benchtxn",
+            &["-M", mode, "-c", "64", "-j", "2", "-t", "20"],
+            1280,
         )
         .await;
-        assert!(
-            out.contains("number of transactions actually processed: 1280/1280"),
-            "{mode}:\n{out}"
-        );
-        assert!(
-            out.contains("number of failed transactions: 0 "),
-            "{mode}:\n{out}"
-        );
     }
     let n = cluster.primary.psql(
         "postgres",
