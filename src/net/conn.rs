@@ -59,17 +59,6 @@ impl Conn {
         }
     }
 
-    /// Reads exactly `n` bytes without buffering anything past them: used
-    /// before a TLS handshake so no plaintext can be replayed inside it.
-    pub async fn read_exact_unbuffered(&mut self, n: usize) -> Result<Vec<u8>, Error> {
-        let mut v = vec![0; n];
-        self.stream
-            .read_exact(&mut v)
-            .await
-            .map_err(Error::from_read)?;
-        Ok(v)
-    }
-
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.stream.write_all(bytes).await?;
         // A TLS stream may hold the records back until flushed.

@@ -29,12 +29,6 @@ pub struct Header {
     pub total: usize,
 }
 
-impl Header {
-    pub fn body_len(&self) -> usize {
-        self.total - HEADER_LEN
-    }
-}
-
 /// Reads the header of the typed message at the start of `buf`.
 /// `Ok(None)` means fewer than five bytes are buffered.
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {

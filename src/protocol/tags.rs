@@ -40,26 +40,6 @@ impl FrontendTag {
             other => Self::Unknown(other),
         }
     }
-
-    pub fn byte(self) -> u8 {
-        match self {
-            Self::Query => b'Q',
-            Self::Parse => b'P',
-            Self::Bind => b'B',
-            Self::Execute => b'E',
-            Self::Describe => b'D',
-            Self::Close => b'C',
-            Self::Sync => b'S',
-            Self::Flush => b'H',
-            Self::Terminate => b'X',
-            Self::CopyData => b'd',
-            Self::CopyDone => b'c',
-            Self::CopyFail => b'f',
-            Self::FunctionCall => b'F',
-            Self::Password => b'p',
-            Self::Unknown(b) => b,
-        }
-    }
 }
 
 /// Messages a server (backend) sends.

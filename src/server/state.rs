@@ -65,11 +65,6 @@ impl ServerState {
     pub fn txn(&self) -> TxnStatus {
         self.txn
     }
-
-    /// Extended messages were sent without a Sync; a Sync would settle them.
-    pub fn needs_sync(&self) -> bool {
-        self.unsynced && !self.copy
-    }
 }
 
 #[cfg(test)]
@@ -98,7 +93,6 @@ mod tests {
         s.on_frontend(F::Parse);
         s.on_frontend(F::Bind);
         assert!(!s.at_boundary());
-        assert!(s.needs_sync());
         s.on_frontend(F::Sync);
         assert!(!s.at_boundary());
         s.on_backend(B::ReadyForQuery, Some(TxnStatus::Idle));
