@@ -35,13 +35,14 @@ enum Method {
     Trust,
     /// A verified client certificate naming the user.
     Cert,
+    /// The stored hash: md5(password || user) in hex.
     Md5(String),
     Scram(ScramVerifier),
     /// A user that may not log in: run an exchange that cannot succeed.
     Reject(AuthType),
 }
 
-fn method(user: Option<&User>, auth_type: AuthType) -> Method {
+fn method(name: &str, user: Option<&User>, auth_type: AuthType) -> Method {
     if auth_type == AuthType::Cert {
         return Method::Cert;
     }
@@ -51,7 +52,9 @@ fn method(user: Option<&User>, auth_type: AuthType) -> Method {
     match (auth_type, &u.secret) {
         (AuthType::Trust, _) => Method::Trust,
         (_, Secret::None) => Method::Reject(auth_type),
-        (AuthType::Md5, Secret::Plain { password, .. }) => Method::Md5(password.clone()),
+        (AuthType::Md5, Secret::Plain { password, .. }) => {
+            Method::Md5(md5::stored_hash(name, password))
+        }
         (_, Secret::Md5(hash)) => Method::Md5(hash.clone()),
         (_, Secret::Plain { verifier, .. }) | (_, Secret::Scram(verifier)) => {
             Method::Scram(verifier.clone())
@@ -68,7 +71,7 @@ pub async fn authenticate(
     user: Option<&User>,
     auth_type: AuthType,
 ) -> Result<Option<Vec<u8>>, Error> {
-    match method(user, auth_type) {
+    match method(name, user, auth_type) {
         Method::Trust => Ok(None),
         Method::Cert => match conn.client_cert_cn() {
             Some(cn) if cn == name => Ok(None),
@@ -77,14 +80,7 @@ pub async fn authenticate(
                 format!("certificate authentication failed for user \"{name}\""),
             )),
         },
-        Method::Md5(secret) => {
-            let stored = if matches!(user.map(|u| &u.secret), Some(Secret::Md5(_))) {
-                secret
-            } else {
-                md5::stored_hash(name, &secret)
-            };
-            md5_exchange(conn, name, Some(&stored)).await.map(|()| None)
-        }
+        Method::Md5(stored) => md5_exchange(conn, name, Some(&stored)).await.map(|()| None),
         Method::Scram(v) => scram_exchange(conn, name, &v).await.map(Some),
         Method::Reject(AuthType::Md5) => md5_exchange(conn, name, None).await.map(|()| None),
         Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible())
