@@ -253,10 +253,15 @@ impl Statements {
             return ClientAction::Forward;
         };
         if v.name.is_empty() {
-            let def = Arc::new(StmtDef {
-                global: String::new(),
-                rest: Bytes::copy_from_slice(v.rest),
-            });
+            // Drivers re-parse the same unnamed statement on every execution:
+            // keep the copy already held when the text has not changed.
+            let def = match &self.client.unnamed {
+                Some(d) if d.rest == v.rest => d.clone(),
+                _ => Arc::new(StmtDef {
+                    global: String::new(),
+                    rest: Bytes::copy_from_slice(v.rest),
+                }),
+            };
             self.client.unnamed = Some(def.clone());
             server.unnamed = Some(def);
             self.push(Entry::reply(Kind::Parse));
