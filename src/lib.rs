@@ -18,6 +18,7 @@ pub mod metrics_http;
 pub mod net;
 pub mod pool;
 pub mod protocol;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod sql;

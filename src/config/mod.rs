@@ -2,6 +2,7 @@
 //! converted into the typed `Config` the rest of sluice uses (`validate`).
 
 mod raw;
+mod routing;
 pub mod units;
 mod validate;
 
@@ -116,6 +117,60 @@ pub struct General {
     pub admin_users: Vec<String>,
     /// May use the console's SHOW commands only.
     pub stats_users: Vec<String>,
+    pub routing: Routing,
+}
+
+/// Read/write routing settings (databases with replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// How often the monitor samples WAL positions.
+    pub lsn_poll_interval: Duration,
+    /// A replica further behind is out of rotation until it catches up.
+    pub max_replica_lag: LagBound,
+    /// How long a replica that failed stays out of rotation.
+    pub replica_ban_time: Duration,
+    pub load_balance: Balance,
+    pub consistency: Consistency,
+    /// Functions whose call sends a statement to the primary, beyond the built-in list.
+    pub primary_functions: crate::route::PrimaryFunctions,
+    /// The [users] entry the monitor logs in as (default: the first with a password).
+    pub monitor_user: Option<String>,
+}
+
+/// max_replica_lag: a duration ("5s") or an amount of WAL ("16MB").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagBound {
+    Time(Duration),
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    /// The replica with the fewest checked-out servers.
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// A client reads its own writes (read-your-writes).
+    Session,
+    /// Only max_replica_lag bounds staleness.
+    Eventual,
+}
+
+/// Where a database's checkouts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DbRoute {
+    /// Transaction and statement pooling route each request; session
+    /// pooling stays on the primary.
+    #[default]
+    Auto,
+    /// Everything on the primary.
+    Primary,
+    /// Sessions go to a replica (for read-only users); transaction and
+    /// statement pooling route as `Auto`.
+    Replica,
 }
 
 /// TLS towards clients: whether sluice offers it, and whether it insists.
@@ -172,6 +227,7 @@ pub struct Database {
     pub min_pool_size: Option<usize>,
     pub pool_mode: Option<PoolMode>,
     pub max_db_connections: Option<usize>,
+    pub route: DbRoute,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -245,6 +301,24 @@ impl Config {
     pub fn max_user_connections(&self, user: Option<&User>) -> usize {
         user.and_then(|u| u.max_user_connections)
             .unwrap_or(self.general.max_user_connections)
+    }
+
+    /// The user the routing monitor logs in as: monitor_user, or else the
+    /// first user with a password sluice can log in with.
+    pub fn monitor_user(&self) -> Option<&str> {
+        if let Some(u) = &self.general.routing.monitor_user {
+            return Some(u);
+        }
+        self.users
+            .iter()
+            .find(|(_, u)| {
+                matches!(
+                    crate::pool::server_password(Some(u)),
+                    crate::server::ServerPassword::Plain(_)
+                        | crate::server::ServerPassword::Md5Hash(_)
+                )
+            })
+            .map(|(n, _)| n.as_str())
     }
 
     /// Pool mode for a (database, user) pair: user beats database beats general.

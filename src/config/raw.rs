@@ -61,6 +61,13 @@ pub struct RawGeneral {
     pub query_wait_notify: String,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
+    pub lsn_poll_interval: String,
+    pub max_replica_lag: String,
+    pub replica_ban_time: String,
+    pub load_balance: String,
+    pub consistency: String,
+    pub primary_functions: Vec<String>,
+    pub monitor_user: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -109,6 +116,13 @@ impl Default for RawGeneral {
             query_wait_notify: "0".into(),
             admin_users: Vec::new(),
             stats_users: Vec::new(),
+            lsn_poll_interval: "20ms".into(),
+            max_replica_lag: "10s".into(),
+            replica_ban_time: "5s".into(),
+            load_balance: "round_robin".into(),
+            consistency: "session".into(),
+            primary_functions: Vec::new(),
+            monitor_user: None,
         }
     }
 }
@@ -124,6 +138,7 @@ pub struct RawDatabase {
     pub min_pool_size: Option<u32>,
     pub pool_mode: Option<String>,
     pub max_db_connections: Option<u32>,
+    pub route: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             format!("\"{au}\" is not a [users.{au}] entry"),
         );
     }
+    if let Some(mu) = &raw.general.monitor_user
+        && !raw.users.contains_key(mu)
+    {
+        p.add(
+            "general.monitor_user",
+            format!("\"{mu}\" is not a [users.{mu}] entry"),
+        );
+    }
     if raw.databases.is_empty() {
         p.add(
             "databases",
@@ -146,7 +154,9 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let client_login_timeout = duration("client_login_timeout", &g.client_login_timeout, p);
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = on_session_state(g, p);
+    let routing = super::routing::routing(g, &mut |k, m| p.add(k, m));
     Some(General {
+        routing: routing?,
         pool_mode: mode?,
         query_wait_timeout: query_wait_timeout?,
         server_connect_timeout: server_connect_timeout?,
@@ -331,6 +341,7 @@ fn database(name: &str, d: &RawDatabase, p: &mut Problems) -> Option<Database> {
         min_pool_size: d.min_pool_size.map(|n| n as usize),
         pool_mode: mode,
         max_db_connections: d.max_db_connections.map(|n| n as usize),
+        route: super::routing::db_route(&key, d.route.as_deref(), &mut |k, m| p.add(k, m))?,
     })
 }
 

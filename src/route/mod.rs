@@ -1,0 +1,133 @@
+//! Read/write routing: which server a transaction-pooled request goes to.
+//!
+//! `classify` says where a statement may run (pure, cached here by text);
+//! `replicas` holds what the `monitor` learns about each replica (replay
+//! LSN, lag, health); `decide` picks primary or a replica for one checkout
+//! from those facts and the client's read-your-writes needs.
+
+pub mod classify;
+pub mod decide;
+pub mod monitor;
+pub mod replicas;
+
+#[cfg(test)]
+mod corpus;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use classify::{Class, Hint, PrimaryFunctions, Reason, Route, TxnEffect};
+pub use decide::{Decision, Need, SessionRoute, Target};
+pub use replicas::Topology;
+
+use crate::config::Config;
+
+/// `classify` behind a bounded cache keyed by the statement text, so a
+/// repeated or prepared statement is parsed once.
+pub struct Classifier {
+    cache: quick_cache::sync::Cache<String, Class, TextWeight>,
+    extra: PrimaryFunctions,
+}
+
+#[derive(Clone)]
+struct TextWeight;
+
+impl quick_cache::Weighter<String, Class> for TextWeight {
+    fn weight(&self, key: &String, _: &Class) -> u64 {
+        key.len() as u64 + 64
+    }
+}
+
+/// Bytes of statement text the cache keeps.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+impl Classifier {
+    pub fn new(extra: PrimaryFunctions) -> Self {
+        Self {
+            cache: quick_cache::sync::Cache::with_weighter(16_384, CACHE_BYTES, TextWeight),
+            extra,
+        }
+    }
+
+    pub fn classify(&self, sql: &str) -> Class {
+        if let Some(c) = self.cache.get(sql) {
+            return c;
+        }
+        let c = classify::classify(sql, &self.extra);
+        if sql.len() <= classify::MAX_PARSED_LEN {
+            self.cache.insert(sql.to_string(), c);
+        }
+        c
+    }
+}
+
+/// The routing state of every database with replicas, and their monitors.
+#[derive(Default)]
+pub struct Routes {
+    classifier: Mutex<Option<Arc<Classifier>>>,
+    topologies: Mutex<HashMap<String, Arc<Topology>>>,
+}
+
+impl Routes {
+    /// Builds topologies for `config` (keeping those whose settings did not
+    /// change, with their monitors) and starts monitors for new ones.
+    pub fn apply(&self, config: &Config) {
+        let g = &config.general;
+        {
+            let mut c = self.classifier.lock().unwrap_or_else(|p| p.into_inner());
+            if c.as_ref()
+                .is_none_or(|c| c.extra != g.routing.primary_functions)
+            {
+                *c = Some(Arc::new(Classifier::new(
+                    g.routing.primary_functions.clone(),
+                )));
+            }
+        }
+        let mut next = HashMap::new();
+        let mut started = Vec::new();
+        {
+            let old = self.topologies.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, db) in &config.databases {
+                if db.replicas.is_empty() {
+                    continue;
+                }
+                let want = replicas::Settings::from_config(config, db);
+                match old.get(name) {
+                    Some(t) if t.settings == want => {
+                        next.insert(name.clone(), t.clone());
+                    }
+                    _ => {
+                        let t = Arc::new(Topology::new(name, want));
+                        started.push(t.clone());
+                        next.insert(name.clone(), t);
+                    }
+                }
+            }
+        }
+        *self.topologies.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        // Replaced topologies' monitors stop once nothing holds them.
+        for t in started {
+            monitor::spawn(&t, config);
+        }
+    }
+
+    pub fn classifier(&self) -> Option<Arc<Classifier>> {
+        self.classifier
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn topology(&self, database: &str) -> Option<Arc<Topology>> {
+        self.topologies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(database)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Topology>> {
+        let t = self.topologies.lock().unwrap_or_else(|p| p.into_inner());
+        t.values().cloned().collect()
+    }
+}

@@ -1,0 +1,317 @@
+//! What sluice knows about one database's servers for routing: the
+//! primary's recent WAL positions and each replica's replay position, lag,
+//! health and ban. The monitor writes it; sessions read it without locks
+//! (atomics), except the lag computation, which only the monitor does.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{Balance, Config, Consistency, Database, HostPort, LagBound};
+
+/// Routing settings of one database; a change restarts its monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub primary: HostPort,
+    pub replicas: Vec<HostPort>,
+    pub dbname: String,
+    pub poll_interval: Duration,
+    pub max_lag: LagBound,
+    pub ban_time: Duration,
+    pub balance: Balance,
+    pub consistency: Consistency,
+    /// The [users] entry the monitor logs in as.
+    pub monitor_user: Option<String>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, db: &Database) -> Self {
+        let r = &config.general.routing;
+        Self {
+            primary: db.primary.clone(),
+            replicas: db.replicas.clone(),
+            dbname: db.dbname.clone(),
+            poll_interval: r.lsn_poll_interval,
+            max_lag: r.max_replica_lag,
+            ban_time: r.replica_ban_time,
+            balance: r.load_balance,
+            consistency: r.consistency,
+            monitor_user: config.monitor_user().map(str::to_string),
+        }
+    }
+}
+
+/// The primary's WAL insert position as sampled at a moment: the query
+/// was sent at `at`, so any commit acknowledged before `at` is <= `lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub at: Instant,
+    pub lsn: u64,
+}
+
+/// How many primary samples are kept to turn a replay LSN into a lag in time.
+const HISTORY: usize = 4096;
+
+#[derive(Debug)]
+pub struct ReplicaState {
+    pub addr: HostPort,
+    replay_lsn: AtomicU64,
+    /// Connected, in recovery, and answering the monitor.
+    healthy: AtomicBool,
+    /// Within max_replica_lag.
+    caught_up: AtomicBool,
+    /// Nanoseconds since the topology's epoch; 0: not banned.
+    banned_until: AtomicU64,
+    lag_ms: AtomicU64,
+    lag_bytes: AtomicU64,
+    /// Servers of this replica checked out right now (least_outstanding).
+    pub outstanding: AtomicUsize,
+    pub bans: AtomicU64,
+}
+
+pub struct Topology {
+    pub database: String,
+    pub settings: Settings,
+    pub replicas: Vec<ReplicaState>,
+    epoch: Instant,
+    latest: Mutex<Option<Sample>>,
+    history: Mutex<VecDeque<Sample>>,
+    rr: AtomicUsize,
+}
+
+/// A replica as `decide` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub usable: bool,
+    pub replay_lsn: u64,
+    pub outstanding: usize,
+}
+
+/// "16/B374D848" to a number.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+impl Topology {
+    pub fn new(database: &str, settings: Settings) -> Self {
+        let replicas = settings
+            .replicas
+            .iter()
+            .map(|addr| ReplicaState {
+                addr: addr.clone(),
+                replay_lsn: AtomicU64::new(0),
+                healthy: AtomicBool::new(false),
+                caught_up: AtomicBool::new(false),
+                banned_until: AtomicU64::new(0),
+                lag_ms: AtomicU64::new(0),
+                lag_bytes: AtomicU64::new(0),
+                outstanding: AtomicUsize::new(0),
+                bans: AtomicU64::new(0),
+            })
+            .collect();
+        Self {
+            database: database.to_string(),
+            settings,
+            replicas,
+            epoch: Instant::now(),
+            latest: Mutex::new(None),
+            history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The monitor's newest primary sample.
+    pub fn record_primary(&self, s: Sample) {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == HISTORY {
+            h.pop_front();
+        }
+        h.push_back(s);
+    }
+
+    /// The newest primary sample taken after `t`, if one exists yet.
+    pub fn sample_after(&self, t: Instant) -> Option<Sample> {
+        let latest = *self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        latest.filter(|s| s.at > t)
+    }
+
+    /// How far `replay` is behind: the time since the primary first passed
+    /// it (by the samples kept), and the bytes to the newest sample.
+    pub fn lag_of(&self, replay: u64, now: Instant) -> (Duration, u64) {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(newest) = h.back() else {
+            return (Duration::ZERO, 0);
+        };
+        if newest.lsn <= replay {
+            return (Duration::ZERO, 0);
+        }
+        let passed = h.iter().find(|s| s.lsn > replay).map_or(now, |s| s.at);
+        (now.saturating_duration_since(passed), newest.lsn - replay)
+    }
+
+    /// The monitor's view of replica `i` after a successful poll.
+    pub fn record_replica(&self, i: usize, replay: u64, in_recovery: bool, now: Instant) {
+        let r = &self.replicas[i];
+        r.replay_lsn.fetch_max(replay, Ordering::Relaxed);
+        let (lag, bytes) = self.lag_of(replay, now);
+        r.lag_ms.store(
+            u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        r.lag_bytes.store(bytes, Ordering::Relaxed);
+        let within = match self.settings.max_lag {
+            LagBound::Time(d) => lag <= d,
+            LagBound::Bytes(b) => bytes <= b,
+        };
+        if r.caught_up.swap(within, Ordering::Relaxed) != within {
+            tracing::info!(database = %self.database, replica = %r.addr, lag_ms = lag.as_millis() as u64, lag_bytes = bytes, within, "replica lag crossed max_replica_lag");
+        }
+        if !in_recovery && r.healthy.load(Ordering::Relaxed) {
+            tracing::warn!(database = %self.database, replica = %r.addr, "replica is not in recovery (promoted?): out of rotation");
+        }
+        r.healthy.store(in_recovery, Ordering::Relaxed);
+    }
+
+    /// The monitor could not reach replica `i`.
+    pub fn replica_failed(&self, i: usize) {
+        if self.replicas[i].healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(database = %self.database, replica = %self.replicas[i].addr, "replica failed its health check: out of rotation");
+        }
+        self.ban(i);
+    }
+
+    /// Takes replica `i` out of rotation for replica_ban_time.
+    pub fn ban(&self, i: usize) {
+        let until = self.nanos(Instant::now() + self.settings.ban_time).max(1);
+        let r = &self.replicas[i];
+        if r.banned_until.swap(until, Ordering::Relaxed) == 0 {
+            r.bans.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn banned(&self, i: usize, now: u64) -> bool {
+        let r = &self.replicas[i];
+        let until = r.banned_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if now < until {
+            return true;
+        }
+        r.banned_until.store(0, Ordering::Relaxed);
+        false
+    }
+
+    pub fn views(&self) -> Vec<ReplicaView> {
+        let now = self.nanos(Instant::now());
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ReplicaView {
+                usable: r.healthy.load(Ordering::Relaxed)
+                    && r.caught_up.load(Ordering::Relaxed)
+                    && !self.banned(i, now),
+                replay_lsn: r.replay_lsn.load(Ordering::Relaxed),
+                outstanding: r.outstanding.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    pub fn next_round_robin(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// (lag in ms, lag in bytes, usable) of replica `i`, for the console and metrics.
+    pub fn report(&self, i: usize) -> (u64, u64, bool) {
+        let r = &self.replicas[i];
+        let usable = self.views()[i].usable;
+        (
+            r.lag_ms.load(Ordering::Relaxed),
+            r.lag_bytes.load(Ordering::Relaxed),
+            usable,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        Topology::new(
+            "app",
+            Settings {
+                primary: HostPort {
+                    host: "p".into(),
+                    port: 1,
+                },
+                replicas: vec![HostPort {
+                    host: "r".into(),
+                    port: 2,
+                }],
+                dbname: "app".into(),
+                poll_interval: Duration::from_millis(20),
+                max_lag: LagBound::Time(Duration::from_secs(1)),
+                ban_time: Duration::from_secs(5),
+                balance: Balance::RoundRobin,
+                consistency: Consistency::Session,
+                monitor_user: None,
+            },
+        )
+    }
+
+    #[test]
+    fn lsn_text_parses() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(parse_lsn("x"), None);
+    }
+
+    #[test]
+    fn lag_is_the_time_since_the_primary_passed_the_replay_position() {
+        let t = topo();
+        let t0 = Instant::now();
+        for (ms, lsn) in [(0, 100), (100, 200), (200, 300)] {
+            t.record_primary(Sample {
+                at: t0 + Duration::from_millis(ms),
+                lsn,
+            });
+        }
+        let now = t0 + Duration::from_millis(300);
+        assert_eq!(t.lag_of(300, now), (Duration::ZERO, 0));
+        assert_eq!(t.lag_of(150, now), (Duration::from_millis(200), 150));
+        assert_eq!(t.lag_of(50, now), (Duration::from_millis(300), 250));
+    }
+
+    #[test]
+    fn a_replica_is_usable_only_when_healthy_caught_up_and_not_banned() {
+        let t = topo();
+        assert!(!t.views()[0].usable, "unknown until the monitor reports");
+        t.record_replica(0, 10, true, Instant::now());
+        assert!(t.views()[0].usable);
+        t.ban(0);
+        assert!(!t.views()[0].usable);
+        assert_eq!(t.replicas[0].bans.load(Ordering::Relaxed), 1);
+        t.record_replica(0, 10, false, Instant::now());
+        t.replicas[0].banned_until.store(0, Ordering::Relaxed);
+        assert!(!t.views()[0].usable, "a promoted replica is out");
+    }
+
+    #[test]
+    fn samples_count_only_when_taken_after_the_write() {
+        let t = topo();
+        let t0 = Instant::now();
+        t.record_primary(Sample { at: t0, lsn: 5 });
+        assert_eq!(t.sample_after(t0), None);
+        let later = t0 + Duration::from_millis(1);
+        t.record_primary(Sample { at: later, lsn: 7 });
+        assert_eq!(t.sample_after(t0), Some(Sample { at: later, lsn: 7 }));
+    }
+}
