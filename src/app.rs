@@ -18,6 +18,8 @@ use crate::session::{self, cancel::CancelRegistry};
 pub struct Shared {
     config: ArcSwap<Config>,
     pub pools: PoolSet,
+    /// Read/write routing: classifier and replica state per database.
+    pub routes: crate::route::Routes,
     pub cancels: CancelRegistry,
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
@@ -50,6 +52,7 @@ impl Shared {
         Self {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
+            routes: crate::route::Routes::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
             stats: Arc::default(),
@@ -81,6 +84,7 @@ impl Shared {
             });
         }
         self.pools.reload(&old, &new);
+        self.routes.apply(&new);
         self.config.store(Arc::new(new));
         tracing::info!("configuration reloaded");
     }
@@ -108,6 +112,7 @@ pub async fn serve(
     shutdown: impl Future<Output = Drain>,
 ) -> std::io::Result<()> {
     tokio::spawn(janitor(Arc::downgrade(&shared)));
+    shared.routes.apply(&shared.config());
     tokio::pin!(shutdown);
     tracing::info!(addr = %listener.local_addr()?, "sluice listening");
     let sessions = tokio_util::task::TaskTracker::new();

@@ -48,21 +48,33 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
         labels,
     )?;
     r.register(Box::new(saturation.clone()))?;
+    // Several replicas of one database share the "replica" role: summed.
+    let mut per_role: std::collections::BTreeMap<(String, String, &str), [usize; 4]> =
+        std::collections::BTreeMap::new();
     for (key, pool) in shared.pools.all() {
         let st = pool.status();
-        let in_use = st.size.saturating_sub(st.available);
-        let l = [key.database.as_str(), key.user.as_str(), "primary"];
-        size.with_label_values(&l).set(st.max_size as i64);
+        let e = per_role
+            .entry((key.database.clone(), key.user.clone(), key.role_name()))
+            .or_default();
+        e[0] += st.max_size;
+        e[1] += st.size.saturating_sub(st.available);
+        e[2] += st.available;
+        e[3] += st.waiting;
+    }
+    for ((db, user, role), [max, in_use, idle, wait]) in per_role {
+        let l = [db.as_str(), user.as_str(), role];
+        size.with_label_values(&l).set(max as i64);
         servers
             .with_label_values(&[l[0], l[1], l[2], "active"])
             .set(in_use as i64);
         servers
             .with_label_values(&[l[0], l[1], l[2], "idle"])
-            .set(st.available as i64);
-        waiting.with_label_values(&l).set(st.waiting as i64);
-        let ratio = (in_use + st.waiting) as f64 / st.max_size.max(1) as f64;
+            .set(idle as i64);
+        waiting.with_label_values(&l).set(wait as i64);
+        let ratio = (in_use + wait) as f64 / max.max(1) as f64;
         saturation.with_label_values(&l).set(ratio);
     }
+    routing(&r, shared)?;
     let pinned = IntGauge::new(
         "sluice_pinned_clients",
         "Transaction-pooled clients pinned to their server",
@@ -98,4 +110,63 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
     let mut out = Vec::new();
     TextEncoder::new().encode(&r.gather(), &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Routing decisions and replica state, per database with replicas.
+fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let decisions = prometheus::IntCounterVec::new(
+        Opts::new(
+            "sluice_route_decisions_total",
+            "Transaction-pooled requests routed, by destination and reason",
+        ),
+        &["database", "destination", "reason"],
+    )?;
+    r.register(Box::new(decisions.clone()))?;
+    let replica_labels = &["database", "replica"];
+    let lag = GaugeVec::new(
+        Opts::new(
+            "sluice_replica_lag_seconds",
+            "How long ago the primary was at the replica's replay position",
+        ),
+        replica_labels,
+    )?;
+    r.register(Box::new(lag.clone()))?;
+    let lag_bytes = gauge_vec(
+        r,
+        "sluice_replica_lag_bytes",
+        "WAL bytes the replica has yet to replay",
+        replica_labels,
+    )?;
+    let up = gauge_vec(
+        r,
+        "sluice_replica_in_rotation",
+        "1 when the replica takes reads: healthy, caught up, not banned",
+        replica_labels,
+    )?;
+    let bans = prometheus::IntCounterVec::new(
+        Opts::new(
+            "sluice_replica_bans_total",
+            "Times a replica was taken out of rotation after a failure",
+        ),
+        replica_labels,
+    )?;
+    r.register(Box::new(bans.clone()))?;
+    for t in shared.routes.all() {
+        for (dest, reason, n) in t.decisions() {
+            decisions
+                .with_label_values(&[t.database.as_str(), dest, reason])
+                .inc_by(n);
+        }
+        for (i, rep) in t.replicas.iter().enumerate() {
+            let addr = rep.addr.to_string();
+            let l = [t.database.as_str(), addr.as_str()];
+            let (ms, bytes, usable) = t.report(i);
+            lag.with_label_values(&l).set(ms as f64 / 1000.0);
+            lag_bytes.with_label_values(&l).set(bytes as i64);
+            up.with_label_values(&l).set(i64::from(usable));
+            bans.with_label_values(&l)
+                .inc_by(rep.bans.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+    Ok(())
 }

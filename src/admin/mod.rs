@@ -104,7 +104,7 @@ fn show_pools(shared: &Shared) -> Table {
             some(0),
             some(0),
             some(mode),
-            some("primary"),
+            some(key.role_name()),
             some(shared.stats.pinned_clients()),
         ]);
     }

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::config::{Config, Database, User};
 use crate::error::Error;
 use crate::protocol::sqlstate;
+use crate::route::Target;
 use crate::server::{ServerConn, ServerPassword, ServerTarget};
 pub use manager::{Limit, ServerManager};
 
@@ -25,6 +26,26 @@ pub type ServerPool = Pool<ServerManager>;
 pub struct PoolKey {
     pub database: String,
     pub user: String,
+    /// The primary or one of the database's replicas.
+    pub role: Target,
+}
+
+impl PoolKey {
+    pub fn primary(database: &str, user: &str) -> Self {
+        Self {
+            database: database.to_string(),
+            user: user.to_string(),
+            role: Target::Primary,
+        }
+    }
+
+    /// "primary" or "replica", as the console and metrics label it.
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Target::Primary => "primary",
+            Target::Replica(_) => "replica",
+        }
+    }
 }
 
 /// Every pool of one sluice instance, and the limits they share; no globals.
@@ -103,8 +124,12 @@ impl PoolSet {
                 ),
             ),
         ];
+        let addr = match key.role {
+            Target::Replica(i) => db.replicas.get(i).unwrap_or(&db.primary),
+            Target::Primary => &db.primary,
+        };
         let target = ServerTarget {
-            addr: db.primary.clone(),
+            addr: addr.clone(),
             dbname: db.dbname.clone(),
             user: user
                 .and_then(|u| u.server_user.clone())
@@ -113,6 +138,18 @@ impl PoolSet {
             connect_timeout: g.server_connect_timeout,
             tls: g.server_tls.clone(),
         };
+        let mut target = target;
+        if key.role != Target::Primary
+            && let Some(p) = self
+                .pools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&PoolKey::primary(&key.database, &key.user))
+        {
+            // Replica pools log in as the primary's does, including a
+            // SCRAM pass-through key learnt from a client.
+            target.password = p.manager().target.password.clone();
+        }
         let manager = ServerManager {
             target,
             lifetime: g.server_lifetime,

@@ -8,7 +8,7 @@ use super::classify::{Class, Hint, Route};
 use super::replicas::{ReplicaView, Topology};
 use crate::config::{Balance, Consistency};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Primary,
     Replica(usize),

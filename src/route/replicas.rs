@@ -78,6 +78,8 @@ pub struct Topology {
     latest: Mutex<Option<Sample>>,
     history: Mutex<VecDeque<Sample>>,
     rr: AtomicUsize,
+    /// Routing decisions by (destination, reason).
+    decisions: Mutex<std::collections::HashMap<(&'static str, &'static str), u64>>,
 }
 
 /// A replica as `decide` sees it.
@@ -119,6 +121,7 @@ impl Topology {
             latest: Mutex::new(None),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             rr: AtomicUsize::new(0),
+            decisions: Mutex::default(),
         }
     }
 
@@ -222,6 +225,24 @@ impl Topology {
                 outstanding: r.outstanding.load(Ordering::Relaxed),
             })
             .collect()
+    }
+
+    /// Counts one routing decision.
+    pub fn count(&self, d: super::Decision) {
+        let dest = match d.target {
+            super::Target::Primary => "primary",
+            super::Target::Replica(_) => "replica",
+        };
+        let mut m = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((dest, d.reason)).or_default() += 1;
+    }
+
+    /// Routing decisions so far: (destination, reason, count).
+    pub fn decisions(&self) -> Vec<(&'static str, &'static str, u64)> {
+        let m = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = m.iter().map(|((d, r), n)| (*d, *r, *n)).collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn next_round_robin(&self) -> usize {

@@ -11,6 +11,7 @@ mod pins;
 mod pooled;
 pub mod prepared;
 pub mod relay;
+pub mod routing;
 pub mod startup;
 pub mod statements;
 pub mod vars;
@@ -105,6 +106,48 @@ pub(crate) struct Ctx<'a> {
     pub pool: ServerPool,
     pub database: &'a str,
     pub primary: &'a crate::config::HostPort,
+    pub db: &'a crate::config::Database,
+    pub user_name: &'a str,
+    pub user: Option<&'a crate::config::User>,
+    /// The role of the client's first server (session pooling keeps it).
+    pub role: crate::route::Target,
+}
+
+impl Ctx<'_> {
+    /// The pool of `role` for this client's database and user.
+    pub fn pool_for(&self, role: crate::route::Target) -> ServerPool {
+        match role {
+            crate::route::Target::Primary => self.pool.clone(),
+            crate::route::Target::Replica(_) => {
+                let key = PoolKey {
+                    role,
+                    ..PoolKey::primary(self.database, self.user_name)
+                };
+                self.shared
+                    .pools
+                    .get_or_create(self.config, &key, self.db, self.user)
+            }
+        }
+    }
+
+    /// Where cancel requests for a server of `role` go.
+    pub fn addr_of(&self, role: crate::route::Target) -> &crate::config::HostPort {
+        match role {
+            crate::route::Target::Replica(i) => self.db.replicas.get(i).unwrap_or(self.primary),
+            crate::route::Target::Primary => self.primary,
+        }
+    }
+
+    /// Routing state for a new transaction-pooled client, when its
+    /// database has replicas and routes.
+    pub fn routing(&self) -> Option<routing::ClientRouting> {
+        if self.db.route == crate::config::DbRoute::Primary {
+            return None;
+        }
+        let topo = self.shared.routes.topology(self.database)?;
+        let classifier = self.shared.routes.classifier()?;
+        Some(routing::ClientRouting::new(topo, classifier))
+    }
 }
 
 /// When a client connecting now must be logged in by (client_login_timeout).
@@ -141,10 +184,7 @@ async fn serve(
     let _pool_place = shared
         .client_counts
         .admit(format!("pool:{}/{}", login.database, login.user), 0);
-    let key = PoolKey {
-        database: login.database.clone(),
-        user: login.user.clone(),
-    };
+    let key = PoolKey::primary(&login.database, &login.user);
     let db = &config.databases[&login.database];
     let user = config.users.get(&login.user).or(login.looked_up.as_ref());
     let mode = config.pool_mode(db, user);
@@ -154,7 +194,15 @@ async fn serve(
     {
         pt.learn(k);
     }
-    let mut checkout = Checkout::get(&pool, &login.database).await?;
+    let (mut checkout, role) = first_checkout(
+        shared,
+        &config,
+        &login.database,
+        &pool,
+        mode,
+        (&login.user, user),
+    )
+    .await?;
 
     let mut greeting = BytesMut::new();
     if mode != PoolMode::Session
@@ -180,6 +228,10 @@ async fn serve(
         pool,
         database: &login.database,
         primary: &db.primary,
+        db,
+        user_name: &login.user,
+        user,
+        role,
     };
     match mode {
         PoolMode::Session => session_mode(pipe, checkout, greeting, &ctx).await,
@@ -195,6 +247,60 @@ async fn serve(
             .await
         }
     }
+}
+
+/// The client's first server: the primary, or in session pooling of a
+/// database with `route = "replica"`, a replica in rotation (the primary
+/// when none is, or when it cannot be reached).
+async fn first_checkout(
+    shared: &Shared,
+    config: &Config,
+    database: &str,
+    pool: &ServerPool,
+    mode: PoolMode,
+    (user_name, user): (&str, Option<&crate::config::User>),
+) -> Result<(Checkout, crate::route::Target), Error> {
+    use crate::route::{Class, Hint, Need, Route, SessionRoute, Target, TxnEffect};
+    let db = &config.databases[database];
+    let topo = (mode == PoolMode::Session && db.route == crate::config::DbRoute::Replica)
+        .then(|| shared.routes.topology(database))
+        .flatten();
+    if let Some(topo) = topo {
+        let read = Class {
+            route: Route::Read,
+            txn: TxnEffect::None,
+            hint: Hint::None,
+        };
+        let s = &topo.settings;
+        let d = crate::route::decide::decide(
+            &read,
+            SessionRoute::Auto,
+            s.consistency,
+            Need::None,
+            &topo.views(),
+            s.balance,
+            topo.next_round_robin(),
+        );
+        topo.count(d);
+        if let Target::Replica(i) = d.target {
+            let key = PoolKey {
+                role: d.target,
+                ..PoolKey::primary(database, user_name)
+            };
+            let rpool = shared.pools.get_or_create(config, &key, db, user);
+            match Checkout::get(&rpool, database).await {
+                Ok(c) => return Ok((c, d.target)),
+                Err(e) => {
+                    tracing::warn!(database, error = %e, "replica checkout failed: using the primary");
+                    topo.ban(i);
+                }
+            }
+        }
+    }
+    Ok((
+        Checkout::get(pool, database).await?,
+        crate::route::Target::Primary,
+    ))
 }
 
 /// Throttling, authentication (within client_login_timeout) and client
@@ -406,7 +512,7 @@ async fn session_mode(
     let server = checkout.server();
     let pid = server.pid();
     let target = CancelTarget {
-        addr: ctx.primary.clone(),
+        addr: ctx.addr_of(ctx.role).clone(),
         pid: server.key.0,
         secret: server.key.1,
     };
@@ -451,6 +557,13 @@ pub(crate) async fn finish(
             Err(Error::refuse(
                 sqlstate::ADMIN_SHUTDOWN,
                 "sluice is shutting down",
+            ))
+        }
+        RelayEnd::CannotReroute => {
+            checkout.discard();
+            Err(Error::refuse(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "a statement that must run on the primary came in the middle of an extended-protocol batch begun on a replica; send Sync before it",
             ))
         }
         RelayEnd::TxnBlockInStatementMode => {

@@ -9,10 +9,12 @@ use bytes::BytesMut;
 use super::expect::FrameAction;
 use super::pins::Pins;
 use super::prepared::ServerStatements;
+use super::routing::{ClientRouting, Step};
 use super::statements::{ClientAction, Statements};
 use super::vars::{SessionVars, Setting};
 use crate::protocol::inspect::{self, take_cstr};
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
+use crate::route::{Decision, SessionRoute};
 use crate::sql::lex::statements;
 use crate::sql::session_cmd::{Effect, effects};
 
@@ -51,6 +53,8 @@ pub struct Multiplex {
     pub stats: Option<std::sync::Arc<crate::stats::Stats>>,
     /// Prepared-statement renaming; None when max_prepared_statements = 0.
     pub statements: Option<Statements>,
+    /// Read/write routing, for a database with replicas.
+    pub routing: Option<ClientRouting>,
 }
 
 impl Drop for Multiplex {
@@ -105,7 +109,33 @@ impl Multiplex {
             txn_violation: false,
             stats: None,
             statements: None,
+            routing: None,
         }
+    }
+
+    /// `SET sluice.route`, as committed.
+    pub fn session_route(&self) -> SessionRoute {
+        match self.vars.extra.get("sluice.route") {
+            Some(Setting::Text(v) | Setting::Sql(v)) => SessionRoute::parse(v),
+            None => SessionRoute::Auto,
+        }
+    }
+
+    /// Whether the server held may run the message at the start of `rest`.
+    pub fn route_step(&mut self, tag: FrontendTag, body: &[u8], rest: &[u8]) -> Step {
+        let session = self.session_route();
+        let Some(r) = self.routing.as_mut() else {
+            return Step::Forward;
+        };
+        let statements = self.statements.as_ref().map(|s| &s.client);
+        r.check(tag, body, rest, statements, session)
+    }
+
+    /// Where the request buffered in `buf` goes.
+    pub fn route_decision(&mut self, buf: &[u8]) -> Option<Decision> {
+        let session = self.session_route();
+        let statements = self.statements.as_ref().map(|s| &s.client);
+        Some(self.routing.as_mut()?.decide(buf, statements, session))
     }
 
     /// Handles one client message: session effects of its SQL, pins, and

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::cancel::CancelTarget;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
+use super::routing::Outstanding;
 use super::statements::Statements;
 use super::vars::{SessionVars, Setting, sync_sql};
 use super::{Ctx, finish};
@@ -18,6 +19,7 @@ use crate::error::{Error, ServerError};
 use crate::pool::Checkout;
 use crate::protocol::build;
 use crate::protocol::tags::TxnStatus;
+use crate::route::{Decision, Target};
 
 /// Client-facing backend pids for transaction pooling, where a client has
 /// no one server. Kept apart from real pids' usual range.
@@ -61,9 +63,10 @@ pub(crate) async fn run(
         ..Timers::from_config(g)
     };
     let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
-    let mut held = Some(first);
+    mux.routing = ctx.routing();
+    let mut held = Some((first, Target::Primary));
     let result = loop {
-        let mut checkout = match held.take() {
+        let (mut checkout, role) = match held.take() {
             Some(c) => c,
             None => match pipe.wait_client(client_idle).await {
                 Waited::Request => {
@@ -77,7 +80,8 @@ pub(crate) async fn run(
                         continue;
                     }
                     tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
-                    match checkout_notifying(ctx, &mux, pipe).await {
+                    let decision = mux.route_decision(pipe.client_buffer());
+                    match checkout_routed(ctx, &mux, pipe, decision).await {
                         Ok(c) => c,
                         Err(e) => break Err(e),
                     }
@@ -100,16 +104,25 @@ pub(crate) async fn run(
         };
         let server = checkout.server();
         slot.set(Some(CancelTarget {
-            addr: ctx.primary.clone(),
+            addr: ctx.addr_of(role).clone(),
             pid: server.key.0,
             secret: server.key.1,
         }));
-        tracing::trace!(server_pid = server.key.0, "server held");
+        tracing::trace!(server_pid = server.key.0, ?role, "server held");
+        let _outstanding = mux.routing.as_mut().and_then(|r| {
+            r.checked_out(role);
+            Outstanding::new(&r.topo, role)
+        });
         let end = pipe.relay(checkout.server(), Some(&mut mux), timers).await;
         tracing::trace!(?end, "server given up");
         slot.set(None);
         match end {
-            RelayEnd::Release => checkout.release(),
+            RelayEnd::Release => {
+                if let Some(r) = mux.routing.as_mut() {
+                    r.released();
+                }
+                checkout.release();
+            }
             other => break finish(checkout, other, ctx.config).await,
         }
     };
@@ -132,15 +145,63 @@ pub(crate) async fn neutralize(checkout: &mut Checkout) -> Result<(), ServerErro
     Ok(())
 }
 
+/// Checks out a server where `decision` says. A replica that cannot be
+/// reached is banned and the primary serves instead: the client sees no error.
+async fn checkout_routed(
+    ctx: &Ctx<'_>,
+    mux: &Multiplex,
+    pipe: &mut Pipe,
+    decision: Option<Decision>,
+) -> Result<(Checkout, Target), Error> {
+    let topo = mux.routing.as_ref().map(|r| &r.topo);
+    let Some(d) = decision else {
+        return Ok((
+            checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+            Target::Primary,
+        ));
+    };
+    if let Some(t) = topo {
+        t.count(d);
+    }
+    let Target::Replica(i) = d.target else {
+        return Ok((
+            checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+            Target::Primary,
+        ));
+    };
+    let pool = ctx.pool_for(d.target);
+    match checkout_notifying(ctx, mux, pipe, &pool).await {
+        Ok(c) => Ok((c, d.target)),
+        Err(e) => {
+            let saturated = pool.status().size >= pool.status().max_size;
+            tracing::warn!(database = ctx.database, replica = %ctx.addr_of(d.target), error = %e, saturated, "replica checkout failed: using the primary");
+            if let Some(t) = topo {
+                if !saturated {
+                    t.ban(i);
+                }
+                t.count(Decision {
+                    target: Target::Primary,
+                    reason: "replica_failed",
+                });
+            }
+            Ok((
+                checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+                Target::Primary,
+            ))
+        }
+    }
+}
+
 /// `checkout_synced`, telling the client once with a NOTICE when it has
 /// waited query_wait_notify for a server.
 async fn checkout_notifying(
     ctx: &Ctx<'_>,
     mux: &Multiplex,
     pipe: &mut Pipe,
+    pool: &crate::pool::ServerPool,
 ) -> Result<Checkout, Error> {
     let notify = ctx.config.general.query_wait_notify;
-    let get = checkout_synced(ctx, mux);
+    let get = checkout_synced(ctx, mux, pool);
     if notify.is_zero() {
         return get.await;
     }
@@ -161,8 +222,12 @@ async fn checkout_notifying(
 }
 
 /// Checks out a server and applies the client's settings where they differ.
-async fn checkout_synced(ctx: &Ctx<'_>, mux: &Multiplex) -> Result<Checkout, Error> {
-    let mut checkout = Checkout::get(&ctx.pool, ctx.database).await?;
+async fn checkout_synced(
+    ctx: &Ctx<'_>,
+    mux: &Multiplex,
+    pool: &crate::pool::ServerPool,
+) -> Result<Checkout, Error> {
+    let mut checkout = Checkout::get(pool, ctx.database).await?;
     let server = checkout.server();
     if let Some(sql) = sync_sql(&mux.vars, &server.params, &server.extra) {
         if let Err(e) = server.simple_query(&sql).await {

@@ -22,6 +22,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::multiplex::{Action, Multiplex};
 use super::outq::OutQueue;
+use super::routing::Step;
 use crate::error::{Error, ServerError};
 use crate::net::Conn;
 use crate::protocol::build::{self, Severity};
@@ -57,6 +58,18 @@ pub enum RelayEnd {
     TxnBlockInStatementMode,
     /// sluice is shutting down and the client is between transactions.
     Shutdown,
+    /// Routing: a write arrived in the middle of an extended-protocol
+    /// batch that a replica has begun.
+    CannotReroute,
+}
+
+/// What routing lets `take_client` do with a frame.
+enum Gate {
+    Pass,
+    /// The frame was rewritten: scan from the start again.
+    Rescan,
+    Stop,
+    End(RelayEnd),
 }
 
 /// What the client did while it held no server.
@@ -123,6 +136,8 @@ pub struct Pipe {
     server_said_fatal: bool,
     /// After a refused Parse: the client's batch is dropped up to its Sync.
     skip_batch: bool,
+    /// Routing: the next client message waits for another server.
+    hold: bool,
     /// Graceful shutdown: true once sluice is draining.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -161,6 +176,7 @@ impl Pipe {
             server_skip: 0,
             server_said_fatal: false,
             skip_batch: false,
+            hold: false,
             stop: None,
         }
     }
@@ -246,6 +262,7 @@ impl Pipe {
         timers: Timers,
     ) -> RelayEnd {
         self.server_said_fatal = false;
+        self.hold = false;
         // Bytes the client sent while it held no server.
         if let Err(end) = self.take_client(server, mux.as_deref_mut()) {
             return self.finish(end).await;
@@ -384,7 +401,7 @@ impl Pipe {
         }
         // Replies sluice answers itself go straight to the client, so a client
         // that stops reading is not read either.
-        if self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
+        if !self.hold && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
             match poll_read(&mut self.client.stream, &mut self.client.rbuf, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Event::ClientClosed);
@@ -428,6 +445,9 @@ impl Pipe {
     ) -> Result<(), RelayEnd> {
         let mut off = 0;
         loop {
+            if self.hold {
+                break;
+            }
             if self.skip_batch && (off > 0 || !self.skip_to_sync(server)) {
                 break;
             }
@@ -463,6 +483,16 @@ impl Pipe {
                 if needs_body && buf.len() - off < h.total {
                     break; // the message is needed whole
                 }
+                match self.route_gate(m, tag, off, h.total) {
+                    Gate::Pass => {}
+                    Gate::Rescan => {
+                        off = 0;
+                        continue;
+                    }
+                    Gate::Stop => break,
+                    Gate::End(end) => return Err(end),
+                }
+                let buf = &self.client.rbuf;
                 let body = if needs_body {
                     &buf[off + HEADER_LEN..off + h.total]
                 } else {
@@ -533,6 +563,45 @@ impl Pipe {
             }
         }
         false
+    }
+
+    /// Routing's say on the client frame at `off` (`len` bytes, whole when
+    /// it has SQL): forward it, wait, or leave it for another server.
+    fn route_gate(&mut self, m: &mut Multiplex, tag: FrontendTag, off: usize, len: usize) -> Gate {
+        let buf = &self.client.rbuf;
+        let body = buf.get(off + HEADER_LEN..off + len).unwrap_or(&[]);
+        if tag == FrontendTag::Query
+            && let Some(sql) = inspect::take_cstr(body)
+                .and_then(|(q, _)| std::str::from_utf8(q).ok())
+                .and_then(super::routing::quote_route_setting)
+        {
+            self.replace_client_frame(off, len, &sql);
+            return Gate::Rescan;
+        }
+        match m.route_step(tag, body, &buf[off..]) {
+            Step::Forward => Gate::Pass,
+            Step::Wait => Gate::Stop,
+            Step::Leave => {
+                // Sent to another server once this one is idle.
+                self.hold = true;
+                Gate::Stop
+            }
+            Step::Stuck => {
+                self.forward_client(off);
+                Gate::End(RelayEnd::CannotReroute)
+            }
+        }
+    }
+
+    /// Replaces the client frame at `off` with a Query of `sql`, after
+    /// queueing the frames before it for the server.
+    fn replace_client_frame(&mut self, off: usize, len: usize, sql: &str) {
+        self.forward_client(off);
+        let _ = self.client.rbuf.split_to(len);
+        let mut b = BytesMut::new();
+        build::query(&mut b, sql);
+        b.extend_from_slice(&self.client.rbuf);
+        self.client.rbuf = b;
     }
 
     fn forward_client(&mut self, n: usize) {

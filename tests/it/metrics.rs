@@ -27,7 +27,7 @@ async fn metrics_show_a_saturated_pool() {
         "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"",
         "",
     )
-    .app_setting("pool_size = 1");
+    .app_setting("pool_size = 1\nroute = \"primary\"");
     let s = Sluice::start(&toml).await;
     let shared = s.shared.clone().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,7 +81,7 @@ async fn waiting_clients_are_told_once() {
         "pool_mode = \"transaction\"\nquery_wait_timeout = \"20s\"\nquery_wait_notify = \"200ms\"",
         "",
     )
-    .app_setting("pool_size = 1");
+    .app_setting("pool_size = 1\nroute = \"primary\"");
     let s = Sluice::start(&toml).await;
     let holder = s.app().await;
     let (mut w, _) =

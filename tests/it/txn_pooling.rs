@@ -54,8 +54,12 @@ async fn twenty_clients_share_two_servers() {
         all.extend(t.await.unwrap());
     }
     assert!(all.len() <= 2, "20 clients used {} servers", all.len());
+    // Another client's reads may go to the replica: ask the primary.
     let c = s.app().await;
-    assert_eq!(one(&c, "SELECT count(*) FROM txn_mux").await, "200");
+    assert_eq!(
+        one(&c, "/* sluice:primary */ SELECT count(*) FROM txn_mux").await,
+        "200"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +223,7 @@ async fn abandoned_transaction_never_reaches_the_next_client() {
     let c = s.app().await;
     let row = one(
         &c,
-        "SELECT (SELECT count(*) FROM public.txn_abandon) || '|' || current_setting('search_path') || '|' || \
+        "/* sluice:primary */ SELECT (SELECT count(*) FROM public.txn_abandon) || '|' || current_setting('search_path') || '|' || \
          current_setting('statement_timeout') || '|' || (to_regclass('pg_temp.abandoned_tmp') IS NULL)",
     )
     .await;

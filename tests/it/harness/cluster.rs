@@ -183,6 +183,26 @@ impl PgInstance {
         }
     }
 
+    /// `pg_ctl stop -m fast`, waiting until it is down.
+    pub fn stop(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "stop"]);
+        run(&mut c, "pg_ctl stop");
+    }
+
+    /// Starts a stopped server again on its port.
+    pub fn start_again(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(["-w", "-t", "60", "start"]);
+        run(&mut c, "pg_ctl start");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
     }
@@ -233,6 +253,11 @@ pub struct Cluster {
 impl Cluster {
     /// A new primary (with the test roles and database) and its streaming replica.
     pub fn start() -> Self {
+        Self::start_with_replica_conf("")
+    }
+
+    /// `start`, with `conf` added to the replica's postgresql.conf.
+    pub fn start_with_replica_conf(conf: &str) -> Self {
         let tpl = template();
         let root = tpl
             .parent()
@@ -286,6 +311,7 @@ impl Cluster {
         ])
         .arg(&rdata);
         run(&mut c, "pg_basebackup");
+        append(&rdata.join("postgresql.conf"), &format!("{conf}\n"));
         let replica = PgInstance::start(&rdata, free_port());
         Self {
             primary,

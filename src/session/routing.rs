@@ -1,0 +1,405 @@
+//! One transaction-pooled client's routing: which class its next request
+//! has, whether the server it holds may run each message, and what it
+//! needs of a replica to read its own writes. No IO: the relay asks
+//! `check` before forwarding a message, the pool loop asks `decide`
+//! before a checkout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::prepared::ClientStatements;
+use crate::protocol::frame::{HEADER_LEN, peek_header};
+use crate::protocol::inspect::take_cstr;
+use crate::protocol::tags::FrontendTag;
+use crate::route::{
+    Class, Classifier, Decision, Hint, Need, Reason, Route, SessionRoute, Target, Topology,
+    TxnEffect,
+};
+
+/// A batch still incomplete after this many buffered bytes is not
+/// routed to a replica.
+const MAX_SCAN: usize = 1024 * 1024;
+
+/// What the relay does with the next client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Forward,
+    /// More bytes are needed to see the whole batch.
+    Wait,
+    /// The message needs the primary: stop here and switch when the
+    /// replica is idle.
+    Leave,
+    /// A write in the middle of a batch already begun on a replica.
+    Stuck,
+}
+
+pub struct ClientRouting {
+    pub topo: Arc<Topology>,
+    classifier: Arc<Classifier>,
+    /// The role of the server held now.
+    pub on: Target,
+    pub need: Need,
+    /// Something not a read ran on the primary during this checkout.
+    pub wrote: bool,
+    /// A read-only transaction is open on the replica held.
+    ro_open: bool,
+    /// The rest of the current extended batch was checked.
+    batch_ok: bool,
+    /// Extended messages went out since the last Sync.
+    mid_batch: bool,
+    /// Anything forwarded since the checkout.
+    forwarded: bool,
+    /// The last replica checkout was wrong about its first message.
+    force_primary: bool,
+}
+
+impl std::fmt::Debug for ClientRouting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRouting")
+            .field("database", &self.topo.database)
+            .field("on", &self.on)
+            .field("need", &self.need)
+            .finish_non_exhaustive()
+    }
+}
+
+const UNKNOWN: Class = Class {
+    route: Route::Primary(Reason::Unparsed),
+    txn: TxnEffect::None,
+    hint: Hint::None,
+};
+
+fn ok_on_replica(c: &Class, session: SessionRoute) -> bool {
+    match c.route {
+        Route::Primary(_) => false,
+        Route::Neutral => true,
+        Route::Read => {
+            c.hint != Hint::Primary && (session != SessionRoute::Primary || c.hint == Hint::Replica)
+        }
+    }
+}
+
+fn sql_of(body: &[u8]) -> Option<&str> {
+    take_cstr(body).and_then(|(q, _)| std::str::from_utf8(q).ok())
+}
+
+impl ClientRouting {
+    pub fn new(topo: Arc<Topology>, classifier: Arc<Classifier>) -> Self {
+        Self {
+            topo,
+            classifier,
+            on: Target::Primary,
+            need: Need::None,
+            wrote: false,
+            ro_open: false,
+            batch_ok: false,
+            mid_batch: false,
+            forwarded: false,
+            force_primary: false,
+        }
+    }
+
+    /// The class of one message's SQL; None for messages without any.
+    /// `parsed` holds this batch's Parses not yet seen by `statements`.
+    fn class_of(
+        &self,
+        tag: FrontendTag,
+        body: &[u8],
+        statements: Option<&ClientStatements>,
+        parsed: &HashMap<&[u8], Class>,
+    ) -> Option<Class> {
+        match tag {
+            FrontendTag::Query => {
+                Some(sql_of(body).map_or(UNKNOWN, |s| self.classifier.classify(s)))
+            }
+            FrontendTag::Parse => {
+                let text = take_cstr(body).and_then(|(_, rest)| sql_of(rest));
+                Some(text.map_or(UNKNOWN, |s| self.classifier.classify(s)))
+            }
+            FrontendTag::Bind => {
+                let name = take_cstr(body)
+                    .and_then(|(_, rest)| take_cstr(rest))
+                    .map(|(n, _)| n);
+                let Some(name) = name else {
+                    return Some(UNKNOWN);
+                };
+                if let Some(c) = parsed.get(name) {
+                    return Some(*c);
+                }
+                let def = statements.and_then(|s| {
+                    if name.is_empty() {
+                        s.unnamed.as_ref()
+                    } else {
+                        s.named.get(name)
+                    }
+                });
+                Some(
+                    def.and_then(|d| sql_of(&d.rest))
+                        .map_or(UNKNOWN, |s| self.classifier.classify(s)),
+                )
+            }
+            FrontendTag::FunctionCall => Some(Class {
+                route: Route::Primary(Reason::Write),
+                ..UNKNOWN
+            }),
+            _ => None,
+        }
+    }
+
+    /// The combined class of the request at the start of `buf`: a Query,
+    /// or an extended batch up to Sync or Flush. None: incomplete.
+    fn request_class(&self, buf: &[u8], statements: Option<&ClientStatements>) -> Option<Class> {
+        let mut parsed: HashMap<&[u8], Class> = HashMap::new();
+        let mut out = Class {
+            route: Route::Neutral,
+            ..UNKNOWN
+        };
+        let mut off = 0;
+        loop {
+            let h = peek_header(&buf[off..], usize::MAX).ok()??;
+            if buf.len() - off < h.total {
+                return None;
+            }
+            let tag = FrontendTag::from_byte(h.tag);
+            let body = &buf[off + HEADER_LEN..off + h.total];
+            if let Some(c) = self.class_of(tag, body, statements, &parsed) {
+                if tag == FrontendTag::Parse
+                    && let Some((name, _)) = take_cstr(body)
+                {
+                    parsed.insert(name, c);
+                }
+                out.route = match (out.route, c.route) {
+                    (Route::Primary(r), _) | (_, Route::Primary(r)) => Route::Primary(r),
+                    (Route::Read, _) | (_, Route::Read) => Route::Read,
+                    _ => Route::Neutral,
+                };
+                if out.hint == Hint::None || c.hint == Hint::Primary {
+                    out.hint = c.hint;
+                }
+                if c.txn != TxnEffect::None {
+                    out.txn = c.txn;
+                }
+            }
+            off += h.total;
+            if matches!(
+                tag,
+                FrontendTag::Query
+                    | FrontendTag::Sync
+                    | FrontendTag::Flush
+                    | FrontendTag::FunctionCall
+            ) {
+                return Some(out);
+            }
+        }
+    }
+
+    /// Where the request buffered in `buf` goes.
+    pub fn decide(
+        &mut self,
+        buf: &[u8],
+        statements: Option<&ClientStatements>,
+        session: SessionRoute,
+    ) -> Decision {
+        if std::mem::take(&mut self.force_primary) {
+            return Decision {
+                target: Target::Primary,
+                reason: "reroute",
+            };
+        }
+        let class = self.request_class(buf, statements).unwrap_or(UNKNOWN);
+        self.need.resolve(&self.topo);
+        let s = &self.topo.settings;
+        let views = self.topo.views();
+        let rr = self.topo.next_round_robin();
+        crate::route::decide::decide(
+            &class,
+            session,
+            s.consistency,
+            self.need,
+            &views,
+            s.balance,
+            rr,
+        )
+    }
+
+    /// A server of role `on` was checked out.
+    pub fn checked_out(&mut self, on: Target) {
+        self.on = on;
+        self.wrote = false;
+        self.ro_open = false;
+        self.batch_ok = false;
+        self.mid_batch = false;
+        self.forwarded = false;
+    }
+
+    /// The server goes back: a client that wrote needs a replica to have
+    /// replayed past this moment before it reads there.
+    pub fn released(&mut self) {
+        if self.on == Target::Primary && self.wrote {
+            self.need = Need::Pending(Instant::now());
+        }
+    }
+
+    /// Whether the held server may run the message at the start of `rest`.
+    pub fn check(
+        &mut self,
+        tag: FrontendTag,
+        body: &[u8],
+        rest: &[u8],
+        statements: Option<&ClientStatements>,
+        session: SessionRoute,
+    ) -> Step {
+        let none = HashMap::new();
+        if self.on == Target::Primary {
+            if !self.wrote
+                && let Some(c) = self.class_of(tag, body, statements, &none)
+            {
+                self.wrote = matches!(c.route, Route::Primary(_));
+            }
+            return self.forward(tag);
+        }
+        if self.ro_open {
+            if let Some(c) = self.class_of(tag, body, statements, &none)
+                && c.txn == TxnEffect::Ends
+            {
+                self.ro_open = false;
+            }
+            return self.forward(tag);
+        }
+        let extended = !matches!(tag, FrontendTag::Query | FrontendTag::FunctionCall);
+        let ok = if extended && self.batch_ok {
+            true
+        } else if extended && !self.mid_batch {
+            match self.request_class(rest, statements) {
+                None if rest.len() < MAX_SCAN => return Step::Wait,
+                None => false,
+                Some(c) => {
+                    self.batch_ok = ok_on_replica(&c, session);
+                    self.batch_ok
+                }
+            }
+        } else {
+            self.class_of(tag, body, statements, &none)
+                .is_none_or(|c| ok_on_replica(&c, session))
+        };
+        if !ok {
+            if self.mid_batch {
+                return Step::Stuck;
+            }
+            if !self.forwarded {
+                self.force_primary = true;
+            }
+            return Step::Leave;
+        }
+        if let Some(c) = self.class_of(tag, body, statements, &none) {
+            match c.txn {
+                TxnEffect::OpensReadOnly => self.ro_open = true,
+                TxnEffect::Ends => self.ro_open = false,
+                TxnEffect::None => {}
+            }
+        }
+        self.forward(tag)
+    }
+
+    fn forward(&mut self, tag: FrontendTag) -> Step {
+        self.forwarded = true;
+        match tag {
+            FrontendTag::Sync => {
+                self.mid_batch = false;
+                self.batch_ok = false;
+            }
+            FrontendTag::Flush => self.batch_ok = false,
+            FrontendTag::Parse
+            | FrontendTag::Bind
+            | FrontendTag::Describe
+            | FrontendTag::Execute
+            | FrontendTag::Close => self.mid_batch = true,
+            _ => {}
+        }
+        Step::Forward
+    }
+}
+
+/// `SET sluice.route TO primary`: PostgreSQL reads an unquoted `primary`
+/// as a keyword and refuses it, so sluice sends the value quoted. Returns
+/// the statement to send instead, or None when nothing needs quoting.
+pub fn quote_route_setting(sql: &str) -> Option<String> {
+    use crate::sql::lex::{Token, spanned_tokens, statements};
+    let stmts = statements(sql);
+    let [stmt] = stmts.as_slice() else {
+        return None;
+    };
+    let t = spanned_tokens(stmt);
+    let w = |i: usize| match t.get(i) {
+        Some((Token::Word(w), _)) => w.as_str(),
+        Some((Token::Punct('='), _)) => "=",
+        Some((Token::Punct('.'), _)) => ".",
+        _ => "",
+    };
+    let scope = match w(1) {
+        "session" | "local" => Some(w(1)),
+        _ => None,
+    };
+    let i = if scope.is_some() { 2 } else { 1 };
+    let value = w(i + 4);
+    let matches = w(0) == "set"
+        && (w(i), w(i + 1), w(i + 2)) == ("sluice", ".", "route")
+        && matches!(w(i + 3), "to" | "=")
+        && matches!(value, "primary" | "replica" | "auto")
+        && t.len() == i + 5;
+    matches.then(|| {
+        format!(
+            "SET {}sluice.route TO '{value}'",
+            scope.map_or(String::new(), |s| format!("{s} "))
+        )
+    })
+}
+
+/// Counts a checked-out replica server for least_outstanding while it lives.
+pub struct Outstanding(Arc<Topology>, usize);
+
+impl Outstanding {
+    pub fn new(topo: &Arc<Topology>, role: Target) -> Option<Self> {
+        let Target::Replica(i) = role else {
+            return None;
+        };
+        topo.replicas
+            .get(i)?
+            .outstanding
+            .fetch_add(1, Ordering::Relaxed);
+        Some(Self(topo.clone(), i))
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.replicas[self.1]
+            .outstanding
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_route_setting;
+
+    #[test]
+    fn route_settings_get_their_value_quoted() {
+        assert_eq!(
+            quote_route_setting("SET sluice.route TO primary").as_deref(),
+            Some("SET sluice.route TO 'primary'")
+        );
+        assert_eq!(
+            quote_route_setting("set LOCAL sluice.route = Replica;").as_deref(),
+            Some("SET local sluice.route TO 'replica'")
+        );
+        assert_eq!(quote_route_setting("SET sluice.route TO 'primary'"), None);
+        assert_eq!(quote_route_setting("SET search_path TO primary"), None);
+        assert_eq!(
+            quote_route_setting("SET sluice.route TO primary; SELECT 1"),
+            None
+        );
+    }
+}
