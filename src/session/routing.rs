@@ -383,7 +383,142 @@ impl Drop for Outstanding {
 
 #[cfg(test)]
 mod tests {
-    use super::quote_route_setting;
+    use super::*;
+    use crate::protocol::build;
+    use crate::route::replicas::Settings;
+    use bytes::BytesMut;
+
+    fn routing() -> ClientRouting {
+        let settings = Settings {
+            primary: crate::config::HostPort {
+                host: "p".into(),
+                port: 1,
+            },
+            replicas: vec![],
+            dbname: "app".into(),
+            poll_interval: std::time::Duration::from_millis(20),
+            max_lag: crate::config::LagBound::Time(std::time::Duration::from_secs(1)),
+            ban_time: std::time::Duration::from_secs(1),
+            balance: crate::config::Balance::RoundRobin,
+            consistency: crate::config::Consistency::Session,
+            monitor_user: None,
+        };
+        let mut r = ClientRouting::new(
+            Arc::new(Topology::new("app", settings)),
+            Arc::new(Classifier::new(Default::default())),
+        );
+        r.checked_out(Target::Replica(0));
+        r
+    }
+
+    /// Feeds every whole frame of `buf` to `check`, as the relay does;
+    /// returns the steps.
+    fn feed(r: &mut ClientRouting, buf: &[u8]) -> Vec<Step> {
+        let mut off = 0;
+        let mut steps = Vec::new();
+        while let Ok(Some(h)) = peek_header(&buf[off..], usize::MAX) {
+            if buf.len() - off < h.total {
+                break;
+            }
+            let tag = FrontendTag::from_byte(h.tag);
+            let body = &buf[off + HEADER_LEN..off + h.total];
+            let step = r.check(tag, body, &buf[off..], None, SessionRoute::Auto);
+            steps.push(step);
+            if step != Step::Forward {
+                break;
+            }
+            off += h.total;
+        }
+        steps
+    }
+
+    fn batch(sqls: &[&str], end: fn(&mut BytesMut)) -> BytesMut {
+        let mut b = BytesMut::new();
+        for sql in sqls {
+            build::parse_unnamed(&mut b, sql);
+            build::bind_unnamed_text(&mut b, &[]);
+            build::execute_unnamed(&mut b);
+        }
+        end(&mut b);
+        b
+    }
+
+    fn flush(b: &mut BytesMut) {
+        build::typed(b, b'H', |_| {});
+    }
+
+    #[test]
+    fn a_batch_of_reads_runs_on_the_replica() {
+        let mut r = routing();
+        let b = batch(&["SELECT 1", "SELECT 2"], build::sync);
+        assert!(feed(&mut r, &b).iter().all(|s| *s == Step::Forward));
+    }
+
+    #[test]
+    fn a_batch_with_a_write_leaves_the_replica_before_its_first_message() {
+        let mut r = routing();
+        let b = batch(&["SELECT 1", "INSERT INTO t VALUES (1)"], build::sync);
+        assert_eq!(feed(&mut r, &b), [Step::Leave]);
+        assert!(
+            r.force_primary,
+            "nothing ran: the next checkout is the primary's"
+        );
+        let mut q = BytesMut::new();
+        build::query(&mut q, "DELETE FROM t");
+        let mut r = routing();
+        assert_eq!(feed(&mut r, &q), [Step::Leave]);
+    }
+
+    #[test]
+    fn an_incomplete_batch_waits_for_its_sync() {
+        let mut r = routing();
+        let b = batch(&["SELECT 1"], |_| {});
+        assert_eq!(feed(&mut r, &b), [Step::Wait]);
+    }
+
+    #[test]
+    fn a_write_after_a_flush_in_the_same_batch_is_stuck() {
+        let mut r = routing();
+        let mut b = batch(&["SELECT 1"], flush);
+        b.extend_from_slice(&batch(&["UPDATE t SET a = 1"], build::sync));
+        let steps = feed(&mut r, &b);
+        assert_eq!(steps.last(), Some(&Step::Stuck));
+    }
+
+    #[test]
+    fn a_read_only_transaction_keeps_its_replica_until_it_ends() {
+        let mut r = routing();
+        let mut q = BytesMut::new();
+        for sql in [
+            "BEGIN READ ONLY",
+            "SELECT 1",
+            "INSERT INTO t VALUES (1)",
+            "COMMIT",
+        ] {
+            build::query(&mut q, sql);
+        }
+        // The INSERT fails on the replica as it would on the primary (25006).
+        assert_eq!(feed(&mut r, &q), [Step::Forward; 4]);
+        let mut w = BytesMut::new();
+        build::query(&mut w, "INSERT INTO t VALUES (1)");
+        assert_eq!(feed(&mut r, &w), [Step::Leave]);
+    }
+
+    #[test]
+    fn a_write_on_the_primary_marks_the_client_for_read_your_writes() {
+        let mut r = routing();
+        r.checked_out(Target::Primary);
+        let mut q = BytesMut::new();
+        build::query(&mut q, "SELECT 1");
+        feed(&mut r, &q);
+        r.released();
+        assert_eq!(r.need, Need::None, "a read is not a write");
+        r.checked_out(Target::Primary);
+        let b = batch(&["INSERT INTO t VALUES ($1)"], build::sync);
+        feed(&mut r, &b);
+        r.released();
+        assert!(matches!(r.need, Need::Pending(_)));
+    }
 
     #[test]
     fn route_settings_get_their_value_quoted() {

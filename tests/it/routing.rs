@@ -298,3 +298,46 @@ async fn session_mode_can_send_whole_sessions_to_a_replica() {
         "one server per session"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_past_max_replica_lag_is_out_until_it_catches_up() {
+    let cluster = delayed_cluster();
+    cluster.primary.psql(DB, "CREATE TABLE lagging (id int)");
+    let toml = config_for(
+        &cluster,
+        "pool_mode = \"transaction\"\nmax_replica_lag = \"200ms\"",
+        "",
+    )
+    .app_setting("pool_size = 4");
+    let s = Sluice::start(&toml).await;
+    replica_in_rotation(&s).await;
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (w, flag) = (s.app().await, writing.clone());
+        tokio::spawn(async move {
+            while flag.load(std::sync::atomic::Ordering::Relaxed) {
+                w.batch_execute("INSERT INTO lagging VALUES (1)")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let reader = s.app().await;
+    wait_until(20, "a lagging replica to leave rotation", || {
+        let c = &reader;
+        async move { read_runs_on(c).await == "f" }
+    })
+    .await;
+    assert!(
+        decisions(&s, "no_replica") > 0,
+        "reads without a replica are counted"
+    );
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_until(20, "the replica to return once caught up", || {
+        let c = &reader;
+        async move { read_runs_on(c).await == "t" }
+    })
+    .await;
+}
