@@ -20,6 +20,12 @@ const PRIMARY_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 const REPLICA_SQL: &str =
     "SELECT pg_catalog.pg_is_in_recovery()::text, pg_catalog.pg_last_wal_replay_lsn()::text";
 
+/// After a write, a replica still behind the primary's newest sample is
+/// polled again this soon, up to MAX_CHASE times, so a client that wrote
+/// reads from the replica again within milliseconds of it replaying.
+const CHASE_EVERY: Duration = Duration::from_millis(1);
+const MAX_CHASE: u32 = 20;
+
 /// How the monitor logs in to `addr`, from monitor_user's [users] entry.
 pub fn target(config: &Config, addr: &HostPort, dbname: &str) -> Option<ServerTarget> {
     let name = config.monitor_user()?;
@@ -61,12 +67,34 @@ async fn watch(topo: Weak<Topology>, target: ServerTarget, replica: Option<usize
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut conn: Option<ServerConn> = None;
     let mut failing = false;
+    let mut chase = 0;
+    let mut last = Instant::now();
     loop {
-        tick.tick().await;
+        let Some(t) = topo.upgrade() else {
+            return;
+        };
+        if chase > 0 {
+            // A replica behind the newest primary sample: look again soon.
+            tokio::time::sleep(CHASE_EVERY).await;
+        } else {
+            let kick = match replica {
+                None => &t.kick_primary,
+                Some(_) => &t.kick_replicas,
+            };
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = kick.notified() => {
+                    // Kicked by writes: at most one poll per CHASE_EVERY.
+                    tokio::time::sleep_until((last + CHASE_EVERY).into()).await;
+                }
+            }
+        }
+        drop(t);
         let Some(topo) = topo.upgrade() else {
             return;
         };
         let at = Instant::now();
+        last = at;
         let sql = if replica.is_some() {
             REPLICA_SQL
         } else {
@@ -82,6 +110,7 @@ async fn watch(topo: Weak<Topology>, target: ServerTarget, replica: Option<usize
             (Ok(r), None) => match r.first().and_then(|v| parse_lsn(v)) {
                 Some(lsn) => {
                     topo.record_primary(Sample { at, lsn });
+                    topo.kick_replicas.notify_waiters();
                     true
                 }
                 None => false,
@@ -90,7 +119,15 @@ async fn watch(topo: Weak<Topology>, target: ServerTarget, replica: Option<usize
                 let in_recovery = r.first().is_some_and(|v| v == "true");
                 let replay = r.get(1).and_then(|v| parse_lsn(v));
                 match replay {
-                    Some(lsn) => topo.record_replica(i, lsn, in_recovery, Instant::now()),
+                    Some(lsn) => {
+                        topo.record_replica(i, lsn, in_recovery, Instant::now());
+                        let behind = topo.latest().is_some_and(|s| s.lsn > lsn);
+                        chase = if behind && chase < MAX_CHASE {
+                            chase + 1
+                        } else {
+                            0
+                        };
+                    }
                     None => topo.replica_failed(i),
                 }
                 replay.is_some()

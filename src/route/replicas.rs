@@ -78,6 +78,10 @@ pub struct Topology {
     latest: Mutex<Option<Sample>>,
     history: Mutex<VecDeque<Sample>>,
     rr: AtomicUsize,
+    /// A client's write ended: sample the primary now (see monitor).
+    pub kick_primary: tokio::sync::Notify,
+    /// A new primary sample: replicas poll now.
+    pub kick_replicas: tokio::sync::Notify,
     /// Routing decisions by (destination, reason).
     decisions: Mutex<std::collections::HashMap<(&'static str, &'static str), u64>>,
 }
@@ -121,6 +125,8 @@ impl Topology {
             latest: Mutex::new(None),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
             rr: AtomicUsize::new(0),
+            kick_primary: tokio::sync::Notify::new(),
+            kick_replicas: tokio::sync::Notify::new(),
             decisions: Mutex::default(),
         }
     }
@@ -137,6 +143,10 @@ impl Topology {
             h.pop_front();
         }
         h.push_back(s);
+    }
+
+    pub fn latest(&self) -> Option<Sample> {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The newest primary sample taken after `t`, if one exists yet.

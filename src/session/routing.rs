@@ -239,6 +239,7 @@ impl ClientRouting {
     pub fn released(&mut self) {
         if self.on == Target::Primary && self.wrote {
             self.need = Need::Pending(Instant::now());
+            self.topo.kick_primary.notify_one();
         }
     }
 
