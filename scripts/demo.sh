@@ -24,7 +24,7 @@ start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
 cat > "$DIR/pooler.toml" <<TOML
 [general]
 listen_addr = "127.0.0.1:$SLUICE_PORT"
-pool_mode = "session"
+pool_mode = "transaction"
 default_pool_size = 20
 
 [databases.app]
@@ -41,6 +41,13 @@ export PGPASSWORD=secret
 echo "== a query through sluice"
 "$PG_BIN/psql" -X -h 127.0.0.1 -p "$SLUICE_PORT" -U app -d app \
     -c "SELECT version(), current_user, inet_server_port() AS server_port"
+echo "== read/write routing: a read runs on the replica, a write on the primary"
+sleep 0.5 # the routing monitor's first samples
+"$PG_BIN/psql" -X -h 127.0.0.1 -p "$SLUICE_PORT" -U app -d app \
+    -c "SELECT inet_server_port() AS server_port, pg_is_in_recovery() AS on_replica"
+"$PG_BIN/psql" -X -h 127.0.0.1 -p "$SLUICE_PORT" -U app -d app \
+    -c "CREATE TABLE IF NOT EXISTS demo (id serial, at timestamptz DEFAULT now())" \
+    -c "INSERT INTO demo DEFAULT VALUES RETURNING inet_server_port() AS server_port, pg_is_in_recovery() AS on_replica"
 echo "== pgbench through sluice (10 clients, 5 seconds)"
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$SLUICE_PORT" -U app -i -q app 2>&1 | tail -1
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$SLUICE_PORT" -U app -c 10 -j 2 -T 5 app 2>&1 | grep -E "tps|failed|latency average"
