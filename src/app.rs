@@ -18,6 +18,8 @@ use crate::session::{self, cancel::CancelRegistry};
 pub struct Shared {
     config: ArcSwap<Config>,
     pub pools: PoolSet,
+    /// Every connected client (SHOW CLIENTS, KILL).
+    pub registry: crate::clients::Clients,
     /// Read/write routing: classifier and replica state per database.
     pub routes: crate::route::Routes,
     pub cancels: CancelRegistry,
@@ -53,6 +55,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
             routes: crate::route::Routes::default(),
+            registry: crate::clients::Clients::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
             stats: Arc::default(),

@@ -51,6 +51,7 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
     // Several replicas of one database share the "replica" role: summed.
     let mut per_role: std::collections::BTreeMap<(String, String, &str), [usize; 4]> =
         std::collections::BTreeMap::new();
+    let traffic = Traffic::new(&r)?;
     for (key, pool) in shared.pools.all() {
         let st = pool.status();
         let e = per_role
@@ -60,6 +61,14 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
         e[1] += st.size.saturating_sub(st.available);
         e[2] += st.available;
         e[3] += st.waiting;
+        traffic.add(
+            &[&key.database, &key.user, key.role_name()],
+            &pool.manager().stats,
+        );
+    }
+    let h = &shared.pools.histograms;
+    for v in [&h.wait, &h.query, &h.xact] {
+        r.register(Box::new(v.clone()))?;
     }
     for ((db, user, role), [max, in_use, idle, wait]) in per_role {
         let l = [db.as_str(), user.as_str(), role];
@@ -169,4 +178,83 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Per-pool traffic counters and maxwait.
+struct Traffic {
+    queries: prometheus::IntCounterVec,
+    xacts: prometheus::IntCounterVec,
+    received: prometheus::IntCounterVec,
+    sent: prometheus::IntCounterVec,
+    errors: prometheus::IntCounterVec,
+    maxwait: GaugeVec,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<prometheus::IntCounterVec> {
+    let c = prometheus::IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Traffic {
+    fn new(r: &Registry) -> prometheus::Result<Self> {
+        let l = &["database", "user", "role"];
+        let maxwait = GaugeVec::new(
+            Opts::new(
+                "sluice_pool_maxwait_seconds",
+                "How long the oldest client still waiting for a server has waited",
+            ),
+            l,
+        )?;
+        r.register(Box::new(maxwait.clone()))?;
+        Ok(Self {
+            queries: counter_vec(
+                r,
+                "sluice_queries_total",
+                "Requests completed (ReadyForQuery)",
+                l,
+            )?,
+            xacts: counter_vec(r, "sluice_transactions_total", "Transactions completed", l)?,
+            received: counter_vec(
+                r,
+                "sluice_received_bytes_total",
+                "Bytes received from clients and sent on to servers",
+                l,
+            )?,
+            sent: counter_vec(
+                r,
+                "sluice_sent_bytes_total",
+                "Bytes received from servers and sent on to clients",
+                l,
+            )?,
+            errors: counter_vec(
+                r,
+                "sluice_server_errors_total",
+                "ErrorResponses from servers, by SQLSTATE class",
+                &["database", "user", "role", "class"],
+            )?,
+            maxwait,
+        })
+    }
+
+    /// Adds one pool's numbers (replicas of a role add up).
+    fn add(&self, l: &[&str; 3], s: &crate::pool::stats::PoolStats) {
+        let t = s.totals();
+        self.queries.with_label_values(l).inc_by(t.query_count);
+        self.xacts.with_label_values(l).inc_by(t.xact_count);
+        self.received.with_label_values(l).inc_by(t.received);
+        self.sent.with_label_values(l).inc_by(t.sent);
+        for (class, n) in s.errors() {
+            self.errors
+                .with_label_values(&[l[0], l[1], l[2], class.as_str()])
+                .inc_by(n);
+        }
+        let g = self.maxwait.with_label_values(l);
+        g.set(g.get().max(s.maxwait().as_secs_f64()));
+    }
 }

@@ -2,6 +2,9 @@
 //! existing scripts work), simple queries only, PgBouncer's column names.
 //! `admin_users` may run everything; `stats_users` only SHOW.
 
+mod control;
+mod show;
+
 use bytes::BytesMut;
 
 use crate::app::Shared;
@@ -52,211 +55,84 @@ fn some(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
-fn show_pools(shared: &Shared) -> Table {
-    let config = shared.config();
-    let columns = vec![
-        "database",
-        "user",
-        "cl_active",
-        "cl_waiting",
-        "cl_active_cancel_req",
-        "cl_waiting_cancel_req",
-        "sv_active",
-        "sv_active_cancel",
-        "sv_being_canceled",
-        "sv_idle",
-        "sv_used",
-        "sv_tested",
-        "sv_login",
-        "maxwait",
-        "maxwait_us",
-        "pool_mode",
-        "role",
-        "pinned_clients",
-    ];
-    let mut rows = Vec::new();
-    for (key, pool) in shared.pools.all() {
-        let st = pool.status();
-        let mode = config
-            .databases
-            .get(&key.database)
-            .map(|db| config.pool_mode(db, config.users.get(&key.user)));
-        let mode = mode.map(|m| m.as_str().to_string()).unwrap_or_default();
-        let in_use = st.size.saturating_sub(st.available);
-        rows.push(vec![
-            some(&key.database),
-            some(&key.user),
-            some(
-                shared
-                    .client_counts
-                    .count(&format!("pool:{}/{}", key.database, key.user)),
-            ),
-            some(st.waiting),
-            some(0),
-            some(0),
-            some(in_use),
-            some(0),
-            some(0),
-            some(st.available),
-            some(0),
-            some(0),
-            some(0),
-            some(0),
-            some(0),
-            some(mode),
-            some(key.role_name()),
-            some(shared.stats.pinned_clients()),
-        ]);
-    }
-    Table { columns, rows }
+/// The command's words: lowercased keywords, and arguments (database
+/// names, values) as written, without quotes.
+fn words(sql: &str) -> (Vec<String>, Vec<String>) {
+    let raw: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .replace('=', " = ")
+        .split_whitespace()
+        .map(|w| w.trim_matches('\'').trim_matches('"').to_string())
+        .collect();
+    let lower = raw.iter().map(|w| w.to_ascii_lowercase()).collect();
+    (lower, raw)
 }
 
-fn show_databases(config: &Config) -> Table {
-    let columns = vec![
-        "name",
-        "host",
-        "port",
-        "database",
-        "pool_size",
-        "min_pool_size",
-        "pool_mode",
-        "replicas",
-    ];
-    let rows = config
-        .databases
-        .iter()
-        .map(|(name, db)| {
-            vec![
-                some(name),
-                some(&db.primary.host),
-                some(db.primary.port),
-                some(&db.dbname),
-                some(config.pool_size(db)),
-                some(config.min_pool_size(db)),
-                db.pool_mode.map(|m| m.as_str().to_string()),
-                some(
-                    db.replicas
-                        .iter()
-                        .map(|r| r.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            ]
-        })
-        .collect();
-    Table { columns, rows }
+fn fail(out: &mut BytesMut, (code, msg): control::Failure) {
+    build::error(out, Severity::Error, code, &msg);
 }
 
-fn show_config(config: &Config) -> Table {
-    let g = &config.general;
-    let pairs: Vec<(&str, String)> = vec![
-        ("listen_addr", g.listen_addr.to_string()),
-        ("pool_mode", g.pool_mode.as_str().to_string()),
-        ("default_pool_size", g.default_pool_size.to_string()),
-        ("min_pool_size", g.min_pool_size.to_string()),
-        ("max_client_conn", g.max_client_conn.to_string()),
-        ("query_wait_timeout", format!("{:?}", g.query_wait_timeout)),
-        (
-            "server_connect_timeout",
-            format!("{:?}", g.server_connect_timeout),
-        ),
-        (
-            "server_idle_timeout",
-            format!("{:?}", g.server_idle_timeout),
-        ),
-        ("server_lifetime", format!("{:?}", g.server_lifetime)),
-        ("server_reset_query", g.server_reset_query.clone()),
-        ("max_packet_size", g.max_packet_size.to_string()),
-        (
-            "max_prepared_statements",
-            g.max_prepared_statements.to_string(),
-        ),
-    ];
-    let rows = pairs
-        .into_iter()
-        .map(|(k, v)| vec![some(k), some(v), some("yes")])
-        .collect();
-    Table {
-        columns: vec!["key", "value", "changeable"],
-        rows,
+fn done(out: &mut BytesMut, r: Result<(), control::Failure>, tag: &str) {
+    match r {
+        Ok(()) => build::command_complete(out, tag),
+        Err(f) => fail(out, f),
     }
 }
 
 /// Runs one console command; the reply goes to `out`.
-fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
-    let words: Vec<String> = sql
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let config = shared.config();
-    let admin_only = |out: &mut BytesMut| {
-        build::error(
-            out,
-            Severity::Error,
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            "admin access needed (admin_users)",
-        )
-    };
-    match words.as_slice() {
-        ["show", "version"] => {
-            let t = Table {
+async fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
+    let (w, raw) = words(sql);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let arg = raw.get(1).map(String::as_str);
+    if let ["show", what] = w.as_slice() {
+        let config = shared.config();
+        let t = match *what {
+            "version" => Table {
                 columns: vec!["version"],
                 rows: vec![vec![some(format!("sluice {}", env!("CARGO_PKG_VERSION")))]],
-            };
-            table(out, &t);
-        }
-        ["show", "pools"] => table(out, &show_pools(shared)),
-        ["show", "databases"] => table(out, &show_databases(&config)),
-        ["show", "config"] => table(out, &show_config(&config)),
-        ["show", "users"] => {
-            let rows = config.users.keys().map(|u| vec![some(u), None]).collect();
-            table(
-                out,
-                &Table {
-                    columns: vec!["name", "pool_mode"],
-                    rows,
-                },
-            );
-        }
-        ["reload"] | ["shutdown"] if role != Role::Admin => admin_only(out),
-        ["reload"] => {
-            let path = shared
-                .config_path
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            match path.map(|p| Config::load(&p)) {
-                Some(Ok(c)) => {
-                    shared.reload(c);
-                    build::command_complete(out, "RELOAD");
-                }
-                Some(Err(e)) => build::error(
-                    out,
-                    Severity::Error,
-                    "F0000",
-                    &format!("reload failed: {e}"),
-                ),
-                None => build::error(
-                    out,
-                    Severity::Error,
-                    "F0000",
-                    "no configuration file to reload",
-                ),
+            },
+            "pools" => show::pools(shared),
+            "databases" => show::databases(shared),
+            "config" => show::config(&config),
+            "users" => show::users(&config),
+            "stats" => show::stats(shared),
+            "clients" => show::clients(shared),
+            "servers" => show::servers(shared),
+            "lists" => show::lists(shared),
+            _ => {
+                let msg = format!("unknown SHOW: {what}");
+                return fail(out, (sqlstate::SYNTAX_ERROR, msg));
             }
+        };
+        return table(out, &t);
+    }
+    let known = matches!(
+        w.first().copied(),
+        Some("pause" | "resume" | "kill" | "reconnect" | "set" | "reload" | "shutdown")
+    );
+    if known && role != Role::Admin {
+        let msg = "admin access needed (admin_users)".to_string();
+        return fail(out, (sqlstate::INSUFFICIENT_PRIVILEGE, msg));
+    }
+    match w.as_slice() {
+        ["pause"] | ["pause", _] => done(out, control::pause(shared, arg).await, "PAUSE"),
+        ["resume"] | ["resume", _] => done(out, control::resume(shared, arg), "RESUME"),
+        ["reconnect"] | ["reconnect", _] => done(out, control::reconnect(shared, arg), "RECONNECT"),
+        ["kill", _] => done(out, control::kill(shared, &raw[1]).map(|_| ()), "KILL"),
+        ["set", key, "=" | "to", ..] if raw.len() >= 4 => {
+            let value = raw[3..].join(" ");
+            done(out, control::set(shared, key, &value), "SET")
         }
+        ["reload"] => done(out, control::reload(shared), "RELOAD"),
         ["shutdown"] => {
             shared.shutdown_request.notify_one();
             build::command_complete(out, "SHUTDOWN");
         }
-        _ => build::error(
-            out,
-            Severity::Error,
-            sqlstate::SYNTAX_ERROR,
-            &format!("unknown admin command: {}", sql.trim()),
-        ),
+        _ => {
+            let msg = format!("unknown admin command: {}", sql.trim());
+            fail(out, (sqlstate::SYNTAX_ERROR, msg));
+        }
     }
 }
 
@@ -294,7 +170,7 @@ pub async fn run(conn: &mut Conn, shared: &Shared, role: Role) -> Result<(), Err
                 if sql.trim().is_empty() {
                     out.extend_from_slice(b"I\0\0\0\x04"); // EmptyQueryResponse
                 } else {
-                    command(shared, role, &sql, &mut out);
+                    command(shared, role, &sql, &mut out).await;
                 }
             }
             _ => build::error(

@@ -28,11 +28,25 @@ pub struct ServerManager {
     /// How long a new connection may wait for a limit (query_wait_timeout).
     pub limit_wait: Duration,
     /// pool_size, and the reserve it may grow by.
-    pub base_size: usize,
+    pub base_size: std::sync::atomic::AtomicUsize,
     pub reserve_size: usize,
     pub reserve_timeout: Duration,
     /// Statements known to parse on this pool's servers (transaction pooling).
     pub known: Arc<crate::session::statements::KnownStatements>,
+    pub stats: Arc<super::stats::PoolStats>,
+    /// The client-facing database name (PAUSE, KILL, RECONNECT act on it).
+    pub database: String,
+    pub pauses: Arc<super::Pauses>,
+    /// RECONNECT bumps it: servers from an older generation are closed
+    /// when next checked out or returned.
+    pub generation: std::sync::atomic::AtomicU64,
+}
+
+impl ServerManager {
+    /// The pool's configured size, without any reserve.
+    pub fn base(&self) -> usize {
+        self.base_size.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Manager for ServerManager {
@@ -53,6 +67,8 @@ impl Manager for ServerManager {
         }
         let conn = ServerConn::connect(&self.target).await.map(|mut c| {
             c.permits = permits;
+            c.stats = Some(self.stats.clone());
+            c.generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
             c
         });
         match &conn {
@@ -70,6 +86,9 @@ impl Manager for ServerManager {
         }
         if conn.is_dead() {
             return Err(RecycleError::message("server connection closed while idle"));
+        }
+        if conn.generation != self.generation.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(RecycleError::message("RECONNECT: closing an older server"));
         }
         if !self.lifetime.is_zero() && conn.created.elapsed() > self.lifetime {
             return Err(RecycleError::message("server_lifetime reached"));

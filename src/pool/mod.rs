@@ -5,6 +5,7 @@
 //! handed to another client.
 
 mod manager;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,55 @@ impl PoolKey {
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, ServerPool>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Histograms of every pool, for /metrics.
+    pub histograms: stats::Histograms,
+    pub pauses: Arc<Pauses>,
+}
+
+/// Databases paused by the console: checkouts wait until RESUME.
+#[derive(Debug, Default)]
+pub struct Pauses {
+    paused: Mutex<std::collections::HashSet<String>>,
+    resumed: tokio::sync::Notify,
+}
+
+impl Pauses {
+    pub fn pause(&self, database: &str) {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(database.to_string());
+    }
+
+    pub fn resume(&self, database: Option<&str>) {
+        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        match database {
+            Some(d) => {
+                p.remove(d);
+            }
+            None => p.clear(),
+        }
+        drop(p);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self, database: &str) -> bool {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(database)
+    }
+
+    /// Returns once `database` is not paused.
+    pub async fn wait(&self, database: &str) {
+        loop {
+            let resumed = self.resumed.notified();
+            if !self.is_paused(database) {
+                return;
+            }
+            resumed.await;
+        }
+    }
 }
 
 /// How sluice logs in to PostgreSQL as `user`.
@@ -155,10 +205,17 @@ impl PoolSet {
             lifetime: g.server_lifetime,
             limits: limits.into_iter().flatten().collect(),
             limit_wait: g.query_wait_timeout,
-            base_size: config.pool_size(db),
+            base_size: config.pool_size(db).into(),
             reserve_size: g.reserve_pool_size,
             reserve_timeout: g.reserve_pool_timeout,
             known: Arc::default(),
+            database: key.database.clone(),
+            pauses: self.pauses.clone(),
+            generation: Default::default(),
+            stats: Arc::new(stats::PoolStats::new(
+                &self.histograms,
+                &[&key.database, &key.user, key.role_name()],
+            )),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size(db))
@@ -178,11 +235,23 @@ impl PoolSet {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.retain(|key, pool| {
             let db = new.databases.get(&key.database);
-            let same_db = db.is_some() && db == old.databases.get(&key.database);
-            let same_user = new.users.get(&key.user) == old.users.get(&key.user);
+            let same_db = db.is_some_and(|d| {
+                old.databases
+                    .get(&key.database)
+                    .is_some_and(|o| same_servers(o, d))
+            });
+            let same_user = match (new.users.get(&key.user), old.users.get(&key.user)) {
+                (Some(a), Some(b)) => same_login(a, b),
+                (None, None) => true,
+                _ => false,
+            };
             match db {
                 Some(db) if same_db && same_user => {
-                    pool.resize(new.pool_size(db));
+                    let size = new.pool_size(db);
+                    pool.manager()
+                        .base_size
+                        .store(size, std::sync::atomic::Ordering::Relaxed);
+                    pool.resize(size);
                     true
                 }
                 _ => {
@@ -223,6 +292,7 @@ impl PoolSet {
     pub async fn maintain(&self, config: &Config) {
         let g = &config.general;
         for (key, pool) in self.all() {
+            pool.manager().stats.roll(STATS_PERIOD);
             let (idle, life) = (g.server_idle_timeout, g.server_lifetime);
             pool.retain(|c, _| {
                 (idle.is_zero() || c.idle_since.elapsed() < idle)
@@ -230,8 +300,9 @@ impl PoolSet {
             });
             let m = pool.manager();
             let status = pool.status();
-            if status.max_size > m.base_size && status.waiting == 0 {
-                pool.resize(m.base_size);
+            let base = m.base();
+            if status.max_size > base && status.waiting == 0 {
+                pool.resize(base);
             }
             let Some(db) = config.databases.get(&key.database) else {
                 continue;
@@ -249,6 +320,58 @@ impl PoolSet {
                 }
             }
         }
+    }
+}
+
+/// Whether two entries of a database reach the same servers the same way:
+/// if so, its pools are kept (and resized) across a reload.
+fn same_servers(a: &Database, b: &Database) -> bool {
+    a.primary == b.primary && a.replicas == b.replicas && a.dbname == b.dbname
+}
+
+/// Whether sluice logs in to the servers the same way for both entries.
+/// (A plain password's SCRAM verifier gets a new salt at every load, so
+/// the entries themselves differ.)
+fn same_login(a: &User, b: &User) -> bool {
+    use crate::auth::secret::Secret;
+    let secret = match (&a.secret, &b.secret) {
+        (Secret::Plain { password: x, .. }, Secret::Plain { password: y, .. }) => x == y,
+        (x, y) => x == y,
+    };
+    secret && a.server_user == b.server_user && a.server_password == b.server_password
+}
+
+/// SHOW STATS averages cover this long, as PgBouncer's stats_period.
+pub const STATS_PERIOD: Duration = Duration::from_secs(15);
+
+impl PoolSet {
+    /// The pools of `database` (all pools when None).
+    pub fn of(&self, database: Option<&str>) -> Vec<(PoolKey, ServerPool)> {
+        self.all()
+            .into_iter()
+            .filter(|(k, _)| database.is_none_or(|d| k.database == d))
+            .collect()
+    }
+
+    /// RECONNECT: servers of `database` close now when idle, else when returned.
+    pub fn reconnect(&self, database: Option<&str>) {
+        for (_, pool) in self.of(database) {
+            pool.manager()
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            pool.retain(|_, _| false);
+        }
+    }
+
+    /// Servers of `database` checked out now.
+    pub fn in_use(&self, database: Option<&str>) -> usize {
+        self.of(database)
+            .iter()
+            .map(|(_, p)| {
+                let s = p.status();
+                s.size.saturating_sub(s.available)
+            })
+            .sum()
     }
 }
 
@@ -286,6 +409,8 @@ impl Checkout {
     /// reserve_pool_timeout lets the pool grow by reserve_pool_size.
     pub async fn get(pool: &ServerPool, database: &str) -> Result<Self, Error> {
         let m = pool.manager();
+        let _waiting = m.stats.waiting();
+        m.pauses.wait(&m.database).await;
         let wait = pool.timeouts().wait.unwrap_or(Duration::ZERO);
         let started = Instant::now();
         if m.reserve_size > 0 && m.reserve_timeout < wait {
@@ -296,12 +421,12 @@ impl Checkout {
             match pool.timeout_get(&t).await {
                 Ok(obj) => return Ok(Self { obj: Some(obj) }),
                 Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                    if pool.status().max_size < m.base_size + m.reserve_size {
+                    if pool.status().max_size < m.base() + m.reserve_size {
                         tracing::info!(
                             database,
                             "clients waited reserve_pool_timeout: opening the reserve pool"
                         );
-                        pool.resize(m.base_size + m.reserve_size);
+                        pool.resize(m.base() + m.reserve_size);
                     }
                 }
                 Err(e) => return Err(pool_error(pool, database, e)),

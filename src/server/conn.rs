@@ -67,6 +67,10 @@ pub struct ServerConn {
     pub idle_since: Instant,
     /// Held for the connection's life: max_db/max_user_connections.
     pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// The stats of the pool this server belongs to.
+    pub stats: Option<std::sync::Arc<crate::pool::stats::PoolStats>>,
+    /// The pool's generation when this server was opened (RECONNECT).
+    pub generation: u64,
 }
 
 impl ServerConn {
@@ -84,6 +88,8 @@ impl ServerConn {
             created: Instant::now(),
             idle_since: Instant::now(),
             permits: Vec::new(),
+            stats: None,
+            generation: 0,
         })
     }
 

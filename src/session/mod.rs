@@ -41,10 +41,13 @@ use vars::Setting;
 /// Serves one accepted TCP connection to completion.
 pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     let peer_addr = tcp.peer_addr().ok();
+    let local_addr = tcp.local_addr().ok();
     let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
     let span = tracing::info_span!("client", %peer);
     async move {
+        let registered = shared.registry.register(peer_addr, local_addr);
+        let client = &registered.entry;
         let config = shared.config();
         let max_packet = config.general.max_packet_size;
         let deadline = login_deadline(&config);
@@ -63,10 +66,21 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         };
         let mut pipe = Pipe::new(conn, max_packet);
         pipe.stop = Some(shared.draining.subscribe());
+        client.tls.store(
+            pipe.client.stream.is_tls(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let result = match opening {
             Ok(Opening::Startup(params)) => {
                 let peer_ip = peer_addr.map(|a| a.ip());
-                serve(&mut pipe, &shared, params, deadline, peer_ip).await
+                tokio::select! {
+                    r = serve(&mut pipe, &shared, params, deadline, peer_ip, client) => r,
+                    // Dropping `serve` discards any server it holds.
+                    _ = client.kill.cancelled() => Err(Error::refuse(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command (KILL)",
+                    )),
+                }
             }
             Ok(Opening::Cancelled) => Ok(()),
             Err(e) => Err(e),
@@ -111,22 +125,30 @@ pub(crate) struct Ctx<'a> {
     pub user: Option<&'a crate::config::User>,
     /// The role of the client's first server (session pooling keeps it).
     pub role: crate::route::Target,
+    /// This client's entry in the registry (SHOW CLIENTS).
+    pub client: &'a crate::clients::ClientEntry,
 }
 
 impl Ctx<'_> {
     /// The pool of `role` for this client's database and user.
+    /// A pool a reload closed (its servers changed) is replaced by the
+    /// current config's, so connected clients carry on.
     pub fn pool_for(&self, role: crate::route::Target) -> ServerPool {
-        match role {
-            crate::route::Target::Primary => self.pool.clone(),
-            crate::route::Target::Replica(_) => {
-                let key = PoolKey {
-                    role,
-                    ..PoolKey::primary(self.database, self.user_name)
-                };
-                self.shared
-                    .pools
-                    .get_or_create(self.config, &key, self.db, self.user)
-            }
+        if role == crate::route::Target::Primary && !self.pool.is_closed() {
+            return self.pool.clone();
+        }
+        let key = PoolKey {
+            role,
+            ..PoolKey::primary(self.database, self.user_name)
+        };
+        let config = self.shared.config();
+        match config.databases.get(self.database) {
+            Some(db) => self
+                .shared
+                .pools
+                .get_or_create(&config, &key, db, self.user),
+            // The database is gone: the closed pool refuses the client.
+            None => self.pool.clone(),
         }
     }
 
@@ -167,6 +189,7 @@ async fn serve(
     params: StartupParams,
     deadline: tokio::time::Instant,
     peer_ip: Option<std::net::IpAddr>,
+    client: &crate::clients::ClientEntry,
 ) -> Result<(), Error> {
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
@@ -176,9 +199,20 @@ async fn serve(
     })?;
     let config = shared.config();
     let (mut login, _places) = admit(pipe, shared, &config, &params, deadline, peer_ip).await?;
+    client.logged_in(crate::clients::Identity {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        application_name: params
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+    });
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(&config, &login.user)
     {
+        client.set_state(crate::clients::ClientState::Active);
         return crate::admin::run(&mut pipe.client, shared, role).await;
     }
     let _pool_place = shared
@@ -232,6 +266,7 @@ async fn serve(
         user_name: &login.user,
         user,
         role,
+        client,
     };
     match mode {
         PoolMode::Session => session_mode(pipe, checkout, greeting, &ctx).await,
@@ -517,6 +552,8 @@ async fn session_mode(
         secret: server.key.1,
     };
     let (secret, _slot) = ctx.shared.cancels.register(pid, Some(target));
+    ctx.client.set_state(crate::clients::ClientState::Active);
+    ctx.client.hold(pid, &ctx.addr_of(ctx.role).to_string());
     build::backend_key_data(&mut greeting, pid, secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());

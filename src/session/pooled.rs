@@ -15,6 +15,7 @@ use super::routing::Outstanding;
 use super::statements::Statements;
 use super::vars::{SessionVars, Setting, sync_sql};
 use super::{Ctx, finish};
+use crate::clients::ClientState;
 use crate::error::{Error, ServerError};
 use crate::pool::Checkout;
 use crate::protocol::build;
@@ -81,6 +82,7 @@ pub(crate) async fn run(
                     }
                     tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
                     let decision = mux.route_decision(pipe.client_buffer());
+                    ctx.client.set_state(ClientState::Waiting);
                     match checkout_routed(ctx, &mux, pipe, decision).await {
                         Ok(c) => c,
                         Err(e) => break Err(e),
@@ -109,6 +111,8 @@ pub(crate) async fn run(
             secret: server.key.1,
         }));
         tracing::trace!(server_pid = server.key.0, ?role, "server held");
+        ctx.client.set_state(ClientState::Active);
+        ctx.client.hold(server.key.0, &server.addr);
         let _outstanding = mux.routing.as_mut().and_then(|r| {
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
@@ -122,6 +126,8 @@ pub(crate) async fn run(
                     r.released();
                 }
                 checkout.release();
+                ctx.client.set_state(ClientState::Idle);
+                ctx.client.hold(0, "");
             }
             other => break finish(checkout, other, ctx.config).await,
         }
@@ -156,7 +162,7 @@ async fn checkout_routed(
     let topo = mux.routing.as_ref().map(|r| &r.topo);
     let Some(d) = decision else {
         return Ok((
-            checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+            checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
             Target::Primary,
         ));
     };
@@ -165,7 +171,7 @@ async fn checkout_routed(
     }
     let Target::Replica(i) = d.target else {
         return Ok((
-            checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+            checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
             Target::Primary,
         ));
     };
@@ -185,7 +191,7 @@ async fn checkout_routed(
                 });
             }
             Ok((
-                checkout_notifying(ctx, mux, pipe, &ctx.pool).await?,
+                checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
                 Target::Primary,
             ))
         }

@@ -29,7 +29,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
 use crate::protocol::inspect::{self, ErrorFields};
 use crate::protocol::sqlstate;
-use crate::protocol::tags::{BackendTag, FrontendTag};
+use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
 use crate::server::ServerConn;
 
 /// Bytes queued towards one peer before sluice stops reading the other.
@@ -61,6 +61,19 @@ pub enum RelayEnd {
     /// Routing: a write arrived in the middle of an extended-protocol
     /// batch that a replica has begun.
     CannotReroute,
+}
+
+/// Client messages that start a request (and its timing) when none is in flight.
+fn starts_request(tag: FrontendTag) -> bool {
+    matches!(
+        tag,
+        FrontendTag::Query
+            | FrontendTag::Parse
+            | FrontendTag::Bind
+            | FrontendTag::Execute
+            | FrontendTag::Sync
+            | FrontendTag::FunctionCall
+    )
 }
 
 /// What routing lets `take_client` do with a frame.
@@ -138,6 +151,12 @@ pub struct Pipe {
     skip_batch: bool,
     /// Routing: the next client message waits for another server.
     hold: bool,
+    /// When the request and the transaction in flight began (pool stats).
+    query_start: Option<Instant>,
+    xact_start: Option<Instant>,
+    /// Bytes forwarded since the last flush into the pool's stats.
+    received: u64,
+    sent: u64,
     /// Graceful shutdown: true once sluice is draining.
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -177,6 +196,10 @@ impl Pipe {
             server_said_fatal: false,
             skip_batch: false,
             hold: false,
+            query_start: None,
+            xact_start: None,
+            received: 0,
+            sent: 0,
             stop: None,
         }
     }
@@ -533,6 +556,7 @@ impl Pipe {
                     }
                 }
             }
+            self.request_started(tag);
             server.state.on_frontend(tag);
             self.client_skip = h.total;
         }
@@ -605,6 +629,7 @@ impl Pipe {
     }
 
     fn forward_client(&mut self, n: usize) {
+        self.received += n as u64;
         if n > 0 {
             let chunk = self.client.rbuf.split_to(n).freeze();
             self.to_server.push(chunk);
@@ -656,7 +681,9 @@ impl Pipe {
             let body = &buf[off + HEADER_LEN..(off + h.total).min(buf.len())];
             match tag {
                 BackendTag::ReadyForQuery => {
-                    server.state.on_backend(tag, inspect::ready_status(body))
+                    let status = inspect::ready_status(body);
+                    server.state.on_backend(tag, status);
+                    self.request_done(server, status);
                 }
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(body) {
@@ -664,9 +691,12 @@ impl Pipe {
                     }
                 }
                 BackendTag::ErrorResponse => {
-                    let sev = ErrorFields::parse(body).severity;
+                    let fields = ErrorFields::parse(body);
                     self.server_said_fatal |=
-                        matches!(sev.as_deref(), Some("FATAL") | Some("PANIC"));
+                        matches!(fields.severity.as_deref(), Some("FATAL") | Some("PANIC"));
+                    if let Some(st) = &server.stats {
+                        st.error(fields.code.as_deref().unwrap_or("XX000"));
+                    }
                 }
                 _ => server.state.on_backend(tag, None),
             }
@@ -699,7 +729,43 @@ impl Pipe {
         Ok(())
     }
 
+    /// Starts timing a request (and a transaction) when none is in flight.
+    fn request_started(&mut self, tag: FrontendTag) {
+        if self.query_start.is_none() && starts_request(tag) {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            self.xact_start.get_or_insert(now);
+        }
+    }
+
+    /// A ReadyForQuery: one request done, and a transaction when idle.
+    fn request_done(&mut self, server: &ServerConn, status: Option<TxnStatus>) {
+        let Some(st) = &server.stats else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(q) = self.query_start.take() {
+            st.query(now - q);
+        }
+        if !server.state.is_idle() {
+            self.query_start = Some(now); // a pipelined request is next
+        }
+        if status == Some(TxnStatus::Idle)
+            && let Some(x) = self.xact_start.take()
+        {
+            st.xact(now - x);
+            if self.query_start.is_some() {
+                self.xact_start = Some(now);
+            }
+        }
+        st.bytes(
+            std::mem::take(&mut self.received),
+            std::mem::take(&mut self.sent),
+        );
+    }
+
     fn forward_server(&mut self, server: &mut ServerConn, n: usize) {
+        self.sent += n as u64;
         if n > 0 {
             let chunk = server.conn.rbuf.split_to(n).freeze();
             self.to_client.push(chunk);

@@ -66,8 +66,44 @@ async fn metrics_show_a_saturated_pool() {
         body.contains("# TYPE sluice_prepared_reprepares_total counter"),
         "{body}"
     );
+    assert!(
+        body.contains(&format!("sluice_pool_maxwait_seconds{{{labels}}}")),
+        "{body}"
+    );
     holder.batch_execute("COMMIT").await.unwrap();
     waiting.await.unwrap().unwrap();
+    assert!(holder.simple_query("SELEC 1").await.is_err());
+    let (_, body) = http_get(port, "/metrics").await;
+    let value = |name: &str| -> f64 {
+        let line = format!("{name}{{{labels}}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    // The waiter's wait is in the histogram, and above its smallest bucket.
+    assert!(value("sluice_client_wait_seconds_count") >= 2.0, "{body}");
+    assert!(value("sluice_client_wait_seconds_sum") > 0.0, "{body}");
+    assert!(value("sluice_queries_total") >= 3.0, "{body}");
+    assert!(value("sluice_transactions_total") >= 2.0, "{body}");
+    assert!(value("sluice_received_bytes_total") > 0.0, "{body}");
+    assert!(value("sluice_sent_bytes_total") > 0.0, "{body}");
+    assert!(
+        value("sluice_query_duration_seconds_count") >= 3.0,
+        "{body}"
+    );
+    assert!(
+        body.contains("sluice_transaction_duration_seconds_bucket{"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "sluice_server_errors_total{{class=\"42\",database=\"app\",role=\"primary\",user=\"{}\"}} 1",
+            SCRAM_USER.0
+        )),
+        "{body}"
+    );
 
     assert_eq!(http_get(port, "/health").await.0, 200);
     assert_eq!(http_get(port, "/nope").await.0, 404);

@@ -88,3 +88,52 @@ async fn pgbench_every_query_mode_has_no_failed_transactions() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_a_pool_under_load_without_failed_transactions() {
+    let general = "pool_mode = \"transaction\"";
+    let s = pgbench_db("bench_reload", general, 2).await;
+    let shared = s.shared.clone().unwrap();
+    let toml = crate::harness::config_for(
+        Cluster::shared(),
+        general,
+        &format!(
+            "[databases.bench_reload]\nprimary = \"127.0.0.1:{}\"\npool_size = 6\n",
+            Cluster::shared().primary.port
+        ),
+    );
+    let bigger = sluice::config::Config::parse(&toml).unwrap();
+    let watcher = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Reload once transactions are flowing.
+            crate::harness::wait_until(30, "pgbench traffic", || {
+                let shared = shared.clone();
+                async move {
+                    shared
+                        .pools
+                        .of(Some("bench_reload"))
+                        .iter()
+                        .any(|(_, p)| p.manager().stats.totals().xact_count > 200)
+                }
+            })
+            .await;
+            shared.reload(bigger);
+        })
+    };
+    pgbench_clean(
+        &s,
+        "bench_reload",
+        &["-c", "8", "-j", "2", "-t", "300", "-S"],
+        2400,
+    )
+    .await;
+    watcher.await.unwrap();
+    let sizes: Vec<usize> = shared
+        .pools
+        .of(Some("bench_reload"))
+        .iter()
+        .map(|(_, p)| p.status().max_size)
+        .collect();
+    assert!(sizes.contains(&6), "the pool grew: {sizes:?}");
+}
