@@ -9,11 +9,13 @@ missing=()
 [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_basebackup" ] || missing+=(postgresql-15)
 [ -x "$PG_BIN/psql" ] && [ -x "$PG_BIN/pgbench" ] || missing+=(postgresql-client-15)
 command -v cc >/dev/null || missing+=(gcc)
+# promtool and prometheus: the alert-rule and scrape tests (deploy/).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres

@@ -160,6 +160,20 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         replica_labels,
     )?;
     r.register(Box::new(bans.clone()))?;
+    let bound_s = GaugeVec::new(
+        Opts::new(
+            "sluice_replica_lag_bound_seconds",
+            "max_replica_lag, when it is a duration",
+        ),
+        replica_labels,
+    )?;
+    r.register(Box::new(bound_s.clone()))?;
+    let bound_b = gauge_vec(
+        r,
+        "sluice_replica_lag_bound_bytes",
+        "max_replica_lag, when it is a size",
+        replica_labels,
+    )?;
     for t in shared.routes.all() {
         for (dest, reason, n) in t.decisions() {
             decisions
@@ -175,6 +189,16 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
             up.with_label_values(&l).set(i64::from(usable));
             bans.with_label_values(&l)
                 .inc_by(rep.bans.load(std::sync::atomic::Ordering::Relaxed));
+            match t.settings.max_lag {
+                crate::config::LagBound::Time(d) => {
+                    bound_s.with_label_values(&l).set(d.as_secs_f64());
+                }
+                crate::config::LagBound::Bytes(b) => {
+                    bound_b
+                        .with_label_values(&l)
+                        .set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
+            }
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ mod metrics;
 mod passthrough;
 mod pooling;
 mod prepared;
+mod prometheus;
 mod routing;
 mod tls;
 mod tools;

@@ -4,7 +4,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{AppSetting, Cluster, SCRAM_USER, Sluice, config_for, wait_until};
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
