@@ -84,6 +84,7 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
         saturation.with_label_values(&l).set(ratio);
     }
     routing(&r, shared)?;
+    clients_by_state(&r, shared)?;
     let pinned = IntGauge::new(
         "sluice_pinned_clients",
         "Transaction-pooled clients pinned to their server",
@@ -281,4 +282,20 @@ impl Traffic {
         let g = self.maxwait.with_label_values(l);
         g.set(g.get().max(s.maxwait().as_secs_f64()));
     }
+}
+
+/// Connected clients per database, user and state (from the registry).
+fn clients_by_state(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let g = gauge_vec(
+        r,
+        "sluice_clients_by_state",
+        "Connected clients by state: active (holds a server), waiting, idle, login",
+        &["database", "user", "state"],
+    )?;
+    for c in shared.registry.all() {
+        let id = c.identity();
+        g.with_label_values(&[id.database.as_str(), id.user.as_str(), c.state().name()])
+            .inc();
+    }
+    Ok(())
 }

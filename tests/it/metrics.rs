@@ -132,3 +132,75 @@ async fn waiting_clients_are_told_once() {
     assert!(rest.iter().all(|m| m.tag != b'N'), "told once: {rest:?}");
     assert!(rest.iter().any(|m| m.tag == b'D'));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pgbench_run_over_a_small_pool_shows_waits_in_the_metrics() {
+    let s = crate::tools::pgbench_db("bench_metrics", "pool_mode = \"transaction\"", 1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(sluice::metrics_http::serve(
+        listener,
+        s.shared.clone().unwrap(),
+    ));
+    let labels = format!(
+        "database=\"bench_metrics\",role=\"primary\",user=\"{}\"",
+        SCRAM_USER.0
+    );
+    let run = {
+        let port = s.port;
+        tokio::spawn(async move {
+            let mut cmd = std::process::Command::new(crate::harness::cluster::pg_bin("pgbench"));
+            cmd.args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                SCRAM_USER.0,
+            ])
+            .args(["-c", "8", "-j", "2", "-T", "4", "-n", "bench_metrics"])
+            .env("PGPASSWORD", SCRAM_USER.1);
+            crate::harness::run::run_ok(cmd).await
+        })
+    };
+    // While pgbench runs, clients queue for the one server.
+    wait_until(20, "waiting clients during pgbench", || {
+        let labels = labels.clone();
+        async move {
+            let body = http_get(port, "/metrics").await.1;
+            body.lines()
+                .filter_map(|l| l.strip_prefix(&format!("sluice_clients_waiting{{{labels}}} ")))
+                .any(|v| v.parse::<u64>().unwrap_or(0) > 0)
+        }
+    })
+    .await;
+    let (out, err) = run.await.unwrap();
+    assert!(
+        format!("{out}{err}").contains("number of failed transactions: 0 "),
+        "{out}{err}"
+    );
+    let body = http_get(port, "/metrics").await.1;
+    let count: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("sluice_client_wait_seconds_count{{{labels}}} ")))
+        .expect("wait histogram")
+        .parse()
+        .unwrap();
+    assert!(count > 100.0, "every checkout's wait is observed: {count}");
+    // Some waits took longer than the smallest bucket (0.1 ms).
+    let fast: f64 = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "sluice_client_wait_seconds_bucket{{{},le=\"0.0001\"}} ",
+                labels
+            ))
+        })
+        .expect("smallest bucket")
+        .parse()
+        .unwrap();
+    assert!(
+        fast < count,
+        "some clients waited: {fast} of {count} under 0.1 ms"
+    );
+}
