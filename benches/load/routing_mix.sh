@@ -4,7 +4,8 @@
 # pooling, one streaming replica) with consistency = "session" and
 # "eventual". Prints TPS, sluice's routing decisions, and the share of
 # requests each server ran (sluice's routing counters, and each server's
-# pg_stat_database xact_commit delta, which includes the monitor's polls). Knobs: DURATION (s per run), CLIENTS, POOL, SCALE.
+# pg_stat_database xact_commit delta, which includes the monitor's polls). Knobs: DURATION (s per run), CLIENTS, POOL, SCALE;
+# SCRAPE_TO=prefix keeps a /metrics scrape taken half way through each run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
@@ -68,6 +69,8 @@ TOML
     sleep 1 # the monitor puts the replica in rotation
     p0=$(commits "$PRIMARY_PORT"); r0=$(commits "$REPLICA_PORT")
     start=$(date +%s.%N)
+    # A scrape of /metrics half way through the run.
+    (sleep "$(( DURATION / 2 ))"; curl -s "http://127.0.0.1:$METRICS_PORT/metrics" > "$DIR/metrics-$consistency.txt") &
     tps=$(bench "$SLUICE_PORT")
     secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
     p1=$(commits "$PRIMARY_PORT"); r1=$(commits "$REPLICA_PORT")
@@ -79,5 +82,6 @@ TOML
     echo "$metrics"
     echo "$metrics" | awk '{n = $NF; if ($0 ~ /destination="replica"/) r += n; else p += n}
         END {printf "requests routed: primary %d, replica %d (%.0f%% on the replica)\n", p, r, 100 * r / (p + r)}'
+    if [ -n "${SCRAPE_TO:-}" ]; then cp "$DIR/metrics-$consistency.txt" "$SCRAPE_TO-$consistency.txt"; fi
     kill "$SLUICE_PID"; wait "$SLUICE_PID" 2>/dev/null || true; SLUICE_PID=
 done
