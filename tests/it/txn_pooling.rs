@@ -495,7 +495,14 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
         .await
         .unwrap();
     let serving = s.shutdown();
-    // No new clients...
+    // No new clients (the listener closes once the stop is seen)...
+    let port = s.port;
+    wait_until(10, "the listener to close", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    })
+    .await;
     let refused = tokio_postgres::connect(
         &s.url(SCRAM_USER.0, SCRAM_USER.1, DB),
         tokio_postgres::NoTls,
