@@ -192,6 +192,24 @@ impl PgInstance {
         run(&mut c, "pg_ctl stop");
     }
 
+    /// `pg_ctl restart -m MODE` (fast or immediate), waiting until it is up.
+    pub fn restart(&self, mode: &str) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.data.join("server.log"))
+            .args(["-m", mode, "-w", "-t", "60", "restart"]);
+        run(&mut c, "pg_ctl restart");
+    }
+
+    /// `pg_ctl promote`: a replica becomes a primary.
+    pub fn promote(&self) {
+        let mut c = pg_command("pg_ctl");
+        c.arg("-D").arg(&self.data).args(["-w", "promote"]);
+        run(&mut c, "pg_ctl promote");
+    }
+
     /// Starts a stopped server again on its port.
     pub fn start_again(&self) {
         let mut c = pg_command("pg_ctl");
