@@ -35,7 +35,9 @@ async fn postgres_restarts_cost_only_the_requests_in_flight() {
     cluster.primary.psql(DB, "CREATE TABLE kept (id int)");
     // The test clusters run with synchronous_commit off, which lets a crash
     // lose acknowledged commits by design; this test needs them durable.
-    cluster.primary.psql("postgres", "ALTER SYSTEM SET synchronous_commit = on");
+    cluster
+        .primary
+        .psql("postgres", "ALTER SYSTEM SET synchronous_commit = on");
     cluster.primary.psql("postgres", "SELECT pg_reload_conf()");
     let toml = config_for(
         &cluster,
@@ -324,4 +326,80 @@ async fn a_thousand_vanishing_clients_leave_the_pool_as_it_was() {
         value(&c, "SELECT count(*) FROM vanished").await.unwrap(),
         "0"
     );
+}
+
+/// The open-files limit of this process (both ends of every test
+/// connection live here).
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(1024)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_clients_share_twenty_servers_without_errors() {
+    // 5,000 clients need 10,000 descriptors in this process; fewer when the
+    // limit is lower (the count is printed).
+    let clients = 5000.min(open_files_limit().saturating_sub(1000) / 2);
+    let toml = config_for(
+        Cluster::shared(),
+        "pool_mode = \"transaction\"\nauth_type = \"trust\"\nmax_client_conn = 6000",
+        "",
+    )
+    .app_setting("pool_size = 20\nroute = \"primary\"");
+    let s = Sluice::start(&toml).await;
+    let before = rss_kib();
+    let port = s.port;
+    let connected = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let connected = connected.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut w, _) = Wire::login(port, SCRAM_USER.0, "", DB, &[]).await;
+            connected.wait().await;
+            for _ in 0..3 {
+                w.send(&query("SELECT 1")).await;
+                let reply = w.recv_until(b'Z').await;
+                if let Some(e) = reply.iter().find(|m| m.tag == b'E') {
+                    return Err(e.field(b'M').unwrap_or_default());
+                }
+            }
+            Ok(w)
+        }));
+    }
+    connected.wait().await;
+    let with_clients = rss_kib();
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap().expect("no errors"));
+    }
+    let shared = s.shared.as_ref().unwrap();
+    let servers: usize = shared
+        .pools
+        .of(Some(DB))
+        .iter()
+        .map(|(_, p)| p.status().size)
+        .sum();
+    assert!(servers <= 20, "{servers} servers for a pool of 20");
+    assert_eq!(shared.registry.all().len(), clients);
+    eprintln!(
+        "{clients} clients over 20 servers: test process RSS {before} KiB before, {with_clients} KiB with every client connected (both ends of each connection live in this process)"
+    );
+    drop(held);
 }
