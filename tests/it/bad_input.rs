@@ -313,3 +313,133 @@ async fn slow_logins_are_dropped_and_real_clients_still_get_in() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_client_inputs_each_get_a_defined_outcome() {
+    use crate::harness::wire::startup_packet;
+    let s = Sluice::with(Cluster::shared(), "max_packet_size = \"64kB\"").await;
+    // A length just under 2^31: refused from the header, nothing reserved.
+    let mut w = logged_in(&s).await;
+    w.send(b"Q\x7f\xff\xff\xff").await;
+    expect_fatal(&mut w, "08P01").await;
+    // An unknown message type: PostgreSQL's own verdict, then a close.
+    let mut w = logged_in(&s).await;
+    w.send(&message(b'z', b"hello")).await;
+    let m = w.recv().await.expect("an error");
+    assert_eq!(
+        (m.tag, m.field(b'C').as_deref()),
+        (b'E', Some("08P01")),
+        "{m:?}"
+    );
+    // A Query whose string has no NUL: an error, never a crash.
+    let mut w = logged_in(&s).await;
+    w.send(&message(b'Q', b"SELECT 1")).await;
+    let m = w.recv().await.expect("an error");
+    assert_eq!(m.tag, b'E', "{m:?}");
+    // A startup packet with 10,000 parameters is over PostgreSQL's 10,000-byte limit.
+    let many: Vec<(String, String)> = (0..10_000).map(|i| (format!("p{i}"), "v".into())).collect();
+    let params: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut w = Wire::connect(s.port).await;
+    w.send(&startup_packet(&params)).await;
+    expect_fatal(&mut w, "08P01").await;
+    // A SCRAM client-first message with a 1 MB nonce.
+    let mut w = Wire::connect(s.port).await;
+    w.send(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await;
+    assert_eq!(w.recv().await.map(|m| m.tag), Some(b'R'));
+    let first = format!("n,,n=,r={}", "x".repeat(1 << 20));
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    body.extend_from_slice(first.as_bytes());
+    w.send(&message(b'p', &body)).await;
+    let m = w.recv().await.expect("an error before close");
+    assert_eq!(m.tag, b'E', "{m:?}");
+    // A SCRAM client-final message that is not one.
+    let mut w = Wire::connect(s.port).await;
+    w.send(&startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]))
+        .await;
+    assert_eq!(w.recv().await.map(|m| m.tag), Some(b'R'));
+    let mut body = b"SCRAM-SHA-256\0".to_vec();
+    let first = b"n,,n=,r=abc";
+    body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+    body.extend_from_slice(first);
+    w.send(&message(b'p', &body)).await;
+    assert_eq!(w.recv().await.map(|m| m.tag), Some(b'R'));
+    w.send(&message(b'p', b"\xff\xfe garbage")).await;
+    let m = w.recv().await.expect("an error before close");
+    assert_eq!(
+        (m.tag, m.field(b'C').as_deref()),
+        (b'E', Some("28P01")),
+        "{m:?}"
+    );
+    // Through all of it, sluice serves everyone else.
+    let c = s.app().await;
+    assert_eq!(
+        c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
+        5
+    );
+}
+
+/// A hostile "PostgreSQL" on a free port: logs sluice in, then answers
+/// every query with `reply`.
+async fn fake_server(reply: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                // Startup (or SSLRequest, answered N).
+                let Ok(n) = sock.read(&mut buf).await else {
+                    return;
+                };
+                if n == 8 && buf[4..8] == [0x04, 0xd2, 0x16, 0x2f] {
+                    let _ = sock.write_all(b"N").await;
+                    let _ = sock.read(&mut buf).await;
+                }
+                let mut hello = message(b'R', &0i32.to_be_bytes());
+                hello.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+                hello.extend(message(b'S', b"server_version\015.0\0"));
+                hello.extend(message(b'Z', b"I"));
+                let _ = sock.write_all(&hello).await;
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if sock.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_server_replies_cost_only_their_client() {
+    // An ErrorResponse without a SQLSTATE, then ReadyForQuery.
+    let mut no_code = message(b'E', b"SERROR\0Mno code here\0\0");
+    no_code.extend(message(b'Z', b"I"));
+    // A message claiming to be almost 2 GB long.
+    let huge = b"D\x7f\xff\xff\xf0".to_vec();
+    for (reply, name) in [(no_code, "no_code"), (huge, "huge")] {
+        let port = fake_server(reply).await;
+        let db = format!("[databases.{name}]\nprimary = \"127.0.0.1:{port}\"\n");
+        let toml = config_for(Cluster::shared(), "server_tls_mode = \"disable\"", &db);
+        let s = Sluice::start(&toml).await;
+        let (mut w, _) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, name, &[]).await;
+        w.send(&query("SELECT 1")).await;
+        let m = w.recv().await.expect("an error");
+        assert_eq!(m.tag, b'E', "{name}: {m:?}");
+        // sluice still serves the real database.
+        let c = s.app().await;
+        assert_eq!(
+            c.query_one("SELECT 6", &[]).await.unwrap().get::<_, i32>(0),
+            6,
+            "{name}"
+        );
+    }
+}
