@@ -401,7 +401,7 @@ async fn fake_server(reply: Vec<u8>) -> u16 {
                 }
                 let mut hello = message(b'R', &0i32.to_be_bytes());
                 hello.extend(message(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
-                hello.extend(message(b'S', b"server_version\015.0\0"));
+                hello.extend(message(b'S', b"server_version\x0015.0\0"));
                 hello.extend(message(b'Z', b"I"));
                 let _ = sock.write_all(&hello).await;
                 while let Ok(n) = sock.read(&mut buf).await {
