@@ -270,20 +270,21 @@ impl ClientRouting {
             return self.forward(tag);
         }
         let extended = !matches!(tag, FrontendTag::Query | FrontendTag::FunctionCall);
-        let ok = if extended && self.batch_ok {
-            true
+        // The class is computed once: for a batch, at its first message.
+        let (ok, class) = if extended && self.batch_ok {
+            (true, None)
         } else if extended && !self.mid_batch {
             match self.request_class(rest, statements) {
                 None if rest.len() < MAX_SCAN => return Step::Wait,
-                None => false,
+                None => (false, None),
                 Some(c) => {
                     self.batch_ok = ok_on_replica(&c, session);
-                    self.batch_ok
+                    (self.batch_ok, Some(c))
                 }
             }
         } else {
-            self.class_of(tag, body, statements, &none)
-                .is_none_or(|c| ok_on_replica(&c, session))
+            let c = self.class_of(tag, body, statements, &none);
+            (c.is_none_or(|c| ok_on_replica(&c, session)), c)
         };
         if !ok {
             if self.mid_batch {
@@ -294,12 +295,10 @@ impl ClientRouting {
             }
             return Step::Leave;
         }
-        if let Some(c) = self.class_of(tag, body, statements, &none) {
-            match c.txn {
-                TxnEffect::OpensReadOnly => self.ro_open = true,
-                TxnEffect::Ends => self.ro_open = false,
-                TxnEffect::None => {}
-            }
+        match class.map(|c| c.txn) {
+            Some(TxnEffect::OpensReadOnly) => self.ro_open = true,
+            Some(TxnEffect::Ends) => self.ro_open = false,
+            _ => {}
         }
         self.forward(tag)
     }
