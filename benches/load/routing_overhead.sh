@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# What read/write routing costs sluice per transaction: pgbench select-only
+# through two sluice instances in transaction pooling over the same primary
+# and replica, one with `route = "primary"` (no routing) and one routing
+# (reads go to the replica), interleaved (A B A B ...). Prints TPS and
+# sluice's CPU seconds per 10,000 transactions (from /proc).
+# Knobs: DURATION (s per run), ROUNDS, CLIENTS, POOL, MODES.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash scripts/prereqs.sh
+. scripts/lib/cluster.sh
+
+PRIMARY_PORT=${PRIMARY_PORT:-58432}
+REPLICA_PORT=${REPLICA_PORT:-58433}
+PLAIN_PORT=${PLAIN_PORT:-58434}
+ROUTED_PORT=${ROUTED_PORT:-58435}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CLIENTS=${CLIENTS:-32}
+POOL=${POOL:-8}
+MODES=${MODES:-"simple extended"}
+
+cluster_dir overhead
+cleanup() {
+    if [ -n "${PLAIN_PID:-}" ]; then kill "$PLAIN_PID" 2>/dev/null || true; fi
+    stop_all
+}
+trap cleanup EXIT
+cargo build --release --quiet
+start_primary "$PRIMARY_PORT" 300
+export PGPASSWORD=secret
+"$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
+start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
+
+config() { # PORT ROUTE
+    cat <<TOML
+[general]
+listen_addr = "127.0.0.1:$1"
+pool_mode = "transaction"
+default_pool_size = $POOL
+[databases.app]
+primary = "127.0.0.1:$PRIMARY_PORT"
+replicas = ["127.0.0.1:$REPLICA_PORT"]
+route = "$2"
+[users.app]
+password = "secret"
+TOML
+}
+config "$PLAIN_PORT" primary > "$DIR/plain.toml"
+config "$ROUTED_PORT" auto > "$DIR/pooler.toml"
+./target/release/sluice --config "$DIR/plain.toml" --log-level warn &
+PLAIN_PID=$!
+wait_for_port "$PLAIN_PORT"
+start_sluice "$ROUTED_PORT"
+sleep 1
+
+TICKS=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # pid port mode -> "tps cpu_s_per_10k"
+    local before after out tps tx
+    before=$(cpu_ticks "$1")
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$2" -U app -n -S -M "$3" -c "$CLIENTS" -j 2 -T "$DURATION" app 2>&1)
+    after=$(cpu_ticks "$1")
+    tps=$(awk '/^tps/ {print $3}' <<<"$out")
+    tx=$(awk '/actually processed/ {print $6}' <<<"$out" | cut -d/ -f1)
+    awk -v t="$tps" -v c=$((after - before)) -v hz="$TICKS" -v n="$tx" \
+        'BEGIN { printf "%.0f %.3f\n", t, c / hz / n * 10000 }'
+}
+for round in $(seq 1 "$ROUNDS"); do
+    for mode in $MODES; do
+        read -r t1 c1 <<<"$(run "$PLAIN_PID" "$PLAIN_PORT" "$mode")"
+        read -r t2 c2 <<<"$(run "$SLUICE_PID" "$ROUTED_PORT" "$mode")"
+        echo "round $round -M $mode: no routing $t1 tps, ${c1}s CPU/10k tx | routing $t2 tps, ${c2}s CPU/10k tx"
+    done
+done
+echo "replica share (routing instance):"
+"$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$REPLICA_PORT" -U postgres app -c \
+    "SELECT 'replica xact_commit: ' || xact_commit FROM pg_stat_database WHERE datname = 'app'"
