@@ -286,6 +286,7 @@ async fn a_thousand_vanishing_clients_leave_the_pool_as_it_was() {
     .app_setting("pool_size = 4\nroute = \"primary\"");
     let s = Sluice::start(&toml).await;
     let port = s.port;
+    let fds_before = open_fds();
     let mut tasks = Vec::new();
     for t in 0..4 {
         tasks.push(tokio::spawn(async move {
@@ -325,6 +326,61 @@ async fn a_thousand_vanishing_clients_leave_the_pool_as_it_was() {
     assert_eq!(
         value(&c, "SELECT count(*) FROM vanished").await.unwrap(),
         "0"
+    );
+    drop(c);
+    // Descriptors: back to where they were, give or take the pool's servers.
+    wait_until(30, "descriptors back to baseline", || async {
+        open_fds() <= fds_before + 4 + 2
+    })
+    .await;
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_mid_transaction_loses_only_that_transaction() {
+    let cluster = Cluster::shared();
+    cluster
+        .primary
+        .psql(DB, "CREATE TABLE IF NOT EXISTS killed_txn (id int)");
+    let toml = config_for(cluster, "pool_mode = \"transaction\"", "")
+        .app_setting("pool_size = 2\nroute = \"primary\"");
+    let s = Sluice::start(&toml).await;
+    let c = s.app().await;
+    c.simple_query("INSERT INTO killed_txn VALUES (1)")
+        .await
+        .unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("INSERT INTO killed_txn VALUES (2)")
+        .await
+        .unwrap();
+    let pid = value(&c, "SELECT pg_backend_pid()").await.unwrap();
+    let admin = s.app().await;
+    value(&admin, &format!("SELECT pg_terminate_backend({pid})"))
+        .await
+        .unwrap();
+    // The client learns its transaction is gone (57P01 or a closed connection).
+    let e = c
+        .simple_query("INSERT INTO killed_txn VALUES (3)")
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_db_error().is_some_and(|d| d.code().code() == "57P01") || c.is_closed(),
+        "{e}"
+    );
+    wait_until(10, "the pool to be idle", || async { in_use(&s) == 0 }).await;
+    let fresh = s.app().await;
+    assert_eq!(
+        value(
+            &fresh,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM killed_txn"
+        )
+        .await
+        .unwrap(),
+        "1",
+        "the committed row stays, the killed transaction's rows are gone"
     );
 }
 
