@@ -106,22 +106,22 @@ pub fn decide(
     if usable().next().is_none() {
         return primary("no_replica");
     }
-    let fresh: Vec<(usize, &ReplicaView)> =
-        usable().filter(|(_, v)| v.replay_lsn >= min_lsn).collect();
-    if fresh.is_empty() {
+    // No allocation: count the candidates, then take the rr-th.
+    let fresh = || usable().filter(|(_, v)| v.replay_lsn >= min_lsn);
+    let n = fresh().count();
+    if n == 0 {
         return primary("read_your_writes");
     }
     let pick = match balance {
-        Balance::RoundRobin => fresh[rr % fresh.len()].0,
+        Balance::RoundRobin => fresh().nth(rr % n).map(|(i, _)| i),
         Balance::LeastOutstanding => {
-            let least = fresh.iter().map(|(_, v)| v.outstanding).min().unwrap_or(0);
-            let tied: Vec<usize> = fresh
-                .iter()
-                .filter(|(_, v)| v.outstanding == least)
-                .map(|(i, _)| *i)
-                .collect();
-            tied[rr % tied.len()]
+            let least = fresh().map(|(_, v)| v.outstanding).min().unwrap_or(0);
+            let tied = || fresh().filter(move |(_, v)| v.outstanding == least);
+            tied().nth(rr % tied().count()).map(|(i, _)| i)
         }
+    };
+    let Some(pick) = pick else {
+        return primary("no_replica");
     };
     Decision {
         target: Target::Replica(pick),

@@ -50,6 +50,28 @@ pub struct Sample {
     pub lsn: u64,
 }
 
+/// Every reason a routing decision can give (`Decision::reason`); the last
+/// catches anything else.
+const REASONS: [&str; 17] = [
+    "read",
+    "write",
+    "locking_read",
+    "writable_cte",
+    "select_into",
+    "write_function",
+    "transaction",
+    "unparsed",
+    "too_large",
+    "neutral",
+    "hint",
+    "session_route",
+    "read_your_writes",
+    "no_replica",
+    "replica_failed",
+    "reroute",
+    "other",
+];
+
 /// How many primary samples are kept to turn a replay LSN into a lag in time.
 const HISTORY: usize = 4096;
 
@@ -82,8 +104,8 @@ pub struct Topology {
     pub kick_primary: tokio::sync::Notify,
     /// A new primary sample: replicas poll now.
     pub kick_replicas: tokio::sync::Notify,
-    /// Routing decisions by (destination, reason).
-    decisions: Mutex<std::collections::HashMap<(&'static str, &'static str), u64>>,
+    /// Routing decisions by destination (primary, replica) and reason.
+    decisions: [[AtomicU64; REASONS.len()]; 2],
 }
 
 /// A replica as `decide` sees it.
@@ -127,7 +149,7 @@ impl Topology {
             rr: AtomicUsize::new(0),
             kick_primary: tokio::sync::Notify::new(),
             kick_replicas: tokio::sync::Notify::new(),
-            decisions: Mutex::default(),
+            decisions: Default::default(),
         }
     }
 
@@ -223,35 +245,45 @@ impl Topology {
     }
 
     pub fn views(&self) -> Vec<ReplicaView> {
-        let now = self.nanos(Instant::now());
-        self.replicas
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ReplicaView {
-                usable: r.healthy.load(Ordering::Relaxed)
-                    && r.caught_up.load(Ordering::Relaxed)
-                    && !self.banned(i, now),
-                replay_lsn: r.replay_lsn.load(Ordering::Relaxed),
-                outstanding: r.outstanding.load(Ordering::Relaxed),
-            })
-            .collect()
+        let mut v = Vec::with_capacity(self.replicas.len());
+        self.views_into(&mut v);
+        v
     }
 
-    /// Counts one routing decision.
+    /// `views`, into a buffer the caller reuses.
+    pub fn views_into(&self, out: &mut Vec<ReplicaView>) {
+        out.clear();
+        let now = self.nanos(Instant::now());
+        out.extend(self.replicas.iter().enumerate().map(|(i, r)| ReplicaView {
+            usable: r.healthy.load(Ordering::Relaxed)
+                && r.caught_up.load(Ordering::Relaxed)
+                && !self.banned(i, now),
+            replay_lsn: r.replay_lsn.load(Ordering::Relaxed),
+            outstanding: r.outstanding.load(Ordering::Relaxed),
+        }));
+    }
+
+    /// Counts one routing decision (no lock: one atomic per destination and reason).
     pub fn count(&self, d: super::Decision) {
-        let dest = match d.target {
-            super::Target::Primary => "primary",
-            super::Target::Replica(_) => "replica",
-        };
-        let mut m = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((dest, d.reason)).or_default() += 1;
+        let dest = usize::from(matches!(d.target, super::Target::Replica(_)));
+        let i = REASONS
+            .iter()
+            .position(|r| *r == d.reason)
+            .unwrap_or(REASONS.len() - 1);
+        self.decisions[dest][i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Routing decisions so far: (destination, reason, count).
     pub fn decisions(&self) -> Vec<(&'static str, &'static str, u64)> {
-        let m = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = m.iter().map(|((d, r), n)| (*d, *r, *n)).collect();
-        v.sort_unstable();
+        let mut v = Vec::new();
+        for (dest, row) in ["primary", "replica"].into_iter().zip(&self.decisions) {
+            for (reason, n) in REASONS.iter().zip(row) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    v.push((dest, *reason, n));
+                }
+            }
+        }
         v
     }
 
@@ -296,6 +328,33 @@ mod tests {
                 monitor_user: None,
             },
         )
+    }
+
+    #[test]
+    fn decisions_are_counted_by_destination_and_reason() {
+        use crate::route::classify::Reason;
+        let t = topo();
+        let d = |target, reason| crate::route::Decision { target, reason };
+        t.count(d(crate::route::Target::Replica(0), "read"));
+        t.count(d(crate::route::Target::Replica(0), "read"));
+        t.count(d(crate::route::Target::Primary, "read_your_writes"));
+        assert_eq!(
+            t.decisions(),
+            vec![("primary", "read_your_writes", 1), ("replica", "read", 2)]
+        );
+        // Every reason classify gives has its own counter.
+        for r in [
+            Reason::Write,
+            Reason::LockingRead,
+            Reason::WritableCte,
+            Reason::SelectInto,
+            Reason::WriteFunction,
+            Reason::Transaction,
+            Reason::Unparsed,
+            Reason::TooLarge,
+        ] {
+            assert!(REASONS[..REASONS.len() - 1].contains(&r.as_str()), "{r:?}");
+        }
     }
 
     #[test]

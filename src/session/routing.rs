@@ -53,6 +53,8 @@ pub struct ClientRouting {
     forwarded: bool,
     /// The last replica checkout was wrong about its first message.
     force_primary: bool,
+    /// Reused for every decision: no allocation per checkout.
+    views: Vec<crate::route::replicas::ReplicaView>,
 }
 
 impl std::fmt::Debug for ClientRouting {
@@ -98,6 +100,7 @@ impl ClientRouting {
             mid_batch: false,
             forwarded: false,
             force_primary: false,
+            views: Vec::new(),
         }
     }
 
@@ -211,14 +214,15 @@ impl ClientRouting {
         let class = self.request_class(buf, statements).unwrap_or(UNKNOWN);
         self.need.resolve(&self.topo);
         let s = &self.topo.settings;
-        let views = self.topo.views();
+        let views = &mut self.views;
+        self.topo.views_into(views);
         let rr = self.topo.next_round_robin();
         crate::route::decide::decide(
             &class,
             session,
             s.consistency,
             self.need,
-            &views,
+            views,
             s.balance,
             rr,
         )
