@@ -330,7 +330,13 @@ impl ClientRouting {
 /// as a keyword and refuses it, so sluice sends the value quoted. Returns
 /// the statement to send instead, or None when nothing needs quoting.
 pub fn quote_route_setting(sql: &str) -> Option<String> {
-    use crate::sql::lex::{Token, spanned_tokens, statements};
+    use crate::sql::lex::{Token, spanned_tokens, statements, strip_leading_comments};
+    // Called for every Query: reject anything that is not a SET without
+    // splitting or tokenizing it.
+    let head = strip_leading_comments(sql).as_bytes();
+    if !head.get(..3).is_some_and(|w| w.eq_ignore_ascii_case(b"set")) {
+        return None;
+    }
     let stmts = statements(sql);
     let [stmt] = stmts.as_slice() else {
         return None;
