@@ -81,6 +81,13 @@ const TRIGGERS: &[&str] = &[
     "drop",
 ];
 
+fn session_route_of(vars: &SessionVars) -> SessionRoute {
+    match vars.extra.get("sluice.route") {
+        Some(Setting::Text(v) | Setting::Sql(v)) => SessionRoute::parse(v),
+        None => SessionRoute::Auto,
+    }
+}
+
 /// Cheap pre-check so ordinary queries are not tokenized.
 fn might_matter(sql: &str) -> bool {
     let first = crate::sql::lex::strip_leading_comments(sql);
@@ -115,17 +122,20 @@ impl Multiplex {
 
     /// `SET sluice.route`, as committed.
     pub fn session_route(&self) -> SessionRoute {
-        match self.vars.extra.get("sluice.route") {
-            Some(Setting::Text(v) | Setting::Sql(v)) => SessionRoute::parse(v),
-            None => SessionRoute::Auto,
-        }
+        session_route_of(&self.vars)
     }
 
     /// Whether the server held may run the message at the start of `rest`.
     pub fn route_step(&mut self, tag: FrontendTag, body: &[u8], rest: &[u8]) -> Step {
-        let session = self.session_route();
         let Some(r) = self.routing.as_mut() else {
             return Step::Forward;
+        };
+        // Only a replica's gate reads the session route: no lookup per
+        // message on the primary.
+        let session = if r.on == crate::route::Target::Primary {
+            SessionRoute::Auto
+        } else {
+            session_route_of(&self.vars)
         };
         let statements = self.statements.as_ref().map(|s| &s.client);
         r.check(tag, body, rest, statements, session)

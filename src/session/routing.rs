@@ -334,7 +334,10 @@ pub fn quote_route_setting(sql: &str) -> Option<String> {
     // Called for every Query: reject anything that is not a SET without
     // splitting or tokenizing it.
     let head = strip_leading_comments(sql).as_bytes();
-    if !head.get(..3).is_some_and(|w| w.eq_ignore_ascii_case(b"set")) {
+    if !head
+        .get(..3)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+    {
         return None;
     }
     let stmts = statements(sql);
