@@ -3,7 +3,6 @@
 
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::cluster::pg_bin;
 use crate::harness::{Cluster, DB, MD5_USER, SCRAM_USER, Sluice, config_for};
 
 fn rows(msgs: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
@@ -36,21 +35,12 @@ async fn show_pools_has_pgbouncer_columns_and_counts() {
     let app = s.app().await;
     app.simple_query("SELECT 1").await.unwrap();
     // psql against the console, as a DBA would.
-    let port = s.port;
-    let mut psql = std::process::Command::new(pg_bin("psql"));
-    psql.args([
-        "-X",
-        "-A",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        SCRAM_USER.0,
-    ])
-    .args(["-d", "pgbouncer", "-c", "SHOW POOLS"])
-    .env("PGPASSWORD", SCRAM_USER.1);
-    let (text, _) = crate::harness::run::run_ok(psql).await;
+    let text = crate::tools::run_tool(
+        "psql",
+        &s,
+        &["-X", "-A", "-d", "pgbouncer", "-c", "SHOW POOLS"],
+    )
+    .await;
     let header = text.lines().next().unwrap_or_default();
     assert!(
         header.starts_with(

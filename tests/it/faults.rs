@@ -13,16 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::harness::wire::{message, query};
 use crate::harness::{AppSetting, Cluster, DB, SCRAM_USER, Sluice, Wire, config_for, wait_until};
 
-async fn value(c: &tokio_postgres::Client, sql: &str) -> Result<String, tokio_postgres::Error> {
-    let rows = c.simple_query(sql).await?;
-    Ok(rows
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_default())
-}
+use crate::harness::sql::value;
 
 /// Servers of the app pool checked out right now.
 fn in_use(s: &Sluice) -> usize {

@@ -149,18 +149,8 @@ async fn a_pgbench_run_over_a_small_pool_shows_waits_in_the_metrics() {
     let run = {
         let port = s.port;
         tokio::spawn(async move {
-            let mut cmd = std::process::Command::new(crate::harness::cluster::pg_bin("pgbench"));
-            cmd.args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                SCRAM_USER.0,
-            ])
-            .args(["-c", "8", "-j", "2", "-T", "4", "-n", "bench_metrics"])
-            .env("PGPASSWORD", SCRAM_USER.1);
-            crate::harness::run::run_ok(cmd).await
+            let args = ["-c", "8", "-j", "2", "-T", "4", "-n", "bench_metrics"];
+            crate::tools::run_tool_at("pgbench", port, &args).await
         })
     };
     // While pgbench runs, clients queue for the one server.
@@ -174,11 +164,8 @@ async fn a_pgbench_run_over_a_small_pool_shows_waits_in_the_metrics() {
         }
     })
     .await;
-    let (out, err) = run.await.unwrap();
-    assert!(
-        format!("{out}{err}").contains("number of failed transactions: 0 "),
-        "{out}{err}"
-    );
+    let out = run.await.unwrap();
+    assert!(out.contains("number of failed transactions: 0 "), "{out}");
     let body = http_get(port, "/metrics").await.1;
     let count: f64 = body
         .lines()

@@ -6,12 +6,7 @@ use std::sync::Arc;
 
 use crate::harness::{AppSetting, Cluster, DB, Sluice, config_for, pooled, wait_until};
 
-fn first(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
-    msgs.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    })
-}
+use crate::harness::sql::first_value as first;
 
 /// Runs `sql` (simple protocol) and returns its first value.
 async fn one(c: &tokio_postgres::Client, sql: &str) -> String {

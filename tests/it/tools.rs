@@ -7,12 +7,17 @@ use crate::harness::{Cluster, DB, SCRAM_USER, Sluice};
 
 /// Runs psql or pgbench against sluice as the SCRAM test user; returns its output.
 pub async fn run_tool(name: &str, s: &Sluice, args: &[&str]) -> String {
+    run_tool_at(name, s.port, args).await
+}
+
+/// `run_tool` against the sluice listening on `port`.
+pub async fn run_tool_at(name: &str, port: u16, args: &[&str]) -> String {
     let mut cmd = Command::new(pg_bin(name));
     cmd.args([
         "-h",
         "127.0.0.1",
         "-p",
-        &s.port.to_string(),
+        &port.to_string(),
         "-U",
         SCRAM_USER.0,
     ])

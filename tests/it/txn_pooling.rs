@@ -9,12 +9,7 @@ use crate::harness::{
 };
 
 fn first_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> String {
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .expect("a row")
+    crate::harness::sql::first_value(msgs).expect("a row")
 }
 
 async fn one(c: &tokio_postgres::Client, sql: &str) -> String {

@@ -2,6 +2,7 @@ pub mod certs;
 pub mod cluster;
 pub mod run;
 pub mod sluice;
+pub mod sql;
 pub mod wire;
 
 pub use cluster::{Cluster, DB, MD5_USER, PLAIN_USER, SCRAM_USER, TLS_USER, TRUST_USER};
