@@ -21,19 +21,7 @@ echo "== starting PostgreSQL primary on $PRIMARY_PORT and replica on $REPLICA_PO
 start_primary "$PRIMARY_PORT"
 start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
 
-cat > "$DIR/pooler.toml" <<TOML
-[general]
-listen_addr = "127.0.0.1:$SLUICE_PORT"
-pool_mode = "transaction"
-default_pool_size = 20
-
-[databases.app]
-primary = "127.0.0.1:$PRIMARY_PORT"
-replicas = ["127.0.0.1:$REPLICA_PORT"]
-
-[users.app]
-password = "secret"
-TOML
+sluice_toml "$SLUICE_PORT" 20 > "$DIR/pooler.toml"
 echo "== starting sluice on $SLUICE_PORT"
 start_sluice "$SLUICE_PORT"
 

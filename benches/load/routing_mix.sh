@@ -52,19 +52,9 @@ echo "== primary alone ($CLIENTS clients, ${DURATION}s, 90% reads / 10% writes)"
 echo "tps: $(bench "$PRIMARY_PORT")"
 
 for consistency in session eventual; do
-    cat > "$DIR/pooler.toml" <<TOML
-[general]
-listen_addr = "127.0.0.1:$SLUICE_PORT"
-pool_mode = "transaction"
-default_pool_size = $POOL
-metrics_addr = "127.0.0.1:$METRICS_PORT"
-consistency = "$consistency"
-[databases.app]
-primary = "127.0.0.1:$PRIMARY_PORT"
-replicas = ["127.0.0.1:$REPLICA_PORT"]
-[users.app]
-password = "secret"
-TOML
+    general="metrics_addr = \"127.0.0.1:$METRICS_PORT\"
+consistency = \"$consistency\""
+    sluice_toml "$SLUICE_PORT" "$POOL" "$general" > "$DIR/pooler.toml"
     start_sluice "$SLUICE_PORT"
     sleep 1 # the monitor puts the replica in rotation
     p0=$(commits "$PRIMARY_PORT"); r0=$(commits "$REPLICA_PORT")

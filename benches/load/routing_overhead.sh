@@ -33,18 +33,7 @@ export PGPASSWORD=secret
 start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
 
 config() { # PORT ROUTE
-    cat <<TOML
-[general]
-listen_addr = "127.0.0.1:$1"
-pool_mode = "transaction"
-default_pool_size = $POOL
-[databases.app]
-primary = "127.0.0.1:$PRIMARY_PORT"
-replicas = ["127.0.0.1:$REPLICA_PORT"]
-route = "$2"
-[users.app]
-password = "secret"
-TOML
+    sluice_toml "$1" "$POOL" "" "route = \"$2\""
 }
 config "$PLAIN_PORT" primary > "$DIR/plain.toml"
 config "$ROUTED_PORT" auto > "$DIR/pooler.toml"

@@ -30,18 +30,7 @@ PGB=("$PG_BIN/pgbench" -h 127.0.0.1 -U app)
 start_replica "$PRIMARY_PORT" "$REPLICA_PORT"
 
 write_config() { # POOL
-    cat > "$DIR/pooler.toml.new" <<TOML
-[general]
-listen_addr = "127.0.0.1:$SLUICE_PORT"
-pool_mode = "transaction"
-default_pool_size = $1
-query_wait_timeout = "30s"
-[databases.app]
-primary = "127.0.0.1:$PRIMARY_PORT"
-replicas = ["127.0.0.1:$REPLICA_PORT"]
-[users.app]
-password = "secret"
-TOML
+    sluice_toml "$SLUICE_PORT" "$1" "query_wait_timeout = \"30s\"" > "$DIR/pooler.toml.new"
     mv "$DIR/pooler.toml.new" "$DIR/pooler.toml"
 }
 write_config 8

@@ -53,17 +53,7 @@ INI
 chmod 644 "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
 as_pg pgbouncer -d -q "$DIR/pgbouncer.ini"
 
-cat > "$DIR/pooler.toml" <<TOML
-[general]
-listen_addr = "127.0.0.1:$SLUICE_PORT"
-pool_mode = "transaction"
-default_pool_size = $POOL
-max_client_conn = 2000
-[databases.app]
-primary = "127.0.0.1:$PRIMARY_PORT"
-[users.app]
-password = "secret"
-TOML
+sluice_toml "$SLUICE_PORT" "$POOL" "max_client_conn = 2000" > "$DIR/pooler.toml"
 wait_for_port "$BOUNCER_PORT"
 start_sluice "$SLUICE_PORT"
 

@@ -58,6 +58,25 @@ wait_for_port() {
     return 1
 }
 
+# sluice_toml LISTEN_PORT POOL [GENERAL_LINES] [APP_LINES]: prints a
+# pooler.toml for user app/secret and database app on $PRIMARY_PORT (with
+# $REPLICA_PORT as its replica when set), in transaction pooling.
+sluice_toml() {
+    cat <<TOML
+[general]
+listen_addr = "127.0.0.1:$1"
+pool_mode = "transaction"
+default_pool_size = $2
+${3:-}
+[databases.app]
+primary = "127.0.0.1:$PRIMARY_PORT"
+${REPLICA_PORT:+replicas = [\"127.0.0.1:$REPLICA_PORT\"]}
+${4:-}
+[users.app]
+password = "secret"
+TOML
+}
+
 # start_sluice PORT: runs the release build on $DIR/pooler.toml (listening
 # on PORT) in the background; sets SLUICE_PID.
 start_sluice() {
