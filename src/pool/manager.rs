@@ -54,6 +54,18 @@ impl Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
+        // Boxed: deadpool's checkout future embeds this one, and every
+        // checkout would otherwise move a multi-KB login state machine.
+        Box::pin(self.open()).await
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _m: &Metrics) -> RecycleResult<ServerError> {
+        self.check_reusable(conn)
+    }
+}
+
+impl ServerManager {
+    async fn open(&self) -> Result<ServerConn, ServerError> {
         let mut permits = Vec::with_capacity(self.limits.len());
         for l in &self.limits {
             match tokio::time::timeout(self.limit_wait, l.semaphore.clone().acquire_owned()).await {
@@ -78,7 +90,7 @@ impl Manager for ServerManager {
         conn
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _m: &Metrics) -> RecycleResult<ServerError> {
+    fn check_reusable(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {
         if !conn.state.is_idle() {
             return Err(RecycleError::message(
                 "server was returned in an unknown state",

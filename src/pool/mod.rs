@@ -63,15 +63,16 @@ pub struct PoolSet {
 #[derive(Debug, Default)]
 pub struct Pauses {
     paused: Mutex<std::collections::HashSet<String>>,
+    /// Whether any database is paused: lets a checkout skip the lock.
+    any: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
 }
 
 impl Pauses {
     pub fn pause(&self, database: &str) {
-        self.paused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(database.to_string());
+        let mut p = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        p.insert(database.to_string());
+        self.any.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn resume(&self, database: Option<&str>) {
@@ -82,11 +83,16 @@ impl Pauses {
             }
             None => p.clear(),
         }
+        self.any
+            .store(!p.is_empty(), std::sync::atomic::Ordering::SeqCst);
         drop(p);
         self.resumed.notify_waiters();
     }
 
     pub fn is_paused(&self, database: &str) -> bool {
+        if !self.any.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         self.paused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -409,6 +415,23 @@ impl Checkout {
     /// reserve_pool_timeout lets the pool grow by reserve_pool_size.
     pub async fn get(pool: &ServerPool, database: &str) -> Result<Self, Error> {
         let m = pool.manager();
+        // Fast path: a free permit means nobody is queued (tokio's semaphore
+        // hands released permits to waiters first), so taking it is fair and
+        // needs neither a timer nor a place in the waiter list.
+        if !m.pauses.is_paused(&m.database) {
+            let now = Timeouts {
+                wait: Some(Duration::ZERO),
+                ..pool.timeouts()
+            };
+            match pool.timeout_get(&now).await {
+                Ok(obj) => {
+                    m.stats.waited_none();
+                    return Ok(Self { obj: Some(obj) });
+                }
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {}
+                Err(e) => return Err(pool_error(pool, database, e)),
+            }
+        }
         let _waiting = m.stats.waiting();
         m.pauses.wait(&m.database).await;
         let wait = pool.timeouts().wait.unwrap_or(Duration::ZERO);

@@ -155,6 +155,12 @@ impl PoolStats {
         }
     }
 
+    /// Counts a checkout that found a server at once.
+    pub fn waited_none(&self) {
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        self.wait_h.observe(0.0);
+    }
+
     /// How long the oldest client still waiting has waited.
     pub fn maxwait(&self) -> Duration {
         let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());

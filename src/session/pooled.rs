@@ -212,7 +212,9 @@ async fn checkout_notifying(
         return get.await;
     }
     tokio::pin!(get);
+    // Biased: a checkout that is ready at once never arms the timer.
     tokio::select! {
+        biased;
         c = &mut get => return c,
         _ = tokio::time::sleep(notify) => {}
     }
@@ -236,7 +238,8 @@ async fn checkout_synced(
     let mut checkout = Checkout::get(pool, ctx.database).await?;
     let server = checkout.server();
     if let Some(sql) = sync_sql(&mux.vars, &server.params, &server.extra) {
-        if let Err(e) = server.simple_query(&sql).await {
+        // Boxed so the usual checkout's future stays small (it is moved).
+        if let Err(e) = Box::pin(server.simple_query(&sql)).await {
             tracing::warn!(error = %e, "could not apply the client's settings on a server");
             checkout.discard();
             return Err(match e {
