@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The load benchmark of issue #8: pgbench scenarios against direct
+# PostgreSQL, PgBouncer and sluice (and sluice routing reads to a streaming
+# replica), all poolers in transaction mode with the same pool size, run
+# interleaved (A B C D A B C D ...) so machine noise hits all alike.
+#
+# For each scenario and target: TPS, p50/p99 latency (pgbench --log), the
+# pooler's CPU seconds per 10,000 transactions (utime+stime from /proc), its
+# peak RSS while the scenario ran, and in the idle scenario its RSS per idle
+# client. Prints a table and writes $OUT/results.json, $OUT/results.png and
+# $OUT/raw.jsonl (one line per run).
+#
+# Knobs: DURATION (s per run, 10), ROUNDS (1), POOL (16), IDLE (10000),
+# RATE (tps limit of the 1000-client scenario, 4000), SCENARIOS, TARGETS, OUT.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash scripts/prereqs.sh
+if ! command -v pgbouncer >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+fi
+python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1 ||
+    echo "matplotlib could not be installed: no chart" >&2
+. scripts/lib/cluster.sh
+
+PRIMARY_PORT=${PRIMARY_PORT:-56432}
+REPLICA_PORT_=${REPLICA_PORT:-56433}
+BOUNCER_PORT=${BOUNCER_PORT:-56434}
+SLUICE_PORT=${SLUICE_PORT:-56435}
+ROUTED_PORT=${ROUTED_PORT:-56436}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-1}
+POOL=${POOL:-16}
+IDLE=${IDLE:-10000}
+RATE=${RATE:-4000}
+SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb connect clients-1000 idle-10k"}
+TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-routed"}
+OUT=${OUT:-benches/load/results}
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+
+cluster_dir bench
+HOLDER_FD=""
+cleanup() {
+    if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
+    if [ -n "${ROUTED_PID:-}" ]; then kill "$ROUTED_PID" 2>/dev/null || true; fi
+    stop_all
+}
+trap cleanup EXIT
+
+cargo build --release --quiet --bin sluice --example hold_clients
+start_primary "$PRIMARY_PORT" 1200
+export PGPASSWORD=secret
+"$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
+if [[ " $TARGETS " == *" sluice-routed "* ]]; then
+    start_replica "$PRIMARY_PORT" "$REPLICA_PORT_"
+fi
+
+# PgBouncer gets the role's SCRAM verifier, as its docs advise, so neither
+# pooler derives a key per login.
+VERIFIER=$("$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
+    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+echo "\"app\" \"$VERIFIER\"" > "$DIR/userlist.txt"
+cat > "$DIR/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $DIR/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = $((IDLE + 1000))
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+INI
+chmod 644 "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
+# runuser resets the open-files limit; PgBouncer needs one per client.
+as_pg sh -c "ulimit -n $(ulimit -Hn) && exec pgbouncer -d -q $DIR/pgbouncer.ini"
+wait_for_port "$BOUNCER_PORT"
+BOUNCER_PID=$(cat "$DIR/pgbouncer.pid")
+
+# sluice without a replica (the same job as PgBouncer) and sluice routing.
+GENERAL="max_client_conn = $((IDLE + 1000))"
+REPLICA_PORT="" sluice_toml "$SLUICE_PORT" "$POOL" "$GENERAL" > "$DIR/pooler.toml"
+start_sluice "$SLUICE_PORT"
+if [[ " $TARGETS " == *" sluice-routed "* ]]; then
+    REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL" > "$DIR/routed.toml"
+    ./target/release/sluice --config "$DIR/routed.toml" --log-level warn &
+    ROUTED_PID=$!
+    wait_for_port "$ROUTED_PORT"
+fi
+
+TICKS=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# args_of SCENARIO -> pgbench arguments
+args_of() {
+    case $1 in
+        select-simple) echo "-S -M simple -c 64" ;;
+        select-extended) echo "-S -M extended -c 64" ;;
+        select-prepared) echo "-S -M prepared -c 64" ;;
+        tpcb) echo "-M simple -c 32" ;;
+        connect) echo "-S -C -c 16" ;;
+        # pgbench logs its 1000 clients in inside -T (~3 s here), so it runs longer.
+        clients-1000) echo "-S -c 1000 -R $RATE -T $((DURATION + 10))" ;;
+        idle-10k) echo "-S -c 16" ;;
+    esac
+    case $1 in
+        clients-1000) ;;
+        *) echo "-T $DURATION" ;;
+    esac
+}
+
+# hold_idle PORT: opens $IDLE idle logged-in clients on PORT; sets HELD.
+hold_idle() {
+    rm -f "$DIR/hold.in" "$DIR/hold.out"
+    mkfifo "$DIR/hold.in"
+    ./target/release/examples/hold_clients 127.0.0.1 "$1" app secret app "$IDLE" 100 \
+        < "$DIR/hold.in" > "$DIR/hold.out" 2> "$DIR/hold.err" &
+    HOLDER_PID=$!
+    exec {HOLDER_FD}> "$DIR/hold.in"
+    for _ in $(seq 1 1200); do
+        if grep -q ready "$DIR/hold.out" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    HELD=$(awk '/ready/ {print $2}' "$DIR/hold.out")
+    HELD=${HELD:-0}
+    if [ -s "$DIR/hold.err" ]; then cat "$DIR/hold.err" >&2; fi
+}
+release_idle() {
+    exec {HOLDER_FD}>&-
+    wait "$HOLDER_PID" 2>/dev/null || true
+}
+
+# run ROUND SCENARIO TARGET: one pgbench run; appends a line to raw.jsonl.
+run() {
+    local round=$1 scenario=$2 target=$3 pid="" port
+    case $target in
+        direct) port=$PRIMARY_PORT ;;
+        pgbouncer) port=$BOUNCER_PORT pid=$BOUNCER_PID ;;
+        sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
+        sluice-routed) port=$ROUTED_PORT pid=$ROUTED_PID ;;
+    esac
+    local per_idle=null
+    if [ "$scenario" = idle-10k ]; then
+        if [ -z "$pid" ]; then return; fi # PostgreSQL itself would need 10k backends
+        local before_kb
+        before_kb=$(rss_kb "$pid")
+        hold_idle "$port"
+        sleep 1
+        if [ "$HELD" -gt 0 ]; then
+            per_idle=$(( ($(rss_kb "$pid") - before_kb) * 1024 / HELD ))
+        fi
+    fi
+    local logs="$DIR/log/$scenario.$target.$round"
+    mkdir -p "$DIR/log"
+    local cpu0=0 cpu1=0 sampler=""
+    if [ -n "$pid" ]; then
+        cpu0=$(cpu_ticks "$pid")
+        (while kill -0 "$pid" 2>/dev/null; do rss_kb "$pid"; sleep 0.2; done) > "$DIR/rss" &
+        sampler=$!
+    fi
+    local out failed=false
+    # shellcheck disable=SC2046
+    out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U app -n -j 2 \
+        --log --log-prefix="$logs" $(args_of "$scenario") app 2>&1) || failed=true
+    if [ -n "$pid" ]; then
+        cpu1=$(cpu_ticks "$pid")
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+    fi
+    if [ "$scenario" = idle-10k ]; then release_idle; fi
+    if ! grep -q "number of failed transactions: 0 " <<<"$out" || grep -qE "aborted|ERROR" <<<"$out"; then
+        failed=true
+        echo "  $scenario via $target failed: $(grep -m1 -E 'ERROR|error|aborted' <<<"$out" || tail -3 <<<"$out")" >&2
+    fi
+    local tps tx lat p50 p99 rss_peak
+    tps=$(awk '/^tps/ {print $3; exit}' <<<"$out")
+    tx=$(awk '/actually processed/ {print $6}' <<<"$out" | cut -d/ -f1)
+    read -r p50 p99 <<<"$(python3 benches/load/summarize.py latency "$logs".* 2>/dev/null || echo "- -")"
+    rm -f "$logs".*
+    rss_peak=null
+    if [ -n "$pid" ] && [ -s "$DIR/rss" ]; then rss_peak=$(sort -n "$DIR/rss" | tail -1); fi
+    python3 - "$round" "$scenario" "$target" "${tps:-}" "${tx:-0}" "$((cpu1 - cpu0))" "$TICKS" \
+        "$p50" "$p99" "$rss_peak" "$per_idle" "$failed" "$([ -n "$pid" ] && echo 1 || echo 0)" \
+        >> "$OUT/raw.jsonl" <<'PY'
+import json, sys
+(r, s, t, tps, tx, ticks, hz, p50, p99, rss, idle, failed, pooler) = sys.argv[1:]
+num = lambda v: None if v in ("", "-", "null") else float(v)
+tx = int(tx or 0)
+print(json.dumps({
+    "round": int(r), "scenario": s, "target": t, "failed": failed == "true",
+    "tps": num(tps), "p50_ms": num(p50), "p99_ms": num(p99),
+    "cpu_s_per_10k": (int(ticks) / int(hz) / tx * 10000) if pooler == "1" and tx else None,
+    "rss_peak_kb": num(rss), "rss_per_idle_client_b": num(idle),
+}))
+PY
+    tail -1 "$OUT/raw.jsonl" >&2
+}
+
+echo "{\"meta\": {\"duration\": $DURATION, \"rounds\": $ROUNDS, \"pool\": $POOL, \"idle\": $IDLE, \"rate\": $RATE, \"date\": \"$(date -u +%FT%TZ)\", \"cpus\": $(nproc)}}" > "$OUT/raw.jsonl"
+for round in $(seq 1 "$ROUNDS"); do
+    for scenario in $SCENARIOS; do
+        for target in $TARGETS; do
+            run "$round" "$scenario" "$target"
+        done
+    done
+done
+echo
+python3 benches/load/summarize.py report "$OUT/raw.jsonl" "$OUT" | tee "$OUT/results.txt"
