@@ -86,6 +86,9 @@ impl Shared {
                 }
             });
         }
+        if old.general.worker_threads != new.general.worker_threads {
+            tracing::warn!("worker_threads changes only at restart");
+        }
         self.pools.reload(&old, &new);
         self.routes.apply(&new);
         self.config.store(Arc::new(new));

@@ -91,9 +91,11 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.general.worker_threads > 0 {
+        builder.worker_threads(config.general.worker_threads);
+    }
+    let rt = builder.enable_all().build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
         let metrics = match config.general.metrics_addr {

@@ -67,6 +67,8 @@ pub struct General {
     pub default_pool_size: usize,
     pub min_pool_size: usize,
     pub max_client_conn: usize,
+    /// Runtime worker threads (0: one per CPU). Read at start only.
+    pub worker_threads: usize,
     pub query_wait_timeout: Duration,
     pub server_connect_timeout: Duration,
     pub server_reset_query: String,

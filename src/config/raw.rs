@@ -24,6 +24,8 @@ pub struct RawGeneral {
     pub default_pool_size: u32,
     pub min_pool_size: u32,
     pub max_client_conn: u32,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub worker_threads: u32,
     pub query_wait_timeout: String,
     pub server_connect_timeout: String,
     pub server_reset_query: String,
@@ -78,6 +80,7 @@ impl Default for RawGeneral {
             default_pool_size: 20,
             min_pool_size: 0,
             max_client_conn: 1000,
+            worker_threads: 0,
             query_wait_timeout: "120s".into(),
             server_connect_timeout: "15s".into(),
             server_reset_query: "DISCARD ALL".into(),

@@ -192,6 +192,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         default_pool_size: g.default_pool_size as usize,
         min_pool_size: g.min_pool_size as usize,
         max_client_conn: g.max_client_conn as usize,
+        worker_threads: g.worker_threads as usize,
         server_reset_query: g.server_reset_query.trim().to_string(),
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
@@ -381,6 +382,12 @@ mod tests {
         assert_eq!(c.general.default_pool_size, 20);
         assert_eq!(c.databases["app"].dbname, "app");
         assert_eq!(c.general.max_packet_size, 256 << 20);
+        assert_eq!(c.general.worker_threads, 0, "one thread per CPU");
+        let one = Config::parse(
+            "[general]\nworker_threads = 1\n[databases.app]\nprimary = \"127.0.0.1:5432\"\n",
+        )
+        .unwrap();
+        assert_eq!(one.general.worker_threads, 1);
     }
 
     #[test]
