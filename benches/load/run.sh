@@ -27,13 +27,14 @@ REPLICA_PORT_=${REPLICA_PORT:-56433}
 BOUNCER_PORT=${BOUNCER_PORT:-56434}
 SLUICE_PORT=${SLUICE_PORT:-56435}
 ROUTED_PORT=${ROUTED_PORT:-56436}
+ONE_PORT=${ONE_PORT:-56437}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 POOL=${POOL:-16}
 IDLE=${IDLE:-10000}
 RATE=${RATE:-4000}
 SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb connect clients-1000 idle-10k"}
-TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-routed"}
+TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-1t sluice-routed"}
 OUT=${OUT:-benches/load/results}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
@@ -42,7 +43,7 @@ cluster_dir bench
 HOLDER_FD=""
 cleanup() {
     if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
-    if [ -n "${ROUTED_PID:-}" ]; then kill "$ROUTED_PID" 2>/dev/null || true; fi
+    for p in ${ROUTED_PID:-} ${ONE_PID:-}; do kill "$p" 2>/dev/null || true; done
     stop_all
 }
 trap cleanup EXIT
@@ -81,14 +82,26 @@ as_pg sh -c "ulimit -n $(ulimit -Hn) && exec pgbouncer -d -q $DIR/pgbouncer.ini"
 wait_for_port "$BOUNCER_PORT"
 BOUNCER_PID=$(cat "$DIR/pgbouncer.pid")
 
-# sluice without a replica (the same job as PgBouncer) and sluice routing.
+# sluice without a replica (the same job as PgBouncer), the same on one
+# runtime thread, and sluice routing reads to the replica.
 GENERAL="max_client_conn = $((IDLE + 1000))"
 REPLICA_PORT="" sluice_toml "$SLUICE_PORT" "$POOL" "$GENERAL" > "$DIR/pooler.toml"
 start_sluice "$SLUICE_PORT"
+# another_sluice NAME PORT TOML: starts it, prints its pid.
+another_sluice() {
+    echo "$3" > "$DIR/$1.toml"
+    ./target/release/sluice --config "$DIR/$1.toml" --log-level warn > "$DIR/$1.log" 2>&1 &
+    echo $!
+}
+if [[ " $TARGETS " == *" sluice-1t "* ]]; then
+    ONE_PID=$(another_sluice one "$ONE_PORT" \
+        "$(REPLICA_PORT="" sluice_toml "$ONE_PORT" "$POOL" "$GENERAL
+worker_threads = 1")")
+    wait_for_port "$ONE_PORT"
+fi
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
-    REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL" > "$DIR/routed.toml"
-    ./target/release/sluice --config "$DIR/routed.toml" --log-level warn &
-    ROUTED_PID=$!
+    ROUTED_PID=$(another_sluice routed "$ROUTED_PORT" \
+        "$(REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL")")
     wait_for_port "$ROUTED_PORT"
 fi
 
@@ -142,6 +155,7 @@ run() {
         direct) port=$PRIMARY_PORT ;;
         pgbouncer) port=$BOUNCER_PORT pid=$BOUNCER_PID ;;
         sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
+        sluice-1t) port=$ONE_PORT pid=$ONE_PID ;;
         sluice-routed) port=$ROUTED_PORT pid=$ROUTED_PID ;;
     esac
     local per_idle=null

@@ -13,7 +13,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "pgbouncer", "sluice", "sluice-routed"]
+TARGETS = ["direct", "pgbouncer", "sluice", "sluice-1t", "sluice-routed"]
 
 
 def latency(paths):
@@ -87,9 +87,11 @@ def report(raw_path, outdir):
     print("pooler CPU per transaction, sluice / PgBouncer:")
     for s in scenarios:
         e = summary["scenarios"][s]
-        b, sl = e.get("pgbouncer", {}), e.get("sluice", {})
-        if b.get("cpu_s_per_10k") and sl.get("cpu_s_per_10k"):
-            print(f"  {s:<18}{sl['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}x   tps ratio {sl['tps'] / b['tps']:.2f}x")
+        b = e.get("pgbouncer", {})
+        for t in ("sluice", "sluice-1t"):
+            sl = e.get(t, {})
+            if b.get("cpu_s_per_10k") and sl.get("cpu_s_per_10k") and b.get("failed") == 0:
+                print(f"  {s:<18}{t:<11}cpu {sl['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}x   tps {sl['tps'] / b['tps']:.2f}x")
     chart(summary, scenarios, targets, f"{outdir}/results.png")
 
 
