@@ -98,14 +98,15 @@ pub enum Waited {
     Shutdown,
 }
 
-/// Resolves when a graceful shutdown starts (never, without a receiver).
+/// Resolves when a graceful shutdown starts (never, without a receiver or
+/// once the sender is gone), so it may be kept pinned across events.
 async fn shutdown_started(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
-    match stop {
-        Some(s) => {
-            let _ = s.wait_for(|draining| *draining).await;
-        }
-        None => std::future::pending().await,
+    if let Some(s) = stop
+        && s.wait_for(|draining| *draining).await.is_ok()
+    {
+        return;
     }
+    std::future::pending().await
 }
 
 /// Timers that apply while a server is held.
@@ -293,6 +294,10 @@ impl Pipe {
         let mut last_client = Instant::now();
         let mut busy_since: Option<Instant> = None;
         let mut stop = self.stop.clone();
+        // One shutdown watch for the whole relay, not one per event: each
+        // new one registers with (and leaves) the watch's waiter list.
+        let shutdown = shutdown_started(&mut stop);
+        tokio::pin!(shutdown);
         loop {
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
@@ -324,8 +329,9 @@ impl Pipe {
                     Ok(ev) => ev,
                     Err(end) => return self.finish(end).await,
                 },
-                // Once draining, the check above runs after every event instead.
-                _ = shutdown_started(&mut stop), if !draining => continue,
+                // Once draining, the check above runs after every event
+                // instead (and the finished future is not polled again).
+                _ = &mut shutdown, if !draining => continue,
             };
             let step = match ev {
                 Event::ClientData => {
