@@ -44,7 +44,6 @@ start_sluice "$ROUTED_PORT"
 sleep 1
 
 TICKS=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # pid port mode -> "tps cpu_s_per_10k"
     local before after out tps tx
     before=$(cpu_ticks "$1")

@@ -15,9 +15,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
-if ! command -v pgbouncer >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-fi
 python3 -c "import matplotlib" 2>/dev/null || pip install -q matplotlib >/dev/null 2>&1 ||
     echo "matplotlib could not be installed: no chart" >&2
 . scripts/lib/cluster.sh
@@ -42,7 +39,7 @@ ulimit -n "$(ulimit -Hn)"
 cluster_dir bench
 HOLDER_FD=""
 cleanup() {
-    if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
+    stop_pgbouncer
     for p in ${ROUTED_PID:-} ${ONE_PID:-}; do kill "$p" 2>/dev/null || true; done
     stop_all
 }
@@ -56,57 +53,32 @@ if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     start_replica "$PRIMARY_PORT" "$REPLICA_PORT_"
 fi
 
-# PgBouncer gets the role's SCRAM verifier, as its docs advise, so neither
-# pooler derives a key per login.
-VERIFIER=$("$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
-    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
-echo "\"app\" \"$VERIFIER\"" > "$DIR/userlist.txt"
-cat > "$DIR/pgbouncer.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $DIR/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = $((IDLE + 1000))
-logfile = $DIR/pgbouncer.log
-pidfile = $DIR/pgbouncer.pid
-INI
-chmod 644 "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
-# runuser resets the open-files limit; PgBouncer needs one per client.
-as_pg sh -c "ulimit -n $(ulimit -Hn) && exec pgbouncer -d -q $DIR/pgbouncer.ini"
-wait_for_port "$BOUNCER_PORT"
-BOUNCER_PID=$(cat "$DIR/pgbouncer.pid")
+start_pgbouncer "$BOUNCER_PORT" "$POOL" $((IDLE + 1000))
 
 # sluice without a replica (the same job as PgBouncer), the same on one
 # runtime thread, and sluice routing reads to the replica.
 GENERAL="max_client_conn = $((IDLE + 1000))"
 REPLICA_PORT="" sluice_toml "$SLUICE_PORT" "$POOL" "$GENERAL" > "$DIR/pooler.toml"
 start_sluice "$SLUICE_PORT"
-# another_sluice NAME PORT TOML: starts it, prints its pid.
+# another_sluice NAME TOML: starts sluice on that config, prints its pid.
 another_sluice() {
-    echo "$3" > "$DIR/$1.toml"
+    echo "$2" > "$DIR/$1.toml"
     ./target/release/sluice --config "$DIR/$1.toml" --log-level warn > "$DIR/$1.log" 2>&1 &
     echo $!
 }
 if [[ " $TARGETS " == *" sluice-1t "* ]]; then
-    ONE_PID=$(another_sluice one "$ONE_PORT" \
+    ONE_PID=$(another_sluice one \
         "$(REPLICA_PORT="" sluice_toml "$ONE_PORT" "$POOL" "$GENERAL
 worker_threads = 1")")
     wait_for_port "$ONE_PORT"
 fi
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
-    ROUTED_PID=$(another_sluice routed "$ROUTED_PORT" \
+    ROUTED_PID=$(another_sluice routed \
         "$(REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL")")
     wait_for_port "$ROUTED_PORT"
 fi
 
 TICKS=$(getconf CLK_TCK)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # args_of SCENARIO -> pgbench arguments

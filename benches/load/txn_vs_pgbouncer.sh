@@ -6,9 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
-if ! command -v pgbouncer >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
-fi
 . scripts/lib/cluster.sh
 
 PRIMARY_PORT=${PRIMARY_PORT:-55432}
@@ -22,7 +19,7 @@ SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb-simpl
 
 cluster_dir load
 cleanup() {
-    if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
+    stop_pgbouncer
     stop_all
 }
 trap cleanup EXIT
@@ -32,36 +29,12 @@ start_primary "$PRIMARY_PORT" 300
 export PGPASSWORD=secret
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
 
-cat > "$DIR/userlist.txt" <<USERS
-"app" "secret"
-USERS
-cat > "$DIR/pgbouncer.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $DIR/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = 2000
-logfile = $DIR/pgbouncer.log
-pidfile = $DIR/pgbouncer.pid
-INI
-chmod 644 "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
-as_pg pgbouncer -d -q "$DIR/pgbouncer.ini"
+start_pgbouncer "$BOUNCER_PORT" "$POOL" 2000
 
 sluice_toml "$SLUICE_PORT" "$POOL" "max_client_conn = 2000" > "$DIR/pooler.toml"
-wait_for_port "$BOUNCER_PORT"
 start_sluice "$SLUICE_PORT"
 
 TICKS=$(getconf CLK_TCK)
-cpu_ticks() { # utime + stime of a pid, in clock ticks
-    if [ -z "$1" ]; then echo 0; return; fi
-    awk '{print $14 + $15}' "/proc/$1/stat"
-}
 
 run() { # target port scenario -> "tps cpu_s_per_10k"
     local pid=$1 port=$2 scenario=$3 args
@@ -91,7 +64,6 @@ run() { # target port scenario -> "tps cpu_s_per_10k"
         'BEGIN { printf "%.0f %.3f\n", t, (n > 0 ? c / hz / n * 10000 : 0) }'
 }
 
-BOUNCER_PID=$(cat "$DIR/pgbouncer.pid")
 declare -A TPS CPU
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do

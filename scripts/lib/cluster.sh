@@ -90,3 +90,49 @@ stop_all() {
     if [ -n "${SLUICE_PID:-}" ]; then kill "$SLUICE_PID" 2>/dev/null || true; fi
     stop_cluster
 }
+
+# start_pgbouncer PORT POOL MAX_CLIENTS: PgBouncer in transaction pooling in
+# front of database app on $PRIMARY_PORT; sets BOUNCER_PID. It gets the
+# role's SCRAM verifier, as its docs advise, so it derives no key per login
+# (sluice does the same from its plain password, once per config load).
+start_pgbouncer() {
+    if ! command -v pgbouncer >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    fi
+    local verifier
+    verifier=$("$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
+        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    echo "\"app\" \"$verifier\"" > "$DIR/userlist.txt"
+    cat > "$DIR/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $1
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $DIR/userlist.txt
+pool_mode = transaction
+default_pool_size = $2
+max_client_conn = $3
+logfile = $DIR/pgbouncer.log
+pidfile = $DIR/pgbouncer.pid
+INI
+    chmod 644 "$DIR"/userlist.txt "$DIR"/pgbouncer.ini
+    # runuser resets the open-files limit; PgBouncer needs one per client.
+    as_pg sh -c "ulimit -n $(ulimit -Hn) && exec pgbouncer -d -q $DIR/pgbouncer.ini"
+    wait_for_port "$1"
+    BOUNCER_PID=$(cat "$DIR/pgbouncer.pid")
+}
+
+# stop_pgbouncer: if start_pgbouncer ran.
+stop_pgbouncer() {
+    if [ -f "$DIR/pgbouncer.pid" ]; then kill "$(cat "$DIR/pgbouncer.pid")" 2>/dev/null || true; fi
+}
+
+# cpu_ticks PID: its utime + stime so far, in clock ticks (getconf CLK_TCK);
+# 0 for an empty PID (a run straight against PostgreSQL).
+cpu_ticks() {
+    if [ -z "$1" ]; then echo 0; return; fi
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
