@@ -9,7 +9,7 @@ use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use tokio::sync::Semaphore;
 
 use crate::error::ServerError;
-use crate::server::{ServerConn, ServerTarget};
+use crate::server::{Params, ServerConn, ServerTarget};
 
 /// A cap on server connections shared by several pools.
 #[derive(Debug, Clone)]
@@ -40,6 +40,9 @@ pub struct ServerManager {
     /// RECONNECT bumps it: servers from an older generation are closed
     /// when next checked out or returned.
     pub generation: std::sync::atomic::AtomicU64,
+    /// The parameters this pool's servers reported at login, kept so that
+    /// servers reporting the same values share one map (see `Params`).
+    pub login_params: std::sync::Mutex<Option<Params>>,
 }
 
 impl ServerManager {
@@ -50,16 +53,22 @@ impl ServerManager {
 }
 
 impl Manager for ServerManager {
-    type Type = ServerConn;
+    /// Boxed, so that a checkout (moved at every checkout, and kept in each
+    /// client's state) is a pointer rather than the whole connection.
+    type Type = Box<ServerConn>;
     type Error = ServerError;
 
-    async fn create(&self) -> Result<ServerConn, ServerError> {
+    async fn create(&self) -> Result<Box<ServerConn>, ServerError> {
         // Boxed: deadpool's checkout future embeds this one, and every
         // checkout would otherwise move a multi-KB login state machine.
-        Box::pin(self.open()).await
+        Box::pin(self.open()).await.map(Box::new)
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _m: &Metrics) -> RecycleResult<ServerError> {
+    async fn recycle(
+        &self,
+        conn: &mut Box<ServerConn>,
+        _m: &Metrics,
+    ) -> RecycleResult<ServerError> {
         self.check_reusable(conn)
     }
 }
@@ -78,6 +87,8 @@ impl ServerManager {
             }
         }
         let conn = ServerConn::connect(&self.target).await.map(|mut c| {
+            c.initial_params = self.shared_params(c.initial_params);
+            c.params = c.initial_params.clone();
             c.permits = permits;
             c.stats = Some(self.stats.clone());
             c.generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
@@ -88,6 +99,21 @@ impl ServerManager {
             Err(e) => tracing::warn!(error = %e, "server connection failed"),
         }
         conn
+    }
+
+    /// `params`, or the equal map another server of this pool already holds.
+    fn shared_params(&self, params: Params) -> Params {
+        let mut known = self
+            .login_params
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*known {
+            Some(k) if **k == *params => k.clone(),
+            _ => {
+                *known = Some(params.clone());
+                params
+            }
+        }
     }
 
     fn check_reusable(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {

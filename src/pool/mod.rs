@@ -218,6 +218,7 @@ impl PoolSet {
             database: key.database.clone(),
             pauses: self.pauses.clone(),
             generation: Default::default(),
+            login_params: Default::default(),
             stats: Arc::new(stats::PoolStats::new(
                 &self.histograms,
                 &[&key.database, &key.user, key.role_name()],

@@ -17,6 +17,18 @@ use crate::protocol::build;
 use crate::protocol::inspect::{self, ErrorFields};
 use crate::protocol::tags::BackendTag;
 
+/// The parameters a server reports (ParameterStatus). Shared: most servers
+/// of a pool and their clients hold the same values, so they hold one map,
+/// compare by pointer, and copy it only when a value changes.
+pub type Params = std::sync::Arc<BTreeMap<String, String>>;
+
+/// Sets `name` to `value` in `params`, copying a shared map only on a change.
+pub fn set_param(params: &mut Params, name: String, value: String) {
+    if params.get(&name) != Some(&value) {
+        std::sync::Arc::make_mut(params).insert(name, value);
+    }
+}
+
 /// Replies to sluice's own queries (reset, settings) are small.
 const MAX_INTERNAL_REPLY: usize = 1 << 20;
 
@@ -50,10 +62,10 @@ pub struct ServerConn {
     pub conn: Conn,
     pub addr: String,
     /// The server's current values of every parameter it reports.
-    pub params: BTreeMap<String, String>,
+    pub params: Params,
     /// The parameters as the server reported them at login: what a new
     /// transaction-pooled client starts from.
-    pub initial_params: BTreeMap<String, String>,
+    pub initial_params: Params,
     /// (pid, secret) as the server sent them in BackendKeyData.
     pub key: (i32, i32),
     pub state: ServerState,
@@ -76,11 +88,11 @@ pub struct ServerConn {
 impl ServerConn {
     pub async fn connect(t: &ServerTarget) -> Result<Self, ServerError> {
         let r = login::connect(t).await?;
-        Ok(Self {
+        let mut c = Self {
             conn: r.conn,
             addr: t.addr.to_string(),
-            initial_params: r.params.clone(),
-            params: r.params,
+            initial_params: Params::new(r.params),
+            params: Params::default(),
             key: r.key,
             state: ServerState::default(),
             extra: BTreeMap::new(),
@@ -90,7 +102,9 @@ impl ServerConn {
             permits: Vec::new(),
             stats: None,
             generation: 0,
-        })
+        };
+        c.params = c.initial_params.clone();
+        Ok(c)
     }
 
     pub fn pid(&self) -> i32 {
@@ -151,7 +165,7 @@ impl ServerConn {
                 }
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(f.body()) {
-                        self.params.insert(k, v);
+                        set_param(&mut self.params, k, v);
                     }
                 }
                 BackendTag::NoticeResponse => {
@@ -218,5 +232,27 @@ impl ServerConn {
         self.state
             .on_frontend(crate::protocol::tags::FrontendTag::Sync);
         self.exchange(&out, Some(notices)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_param_copies_a_shared_map_only_on_a_change() {
+        let server: Params = Params::new([("TimeZone".to_string(), "UTC".to_string())].into());
+        let mut client = server.clone();
+
+        set_param(&mut client, "TimeZone".into(), "UTC".into());
+        assert!(
+            std::sync::Arc::ptr_eq(&client, &server),
+            "an unchanged value keeps sharing"
+        );
+
+        set_param(&mut client, "TimeZone".into(), "Asia/Tokyo".into());
+        assert!(!std::sync::Arc::ptr_eq(&client, &server));
+        assert_eq!(client["TimeZone"], "Asia/Tokyo");
+        assert_eq!(server["TimeZone"], "UTC", "the other holders keep theirs");
     }
 }

@@ -4,6 +4,6 @@ pub mod conn;
 pub mod login;
 pub mod state;
 
-pub use conn::ServerConn;
+pub use conn::{Params, ServerConn, set_param};
 pub use login::{ServerPassword, ServerTarget};
 pub use state::ServerState;

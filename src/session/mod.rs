@@ -48,24 +48,12 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     async move {
         let registered = shared.registry.register(peer_addr, local_addr);
         let client = &registered.entry;
-        let config = shared.config();
-        let max_packet = config.general.max_packet_size;
-        let deadline = login_deadline(&config);
-        let opening = startup::open(Conn::new(PgStream::Plain(tcp)), &shared);
-        let Ok((conn, opening)) = tokio::time::timeout_at(deadline, opening).await else {
-            tracing::info!(
-                "client_login_timeout: closing a client that did not finish its startup"
-            );
+        let deadline = login_deadline(&shared.config());
+        // Boxed, like every phase but the idle wait: a task's future is as
+        // large as its largest state, and idle clients are the many.
+        let Some((mut pipe, opening)) = Box::pin(open(tcp, &shared, deadline)).await else {
             return;
         };
-        let Some(conn) = conn else {
-            if let Err(e) = opening {
-                tracing::info!(error = %e, "TLS handshake failed");
-            }
-            return;
-        };
-        let mut pipe = Pipe::new(conn, max_packet);
-        pipe.stop = Some(shared.draining.subscribe());
         client.tls.store(
             pipe.client.stream.is_tls(),
             std::sync::atomic::Ordering::Relaxed,
@@ -86,20 +74,48 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            match e.client_message() {
-                Some((code, msg)) => {
-                    tracing::info!(%code, error = %msg, "client refused");
-                    let mut out = BytesMut::new();
-                    build::error(&mut out, Severity::Fatal, &code, &msg);
-                    pipe.send_client(out.freeze());
-                    pipe.flush_client().await;
-                }
-                None => tracing::debug!(error = %e, "client connection ended"),
-            }
+            Box::pin(refuse(&mut pipe, e)).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// The startup phase (TLS, startup packet, or a cancel request), within
+/// client_login_timeout. None when the client is already gone.
+async fn open(
+    tcp: TcpStream,
+    shared: &Arc<Shared>,
+    deadline: tokio::time::Instant,
+) -> Option<(Pipe, Result<Opening, Error>)> {
+    let opening = startup::open(Conn::new(PgStream::Plain(tcp)), shared);
+    let Ok((conn, opening)) = tokio::time::timeout_at(deadline, opening).await else {
+        tracing::info!("client_login_timeout: closing a client that did not finish its startup");
+        return None;
+    };
+    let Some(conn) = conn else {
+        if let Err(e) = opening {
+            tracing::info!(error = %e, "TLS handshake failed");
+        }
+        return None;
+    };
+    let mut pipe = Pipe::new(conn, shared.config().general.max_packet_size);
+    pipe.stop = Some(shared.draining.subscribe());
+    Some((pipe, opening))
+}
+
+/// Tells the client why its session ends, when that is the client's business.
+async fn refuse(pipe: &mut Pipe, e: Error) {
+    match e.client_message() {
+        Some((code, msg)) => {
+            tracing::info!(%code, error = %msg, "client refused");
+            let mut out = BytesMut::new();
+            build::error(&mut out, Severity::Fatal, &code, &msg);
+            pipe.send_client(out.freeze());
+            pipe.flush_client().await;
+        }
+        None => tracing::debug!(error = %e, "client connection ended"),
+    }
 }
 
 /// Who the client is, once authenticated.
@@ -198,7 +214,76 @@ async fn serve(
         )
     })?;
     let config = shared.config();
-    let (mut login, _places) = admit(pipe, shared, &config, &params, deadline, peer_ip).await?;
+    // Logging in runs once per client and is boxed, so that its state is not
+    // part of what every idle client keeps (see `run`).
+    let start = start(pipe, shared, &config, params, deadline, peer_ip, client);
+    let s = match Box::pin(start).await? {
+        Started::Console(role) => {
+            return Box::pin(crate::admin::run(&mut pipe.client, shared, role)).await;
+        }
+        Started::Pooled(s) => s,
+    };
+    let db = &config.databases[&s.database];
+    let user = config.users.get(&s.user_name).or(s.looked_up.as_deref());
+    let ctx = Ctx {
+        shared,
+        config: &config,
+        pool: s.pool,
+        database: &s.database,
+        primary: &db.primary,
+        db,
+        user_name: &s.user_name,
+        user,
+        role: s.role,
+        client,
+    };
+    match s.mode {
+        PoolMode::Session => Box::pin(session_mode(pipe, s.checkout, s.greeting, &ctx)).await,
+        PoolMode::Transaction | PoolMode::Statement => {
+            let statement_mode = s.mode == PoolMode::Statement;
+            pooled::run(pipe, s.checkout, s.greeting, s.extra, statement_mode, &ctx).await
+        }
+    }
+}
+
+/// What logging in leads to: the admin console, or a pooled session.
+enum Started {
+    Console(crate::admin::Role),
+    Pooled(Box<Session>),
+}
+
+/// A logged-in client of a pool, with its first server.
+struct Session {
+    user_name: String,
+    database: String,
+    /// A user found with auth_query rather than in [users].
+    looked_up: Option<Box<crate::config::User>>,
+    pool: ServerPool,
+    mode: PoolMode,
+    checkout: Checkout,
+    role: crate::route::Target,
+    greeting: BytesMut,
+    /// Startup settings PostgreSQL does not report.
+    extra: BTreeMap<String, Setting>,
+    /// Places in the client caps, freed when the session ends.
+    _places: (
+        [crate::admission::Admitted; 2],
+        Option<crate::admission::Admitted>,
+    ),
+}
+
+/// Authentication, client caps, and the first server.
+async fn start(
+    pipe: &mut Pipe,
+    shared: &Shared,
+    config: &Config,
+    params: StartupParams,
+    deadline: tokio::time::Instant,
+    peer_ip: Option<std::net::IpAddr>,
+    client: &crate::clients::ClientEntry,
+) -> Result<Started, Error> {
+    let (login, [user_place, db_place]) =
+        admit(pipe, shared, config, &params, deadline, peer_ip).await?;
     client.logged_in(crate::clients::Identity {
         user: login.user.clone(),
         database: login.database.clone(),
@@ -210,34 +295,78 @@ async fn serve(
             .unwrap_or_default(),
     });
     if crate::admin::DATABASES.contains(&login.database.as_str())
-        && let Some(role) = crate::admin::role(&config, &login.user)
+        && let Some(role) = crate::admin::role(config, &login.user)
     {
         client.set_state(crate::clients::ClientState::Active);
-        return crate::admin::run(&mut pipe.client, shared, role).await;
+        return Ok(Started::Console(role));
     }
-    let _pool_place = shared
+    let Login {
+        user: user_name,
+        database,
+        settings,
+        client_key,
+        looked_up,
+    } = login;
+    let pool_place = shared
         .client_counts
-        .admit(format!("pool:{}/{}", login.database, login.user), 0);
-    let key = PoolKey::primary(&login.database, &login.user);
-    let db = &config.databases[&login.database];
-    let user = config.users.get(&login.user).or(login.looked_up.as_ref());
+        .admit(format!("pool:{database}/{user_name}"), 0);
+    let key = PoolKey::primary(&database, &user_name);
+    let db = &config.databases[&database];
+    let user = config.users.get(&user_name).or(looked_up.as_ref());
     let mode = config.pool_mode(db, user);
-    let pool = shared.pools.get_or_create(&config, &key, db, user);
+    let pool = shared.pools.get_or_create(config, &key, db, user);
     if let (Some(k), crate::server::ServerPassword::PassThrough(pt)) =
-        (login.client_key.take(), &pool.manager().target.password)
+        (client_key, &pool.manager().target.password)
     {
         pt.learn(k);
     }
-    let (mut checkout, role) = first_checkout(
+    let first = first_server(
         shared,
-        &config,
-        &login.database,
+        config,
+        &database,
         &pool,
         mode,
-        (&login.user, user),
-    )
-    .await?;
+        (&user_name, user),
+        settings,
+    );
+    let (checkout, role, greeting, extra) = first.await?;
+    tracing::info!(user = %user_name, database = %database, ?mode, "client logged in");
+    Ok(Started::Pooled(Box::new(Session {
+        looked_up: looked_up.map(Box::new),
+        user_name,
+        database,
+        pool,
+        mode,
+        checkout,
+        role,
+        greeting,
+        extra,
+        _places: ([user_place, db_place], pool_place),
+    })))
+}
 
+/// The client's first server, with the client's startup settings applied
+/// (and, in transaction pooling, the last client's undone), and the greeting
+/// that reports them: the checkout, its role, the greeting, and the settings
+/// PostgreSQL does not report.
+async fn first_server(
+    shared: &Shared,
+    config: &Config,
+    database: &str,
+    pool: &ServerPool,
+    mode: PoolMode,
+    user: (&str, Option<&crate::config::User>),
+    settings: Vec<(String, String)>,
+) -> Result<
+    (
+        Checkout,
+        crate::route::Target,
+        BytesMut,
+        BTreeMap<String, Setting>,
+    ),
+    Error,
+> {
+    let (mut checkout, role) = first_checkout(shared, config, database, pool, mode, user).await?;
     let mut greeting = BytesMut::new();
     if mode != PoolMode::Session
         && let Err(e) = pooled::neutralize(&mut checkout).await
@@ -245,43 +374,17 @@ async fn serve(
         checkout.discard();
         return Err(Error::Server(e));
     }
-    let extra = match apply_startup(&mut checkout, &login.settings, &mut greeting).await {
+    let extra = match apply_startup(&mut checkout, &settings, &mut greeting).await {
         Ok(extra) => extra,
         Err(e) => {
             cleanup::check_in(checkout, &config.general.server_reset_query).await;
             return Err(Error::Server(e));
         }
     };
-    for (k, v) in &checkout.server().params {
+    for (k, v) in checkout.server().params.iter() {
         build::parameter_status(&mut greeting, k, v);
     }
-    tracing::info!(user = %login.user, database = %login.database, ?mode, "client logged in");
-    let ctx = Ctx {
-        shared,
-        config: &config,
-        pool,
-        database: &login.database,
-        primary: &db.primary,
-        db,
-        user_name: &login.user,
-        user,
-        role,
-        client,
-    };
-    match mode {
-        PoolMode::Session => session_mode(pipe, checkout, greeting, &ctx).await,
-        PoolMode::Transaction | PoolMode::Statement => {
-            pooled::run(
-                pipe,
-                checkout,
-                greeting,
-                extra,
-                mode == PoolMode::Statement,
-                &ctx,
-            )
-            .await
-        }
-    }
+    Ok((checkout, role, greeting, extra))
 }
 
 /// The client's first server: the primary, or in session pooling of a

@@ -292,7 +292,7 @@ impl Multiplex {
         match tag {
             BackendTag::ParameterStatus => {
                 if let Some((k, v)) = inspect::parameter_status(body) {
-                    self.vars.reported.insert(k, v);
+                    crate::server::set_param(&mut self.vars.reported, k, v);
                 }
             }
             BackendTag::ErrorResponse => self.failed = true,

@@ -83,7 +83,9 @@ pub(crate) async fn run(
                     tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
                     let decision = mux.route_decision(pipe.client_buffer());
                     ctx.client.set_state(ClientState::Waiting);
-                    match checkout_routed(ctx, &mux, pipe, decision).await {
+                    // Boxed (here and the relay below): only a client with a
+                    // request in flight needs their state, so idle ones stay small.
+                    match Box::pin(checkout_routed(ctx, &mux, pipe, decision)).await {
                         Ok(c) => c,
                         Err(e) => break Err(e),
                     }
@@ -117,7 +119,7 @@ pub(crate) async fn run(
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
         });
-        let end = pipe.relay(checkout.server(), Some(&mut mux), timers).await;
+        let end = Box::pin(pipe.relay(checkout.server(), Some(&mut mux), timers)).await;
         tracing::trace!(?end, "server given up");
         slot.set(None);
         match end {
@@ -129,7 +131,7 @@ pub(crate) async fn run(
                 ctx.client.set_state(ClientState::Idle);
                 ctx.client.hold(0, "");
             }
-            other => break finish(checkout, other, ctx.config).await,
+            other => break Box::pin(finish(checkout, other, ctx.config)).await,
         }
     };
     ctx.shared.cancels.unregister(pid, secret);

@@ -24,7 +24,7 @@ use super::multiplex::{Action, Multiplex};
 use super::outq::OutQueue;
 use super::routing::Step;
 use crate::error::{Error, ServerError};
-use crate::net::Conn;
+use crate::net::{Conn, PgStream};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
 use crate::protocol::inspect::{self, ErrorFields};
@@ -173,6 +173,33 @@ fn poll_read<S: tokio::io::AsyncRead + Unpin>(
     poll_read_buf(Pin::new(s), cx, buf)
 }
 
+/// `poll_read` for a client between requests. An idle client holds no read
+/// buffer (it would be most of its memory): a plaintext socket is polled for
+/// readiness first, and a buffer that read nothing is given back. TLS keeps
+/// its buffers, since rustls holds its own anyway.
+fn poll_read_idle(
+    s: &mut PgStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let PgStream::Plain(tcp) = s else {
+        return poll_read(s, buf, cx);
+    };
+    if buf.is_empty() {
+        if buf.capacity() != 0 {
+            *buf = BytesMut::new();
+        }
+        if let Err(e) = std::task::ready!(tcp.poll_read_ready(cx)) {
+            return Poll::Ready(Err(e));
+        }
+    }
+    let r = poll_read(tcp, buf, cx);
+    if r.is_pending() && buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+    r
+}
+
 /// Writes `bytes` to a stream with a time bound; used for last words.
 pub async fn write_with_timeout<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -226,9 +253,13 @@ impl Pipe {
     }
 
     /// Without a server: flushes replies and waits for the client's next request.
+    /// Kept small, as it is most of an idle client's state: one poll function,
+    /// and a timer on the heap only when client_idle_timeout is set.
     pub async fn wait_client(&mut self, idle_timeout: Option<Duration>) -> Waited {
-        let deadline = idle_timeout.map(|d| Instant::now() + d);
+        let mut idle = idle_timeout.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stop = self.stop.clone();
+        let shutdown = shutdown_started(&mut stop);
+        tokio::pin!(shutdown);
         loop {
             if self.draining() {
                 return Waited::Shutdown;
@@ -249,30 +280,27 @@ impl Pipe {
                 &mut self.client.rbuf,
             );
             let read = poll_fn(|cx| {
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(Waited::Shutdown));
+                }
+                if let Some(t) = idle.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(Waited::IdleTimeout));
+                }
                 match q.poll_flush(client, cx) {
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Waited::Gone)),
                     // A client that does not read its replies is not read either.
                     Poll::Pending if q.len() >= HIGH_WATER => return Poll::Pending,
                     _ => {}
                 }
-                poll_read(client, rbuf, cx)
+                poll_read_idle(client, rbuf, cx).map(|r| match r {
+                    Ok(0) | Err(_) => Err(Waited::Gone),
+                    Ok(_) => Ok(()),
+                })
             });
-            let timed = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, read).await.ok(),
-                    None => Some(read.await),
-                }
-            };
-            let r = tokio::select! {
-                r = timed => match r {
-                    Some(r) => r,
-                    None => return Waited::IdleTimeout,
-                },
-                _ = shutdown_started(&mut stop) => return Waited::Shutdown,
-            };
-            match r {
-                Ok(0) | Err(_) => return Waited::Gone,
-                Ok(_) => {}
+            if let Err(end) = read.await {
+                return end;
             }
         }
     }
@@ -693,7 +721,7 @@ impl Pipe {
                 }
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(body) {
-                        server.params.insert(k, v);
+                        crate::server::set_param(&mut server.params, k, v);
                     }
                 }
                 BackendTag::ErrorResponse => {
@@ -776,5 +804,42 @@ impl Pipe {
             let chunk = server.conn.rbuf.split_to(n).freeze();
             self.to_client.push(chunk);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn an_idle_plaintext_client_holds_no_read_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut stream = PgStream::Plain(listener.accept().await.unwrap().0);
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+
+        // Nothing to read: the wait is pending and the buffer is given back.
+        let first = poll_fn(|cx| Poll::Ready(poll_read_idle(&mut stream, &mut buf, cx))).await;
+        assert!(first.is_pending());
+        assert_eq!(buf.capacity(), 0);
+
+        // Bytes arrive: a buffer is taken and holds them.
+        peer.write_all(b"X\0\0\0\x04").await.unwrap();
+        let n = poll_fn(|cx| poll_read_idle(&mut stream, &mut buf, cx))
+            .await
+            .unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(&buf[..], b"X\0\0\0\x04");
+
+        // The peer closes: end of stream, not a wait.
+        drop(peer);
+        let _ = buf.split();
+        let n = poll_fn(|cx| poll_read_idle(&mut stream, &mut buf, cx))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
     }
 }

@@ -28,7 +28,7 @@ const READ_ONLY: &[&str] = &[
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionVars {
     /// Reported parameters, as the client was last told them.
-    pub reported: BTreeMap<String, String>,
+    pub reported: crate::server::Params,
     /// Other settings, keyed by lowercase name.
     pub extra: BTreeMap<String, Setting>,
 }
@@ -81,11 +81,13 @@ pub fn sync_sql(
 ) -> Option<String> {
     // The usual case, a server last used by a client with the same settings,
     // costs one ordered walk of each map.
-    if client.reported == *params && client.extra == *extra {
+    // Usually both are one shared map, and comparing is a pointer check.
+    let same_params = std::ptr::eq(&*client.reported, params) || *client.reported == *params;
+    if same_params && client.extra == *extra {
         return None;
     }
     let mut out = Vec::new();
-    for (k, v) in &client.reported {
+    for (k, v) in client.reported.iter() {
         if params.get(k) == Some(v) || READ_ONLY.contains(&k.as_str()) {
             continue;
         }
@@ -117,7 +119,7 @@ mod tests {
     #[test]
     fn nothing_to_do_when_equal() {
         let c = SessionVars {
-            reported: map(&[("TimeZone", "UTC")]),
+            reported: map(&[("TimeZone", "UTC")]).into(),
             extra: BTreeMap::new(),
         };
         assert_eq!(
@@ -129,7 +131,7 @@ mod tests {
     #[test]
     fn differences_are_set_and_strays_reset() {
         let mut c = SessionVars {
-            reported: map(&[("TimeZone", "Asia/Tokyo"), ("server_version", "15")]),
+            reported: map(&[("TimeZone", "Asia/Tokyo"), ("server_version", "15")]).into(),
             ..Default::default()
         };
         c.extra
