@@ -219,6 +219,7 @@ impl PoolSet {
             pauses: self.pauses.clone(),
             generation: Default::default(),
             login_params: Default::default(),
+            welcomes: Default::default(),
             stats: Arc::new(stats::PoolStats::new(
                 &self.histograms,
                 &[&key.database, &key.user, key.role_name()],

@@ -36,7 +36,7 @@ use crate::protocol::tags::TxnStatus;
 use cancel::CancelTarget;
 use relay::{Pipe, RelayEnd, Timers};
 use startup::Opening;
-use vars::Setting;
+use vars::{SessionVars, Setting};
 
 /// Serves one accepted TCP connection to completion.
 pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
@@ -237,11 +237,17 @@ async fn serve(
         role: s.role,
         client,
     };
-    match s.mode {
-        PoolMode::Session => Box::pin(session_mode(pipe, s.checkout, s.greeting, &ctx)).await,
-        PoolMode::Transaction | PoolMode::Statement => {
-            let statement_mode = s.mode == PoolMode::Statement;
-            pooled::run(pipe, s.checkout, s.greeting, s.extra, statement_mode, &ctx).await
+    match (s.mode, s.checkout) {
+        (PoolMode::Session, Some(checkout)) => {
+            Box::pin(session_mode(pipe, checkout, s.greeting, &ctx)).await
+        }
+        (PoolMode::Session, None) => Err(Error::refuse(
+            sqlstate::INTERNAL_ERROR,
+            "session pooling without a server",
+        )),
+        (mode, first) => {
+            let statement_mode = mode == PoolMode::Statement;
+            pooled::run(pipe, first, s.greeting, s.vars, statement_mode, &ctx).await
         }
     }
 }
@@ -260,11 +266,12 @@ struct Session {
     looked_up: Option<Box<crate::config::User>>,
     pool: ServerPool,
     mode: PoolMode,
-    checkout: Checkout,
+    /// None when transaction pooling answered the login without a server.
+    checkout: Option<Checkout>,
     role: crate::route::Target,
     greeting: BytesMut,
-    /// Startup settings PostgreSQL does not report.
-    extra: BTreeMap<String, Setting>,
+    /// The settings the client starts with.
+    vars: SessionVars,
     /// Places in the client caps, freed when the session ends.
     _places: (
         [crate::admission::Admitted; 2],
@@ -320,16 +327,32 @@ async fn start(
     {
         pt.learn(k);
     }
-    let first = first_server(
-        shared,
-        config,
-        &database,
-        &pool,
-        mode,
-        (&user_name, user),
-        settings,
-    );
-    let (checkout, role, greeting, extra) = first.await?;
+    // Transaction pooling answers a login like an earlier one from what that
+    // one led to; otherwise the client's first server tells.
+    let pooled = mode != PoolMode::Session;
+    let welcome = pooled.then(|| pool.manager().welcome(&settings)).flatten();
+    let (checkout, role, mut greeting, vars) = match welcome {
+        Some(vars) => (None, crate::route::Target::Primary, BytesMut::new(), vars),
+        None => {
+            let user = (user_name.as_str(), user);
+            let first = first_server(shared, config, &database, &pool, mode, user, &settings);
+            let (mut checkout, role, greeting, extra) = first.await?;
+            let server = checkout.server();
+            let vars = SessionVars {
+                reported: server.params.clone(),
+                extra,
+            };
+            // A login that drew NOTICEs is not answered from memory.
+            if pooled && greeting.is_empty() {
+                let manager = pool.manager();
+                manager.learn_welcome(settings, &server.initial_params, &vars);
+            }
+            (Some(checkout), role, greeting, vars)
+        }
+    };
+    for (k, v) in vars.reported.iter() {
+        build::parameter_status(&mut greeting, k, v);
+    }
     tracing::info!(user = %user_name, database = %database, ?mode, "client logged in");
     Ok(Started::Pooled(Box::new(Session {
         looked_up: looked_up.map(Box::new),
@@ -340,15 +363,15 @@ async fn start(
         checkout,
         role,
         greeting,
-        extra,
+        vars,
         _places: ([user_place, db_place], pool_place),
     })))
 }
 
 /// The client's first server, with the client's startup settings applied
-/// (and, in transaction pooling, the last client's undone), and the greeting
-/// that reports them: the checkout, its role, the greeting, and the settings
-/// PostgreSQL does not report.
+/// (and, in transaction pooling, the last client's undone): the checkout,
+/// its role, the NOTICEs the settings drew, and the settings PostgreSQL does
+/// not report.
 async fn first_server(
     shared: &Shared,
     config: &Config,
@@ -356,7 +379,7 @@ async fn first_server(
     pool: &ServerPool,
     mode: PoolMode,
     user: (&str, Option<&crate::config::User>),
-    settings: Vec<(String, String)>,
+    settings: &[(String, String)],
 ) -> Result<
     (
         Checkout,
@@ -374,16 +397,13 @@ async fn first_server(
         checkout.discard();
         return Err(Error::Server(e));
     }
-    let extra = match apply_startup(&mut checkout, &settings, &mut greeting).await {
+    let extra = match apply_startup(&mut checkout, settings, &mut greeting).await {
         Ok(extra) => extra,
         Err(e) => {
             cleanup::check_in(checkout, &config.general.server_reset_query).await;
             return Err(Error::Server(e));
         }
     };
-    for (k, v) in checkout.server().params.iter() {
-        build::parameter_status(&mut greeting, k, v);
-    }
     Ok((checkout, role, greeting, extra))
 }
 

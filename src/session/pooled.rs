@@ -13,7 +13,7 @@ use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
 use super::statements::Statements;
-use super::vars::{SessionVars, Setting, sync_sql};
+use super::vars::{SessionVars, sync_sql};
 use super::{Ctx, finish};
 use crate::clients::ClientState;
 use crate::error::{Error, ServerError};
@@ -32,18 +32,13 @@ fn next_pid() -> i32 {
 
 pub(crate) async fn run(
     pipe: &mut Pipe,
-    first: Checkout,
+    first: Option<Checkout>,
     mut greeting: BytesMut,
-    extra: BTreeMap<String, Setting>,
+    vars: SessionVars,
     statement_mode: bool,
     ctx: &Ctx<'_>,
 ) -> Result<(), Error> {
     let g = &ctx.config.general;
-    let mut first = first;
-    let vars = SessionVars {
-        reported: first.server().params.clone(),
-        extra,
-    };
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
     mux.stats = Some(ctx.shared.stats.clone());
     let cap = g.max_prepared_statements;
@@ -65,7 +60,7 @@ pub(crate) async fn run(
     };
     let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
     mux.routing = ctx.routing();
-    let mut held = Some((first, Target::Primary));
+    let mut held = first.map(|c| (c, Target::Primary));
     let result = loop {
         let (mut checkout, role) = match held.take() {
             Some(c) => c,

@@ -98,10 +98,14 @@ async fn max_db_connections_caps_every_pool_of_a_database() {
     let b = connect(MD5_USER).await.unwrap();
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
     b.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    // Both servers the database may have are busy: a third login waits, then fails.
-    let e = connect(SCRAM_USER)
-        .await
-        .expect_err("max_db_connections reached");
+    // Both servers the database may have are busy: a third client waits,
+    // then fails (at login, or at its first query when its login needed no
+    // server).
+    let third = async {
+        let c = connect(SCRAM_USER).await?;
+        c.simple_query("SELECT 1").await
+    };
+    let e = third.await.expect_err("max_db_connections reached");
     let db = e.as_db_error().expect("ErrorResponse");
     assert_eq!(db.code().code(), "53300");
     assert!(
@@ -127,10 +131,11 @@ async fn max_user_connections_caps_a_user_across_databases() {
     .await;
     let a = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
-    let e = s
-        .connect(MD5_USER.0, MD5_USER.1, DB)
-        .await
-        .expect_err("max_user_connections reached");
+    let second = async {
+        let c = s.connect(MD5_USER.0, MD5_USER.1, DB).await?;
+        c.simple_query("SELECT 1").await
+    };
+    let e = second.await.expect_err("max_user_connections reached");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"));
     a.batch_execute("COMMIT").await.unwrap();
     let b = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();

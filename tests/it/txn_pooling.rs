@@ -150,6 +150,60 @@ async fn startup_settings_follow_the_client_across_servers() {
     );
 }
 
+/// A login with the same startup settings as an earlier one is answered
+/// from what that one led to, without a server (as PgBouncer does): it goes
+/// through while the only server is busy, with the same greeting, and its
+/// settings reach the server it gets later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_login_needs_no_server() {
+    let s = pooled("transaction", 1, "query_wait_timeout = \"5s\"").await;
+    let settings = [
+        ("application_name", "welcome-test"),
+        ("options", "-c statement_timeout=1234"),
+        ("DateStyle", "iso"),
+    ];
+    let login = || Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &settings);
+    let greeting = |msgs: &[crate::harness::wire::Msg]| -> Vec<Vec<u8>> {
+        msgs.iter()
+            .filter(|m| m.tag == b'S')
+            .map(|m| m.body.clone())
+            .collect()
+    };
+    let (first, first_msgs) = login().await;
+    drop(first);
+
+    let busy = s.app().await;
+    busy.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let (mut again, again_msgs) = tokio::time::timeout(std::time::Duration::from_secs(3), login())
+        .await
+        .expect("the login needs no server");
+    assert_eq!(greeting(&again_msgs), greeting(&first_msgs));
+    let date_style = again_msgs
+        .iter()
+        .filter(|m| m.tag == b'S')
+        .find(|m| m.body.starts_with(b"DateStyle\0"))
+        .map(|m| m.body.clone());
+    assert_eq!(
+        date_style.as_deref(),
+        Some(&b"DateStyle\0ISO, MDY\0"[..]),
+        "the value PostgreSQL reported, not the client's spelling"
+    );
+
+    busy.batch_execute("COMMIT").await.unwrap();
+    again
+        .send(&query(
+            "SELECT current_setting('statement_timeout') || ' ' || current_setting('application_name')",
+        ))
+        .await;
+    let reply = again.recv_until(b'Z').await;
+    let row = reply.iter().find(|m| m.tag == b'D').expect("a row");
+    assert!(
+        row.body.ends_with(b"1234ms welcome-test"),
+        "{:?}",
+        String::from_utf8_lossy(&row.body)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_features_pin_until_released() {
     let s = pooled("transaction", 1, "query_wait_timeout = \"500ms\"").await;
@@ -173,11 +227,14 @@ async fn session_features_pin_until_released() {
             1,
             "{pin} is counted as a pinned client"
         );
-        // The only server is pinned to `a`: nobody else gets one.
-        let e = s
-            .connect(SCRAM_USER.0, SCRAM_USER.1, DB)
-            .await
-            .expect_err("the only server is pinned");
+        // The only server is pinned to `a`: nobody else gets one (a login
+        // like an earlier one needs none, so the first query waits instead).
+        let other = async {
+            let c = s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await?;
+            // Not a read, which may go to a replica.
+            c.simple_query("DO $$BEGIN END$$").await
+        };
+        let e = other.await.expect_err("the only server is pinned");
         let msg = e
             .as_db_error()
             .map(|d| d.message().to_string())
