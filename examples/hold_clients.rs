@@ -3,7 +3,8 @@
 //!
 //! Usage: hold_clients HOST PORT USER PASSWORD DBNAME COUNT [CONCURRENCY]
 //! Prints `ready N` once N connections are up (N < COUNT if some failed,
-//! with the first error on stderr), then waits for EOF on stdin.
+//! with the first error on stderr), then waits for EOF on stdin. With
+//! HOLD_QUERY set, each client runs that query once before going idle.
 
 use futures_util::{StreamExt, stream};
 use std::io::Read;
@@ -25,12 +26,17 @@ async fn main() -> anyhow::Result<()> {
         .password(&args[3])
         .dbname(&args[4]);
 
+    let query = std::env::var("HOLD_QUERY").ok();
     let results: Vec<Result<Client, tokio_postgres::Error>> = stream::iter(0..count)
         .map(|_| {
             let config = config.clone();
+            let query = query.clone();
             async move {
                 let (client, conn) = config.connect(NoTls).await?;
                 tokio::spawn(conn);
+                if let Some(q) = query {
+                    client.simple_query(&q).await?;
+                }
                 Ok(client)
             }
         })

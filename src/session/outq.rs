@@ -33,6 +33,13 @@ impl OutQueue {
         self.len
     }
 
+    /// Frees the queue's storage when it is empty (for idle clients).
+    pub fn release_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() != 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// Writes as much as the peer accepts. Ready(Ok) once empty.
     pub fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
@@ -73,5 +80,28 @@ impl OutQueue {
                 n = 0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_emptied_queue_gives_its_storage_back() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"hello "));
+        q.push(Bytes::from_static(b"world"));
+        q.release_if_empty();
+        assert_eq!(q.len(), 11, "a queue with bytes keeps them");
+
+        let mut out = Vec::new();
+        std::future::poll_fn(|cx| q.poll_flush(&mut out, cx))
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello world");
+        q.release_if_empty();
+        assert_eq!(q.chunks.capacity(), 0);
+        assert_eq!(q.len(), 0);
     }
 }

@@ -274,6 +274,8 @@ impl Pipe {
                 Ok(Some(_)) => {}
                 Ok(None) => {}
             }
+            // Nothing goes to a server while the client holds none.
+            self.to_server.release_if_empty();
             let (client, q, rbuf) = (
                 &mut self.client.stream,
                 &mut self.to_client,
@@ -294,7 +296,11 @@ impl Pipe {
                     Poll::Pending if q.len() >= HIGH_WATER => return Poll::Pending,
                     _ => {}
                 }
-                poll_read_idle(client, rbuf, cx).map(|r| match r {
+                let read = poll_read_idle(client, rbuf, cx);
+                if read.is_pending() {
+                    q.release_if_empty();
+                }
+                read.map(|r| match r {
                     Ok(0) | Err(_) => Err(Waited::Gone),
                     Ok(_) => Ok(()),
                 })
