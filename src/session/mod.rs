@@ -143,6 +143,9 @@ pub(crate) struct Ctx<'a> {
     pub role: crate::route::Target,
     /// This client's entry in the registry (SHOW CLIENTS).
     pub client: &'a crate::clients::ClientEntry,
+    /// Replica pools this client used, by replica index, so a routed
+    /// checkout does not look its pool up in the shared map each time.
+    pub replica_pools: std::sync::Mutex<Vec<Option<ServerPool>>>,
 }
 
 impl Ctx<'_> {
@@ -150,9 +153,35 @@ impl Ctx<'_> {
     /// A pool a reload closed (its servers changed) is replaced by the
     /// current config's, so connected clients carry on.
     pub fn pool_for(&self, role: crate::route::Target) -> ServerPool {
-        if role == crate::route::Target::Primary && !self.pool.is_closed() {
-            return self.pool.clone();
+        let replica = match role {
+            crate::route::Target::Primary if !self.pool.is_closed() => {
+                return self.pool.clone();
+            }
+            crate::route::Target::Primary => None,
+            crate::route::Target::Replica(i) => Some(i),
+        };
+        let mut cache = self
+            .replica_pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = replica
+            && let Some(Some(p)) = cache.get(i)
+            && !p.is_closed()
+        {
+            return p.clone();
         }
+        let pool = self.lookup_pool(role);
+        if let Some(i) = replica {
+            if cache.len() <= i {
+                cache.resize(i + 1, None);
+            }
+            cache[i] = Some(pool.clone());
+        }
+        pool
+    }
+
+    /// `pool_for` without the client's cache.
+    fn lookup_pool(&self, role: crate::route::Target) -> ServerPool {
         let key = PoolKey {
             role,
             ..PoolKey::primary(self.database, self.user_name)
@@ -236,6 +265,7 @@ async fn serve(
         user,
         role: s.role,
         client,
+        replica_pools: Default::default(),
     };
     match (s.mode, s.checkout) {
         (PoolMode::Session, Some(checkout)) => {
