@@ -72,6 +72,10 @@ pub struct ServerConn {
     /// Settings sluice knows were applied beyond the reported parameters
     /// (transaction pooling keeps them in line with each client's).
     pub extra: BTreeMap<String, crate::session::vars::Setting>,
+    /// (these `params`, a client's reported map) last found to need no
+    /// setting (a replica's differ in read-only ones), so the next checkout
+    /// by a client sharing that map skips the comparison.
+    pub params_match: Option<(Params, Params)>,
     /// Statements transaction pooling prepared here under sluice-wide names.
     pub statements: crate::session::prepared::ServerStatements,
     pub created: Instant,
@@ -96,6 +100,7 @@ impl ServerConn {
             key: r.key,
             state: ServerState::default(),
             extra: BTreeMap::new(),
+            params_match: None,
             statements: Default::default(),
             created: Instant::now(),
             idle_since: Instant::now(),
