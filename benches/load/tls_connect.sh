@@ -8,8 +8,8 @@ bash scripts/prereqs.sh
 command -v openssl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 . scripts/lib/cluster.sh
 
-PRIMARY_PORT=${PRIMARY_PORT:-55442}
-SLUICE_PORT=${SLUICE_PORT:-55443}
+PRIMARY_PORT=${PRIMARY_PORT:-25442}
+SLUICE_PORT=${SLUICE_PORT:-25443}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-8}
