@@ -2,16 +2,14 @@
 //! the client's path, so it makes no round trip: it only rejects connections
 //! that are dirty, dead or too old. Reset happens before check-in.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool::managed::{Manager, Metrics, RecycleError, RecycleResult};
 use tokio::sync::Semaphore;
 
 use crate::error::ServerError;
-use crate::server::{Params, ServerConn, ServerTarget};
-use crate::session::vars::SessionVars;
+use crate::server::{ServerConn, ServerTarget};
 
 /// A cap on server connections shared by several pools.
 #[derive(Debug, Clone)]
@@ -42,27 +40,10 @@ pub struct ServerManager {
     /// RECONNECT bumps it: servers from an older generation are closed
     /// when next checked out or returned.
     pub generation: std::sync::atomic::AtomicU64,
-    /// The parameters this pool's servers reported at login, kept so that
-    /// servers reporting the same values share one map (see `Params`).
-    pub login_params: Mutex<Option<Params>>,
-    /// What transaction-pooled logins led to, by their startup settings.
-    pub welcomes: Mutex<HashMap<Vec<(String, String)>, Welcome>>,
+    /// The parameters its servers log in with, and what client logins
+    /// led to (transaction pooling answers repeated ones from it).
+    pub logins: super::welcome::LoginMemory,
 }
-
-/// What a transaction-pooled login with some startup settings led to on
-/// this pool's servers: the parameters to report and the settings to carry.
-/// The next login with the same settings is answered from it, without
-/// taking a server (as PgBouncer answers logins from its cached parameters).
-#[derive(Debug, Clone)]
-pub struct Welcome {
-    /// The servers' login parameters it was learnt on; a server that logs in
-    /// with others (a restart with a new configuration) makes it stale.
-    pub learnt_on: Params,
-    pub vars: SessionVars,
-}
-
-/// Distinct startup settings remembered per pool; more start the map anew.
-const MAX_WELCOMES: usize = 64;
 
 impl ServerManager {
     /// The pool's configured size, without any reserve.
@@ -106,7 +87,7 @@ impl ServerManager {
             }
         }
         let conn = ServerConn::connect(&self.target).await.map(|mut c| {
-            c.initial_params = self.shared_params(c.initial_params);
+            c.initial_params = self.logins.share(c.initial_params);
             c.params = c.initial_params.clone();
             c.permits = permits;
             c.stats = Some(self.stats.clone());
@@ -118,59 +99,6 @@ impl ServerManager {
             Err(e) => tracing::warn!(error = %e, "server connection failed"),
         }
         conn
-    }
-
-    /// `params`, or the equal map another server of this pool already holds.
-    fn shared_params(&self, params: Params) -> Params {
-        let mut known = self
-            .login_params
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match &*known {
-            Some(k) if **k == *params => k.clone(),
-            _ => {
-                *known = Some(params.clone());
-                params
-            }
-        }
-    }
-
-    /// The login parameters this pool's servers currently report.
-    fn current_params(&self) -> Option<Params> {
-        let known = self.login_params.lock();
-        known.unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// The session a login with `settings` starts with, when an earlier one
-    /// learnt it on servers that still report the same login parameters.
-    pub fn welcome(&self, settings: &[(String, String)]) -> Option<SessionVars> {
-        let current = self.current_params()?;
-        let welcomes = self.welcomes.lock().unwrap_or_else(PoisonError::into_inner);
-        let w = welcomes.get(settings)?;
-        Arc::ptr_eq(&w.learnt_on, &current).then(|| w.vars.clone())
-    }
-
-    /// Remembers what a login with `settings` led to on a server that had
-    /// logged in with `learnt_on`.
-    pub fn learn_welcome(
-        &self,
-        settings: Vec<(String, String)>,
-        learnt_on: &Params,
-        vars: &SessionVars,
-    ) {
-        if self
-            .current_params()
-            .is_none_or(|c| !Arc::ptr_eq(&c, learnt_on))
-        {
-            return;
-        }
-        let mut welcomes = self.welcomes.lock().unwrap_or_else(PoisonError::into_inner);
-        if welcomes.len() >= MAX_WELCOMES && !welcomes.contains_key(&settings) {
-            welcomes.clear();
-        }
-        let learnt_on = learnt_on.clone();
-        let vars = vars.clone();
-        welcomes.insert(settings, Welcome { learnt_on, vars });
     }
 
     fn check_reusable(&self, conn: &mut ServerConn) -> RecycleResult<ServerError> {

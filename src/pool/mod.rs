@@ -6,6 +6,7 @@
 
 mod manager;
 pub mod stats;
+mod welcome;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -218,8 +219,7 @@ impl PoolSet {
             database: key.database.clone(),
             pauses: self.pauses.clone(),
             generation: Default::default(),
-            login_params: Default::default(),
-            welcomes: Default::default(),
+            logins: Default::default(),
             stats: Arc::new(stats::PoolStats::new(
                 &self.histograms,
                 &[&key.database, &key.user, key.role_name()],

@@ -360,8 +360,8 @@ async fn start(
     // Transaction pooling answers a login like an earlier one from what that
     // one led to; otherwise the client's first server tells.
     let pooled = mode != PoolMode::Session;
-    let welcome = pooled.then(|| pool.manager().welcome(&settings)).flatten();
-    let (checkout, role, mut greeting, vars) = match welcome {
+    let welcome = pooled.then(|| pool.manager().logins.welcome(&settings));
+    let (checkout, role, mut greeting, vars) = match welcome.flatten() {
         Some(vars) => (None, crate::route::Target::Primary, BytesMut::new(), vars),
         None => {
             let user = (user_name.as_str(), user);
@@ -374,8 +374,8 @@ async fn start(
             };
             // A login that drew NOTICEs is not answered from memory.
             if pooled && greeting.is_empty() {
-                let manager = pool.manager();
-                manager.learn_welcome(settings, &server.initial_params, &vars);
+                let logins = &pool.manager().logins;
+                logins.learn(settings, &server.initial_params, &vars);
             }
             (Some(checkout), role, greeting, vars)
         }
