@@ -75,6 +75,21 @@ impl Wire {
         }
     }
 
+    /// Connects with a small receive buffer, so that a test of a client that
+    /// never reads does not depend on the machine's TCP autotuning limits.
+    pub async fn connect_small(port: u16) -> Self {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        let stream = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect to sluice");
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Connects from another loopback address (127.0.0.2, say): another client host.
     pub async fn connect_from(source: &str, port: u16) -> Self {
         let sock = tokio::net::TcpSocket::new_v4().expect("socket");
