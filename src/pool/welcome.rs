@@ -70,14 +70,7 @@ impl LoginMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn params(kv: &[(&str, &str)]) -> Params {
-        Params::new(
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
+    use crate::server::params_of as params;
 
     fn settings(kv: &[(&str, &str)]) -> Settings {
         kv.iter()

@@ -29,6 +29,26 @@ pub fn set_param(params: &mut Params, name: String, value: String) {
     }
 }
 
+/// Which (server map, client map) pair was last found to need no setting,
+/// so that a checkout by a client sharing that map skips the comparison. A
+/// replica's parameters never equal the primary's (read-only ones differ),
+/// so without it every checkout there would walk both maps. It holds both
+/// maps, so a change to either (a copy on write) ends the match.
+#[derive(Debug, Default)]
+pub struct InLine(Option<(Params, Params)>);
+
+impl InLine {
+    pub fn holds(&self, server: &Params, client: &Params) -> bool {
+        self.0.as_ref().is_some_and(|(s, c)| {
+            std::sync::Arc::ptr_eq(s, server) && std::sync::Arc::ptr_eq(c, client)
+        })
+    }
+
+    pub fn note(&mut self, server: &Params, client: &Params) {
+        self.0 = Some((server.clone(), client.clone()));
+    }
+}
+
 /// Replies to sluice's own queries (reset, settings) are small.
 const MAX_INTERNAL_REPLY: usize = 1 << 20;
 
@@ -72,10 +92,8 @@ pub struct ServerConn {
     /// Settings sluice knows were applied beyond the reported parameters
     /// (transaction pooling keeps them in line with each client's).
     pub extra: BTreeMap<String, crate::session::vars::Setting>,
-    /// (these `params`, a client's reported map) last found to need no
-    /// setting (a replica's differ in read-only ones), so the next checkout
-    /// by a client sharing that map skips the comparison.
-    pub params_match: Option<(Params, Params)>,
+    /// The client map these `params` were last found in line with.
+    pub in_line: InLine,
     /// Statements transaction pooling prepared here under sluice-wide names.
     pub statements: crate::session::prepared::ServerStatements,
     pub created: Instant,
@@ -92,24 +110,23 @@ pub struct ServerConn {
 impl ServerConn {
     pub async fn connect(t: &ServerTarget) -> Result<Self, ServerError> {
         let r = login::connect(t).await?;
-        let mut c = Self {
+        let params = Params::new(r.params);
+        Ok(Self {
             conn: r.conn,
             addr: t.addr.to_string(),
-            initial_params: Params::new(r.params),
-            params: Params::default(),
+            initial_params: params.clone(),
+            params,
             key: r.key,
             state: ServerState::default(),
             extra: BTreeMap::new(),
-            params_match: None,
+            in_line: InLine::default(),
             statements: Default::default(),
             created: Instant::now(),
             idle_since: Instant::now(),
             permits: Vec::new(),
             stats: None,
             generation: 0,
-        };
-        c.params = c.initial_params.clone();
-        Ok(c)
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -240,13 +257,23 @@ impl ServerConn {
     }
 }
 
+/// A `Params` map from pairs, for tests.
+#[cfg(test)]
+pub fn params_of(kv: &[(&str, &str)]) -> Params {
+    Params::new(
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn set_param_copies_a_shared_map_only_on_a_change() {
-        let server: Params = Params::new([("TimeZone".to_string(), "UTC".to_string())].into());
+        let server = params_of(&[("TimeZone", "UTC")]);
         let mut client = server.clone();
 
         set_param(&mut client, "TimeZone".into(), "UTC".into());
@@ -259,5 +286,25 @@ mod tests {
         assert!(!std::sync::Arc::ptr_eq(&client, &server));
         assert_eq!(client["TimeZone"], "Asia/Tokyo");
         assert_eq!(server["TimeZone"], "UTC", "the other holders keep theirs");
+    }
+
+    #[test]
+    fn a_match_lasts_until_either_map_changes() {
+        let mut replica = params_of(&[("TimeZone", "UTC"), ("in_hot_standby", "on")]);
+        let mut client = params_of(&[("TimeZone", "UTC"), ("in_hot_standby", "off")]);
+        let mut m = InLine::default();
+        assert!(!m.holds(&replica, &client));
+        m.note(&replica, &client);
+        assert!(m.holds(&replica, &client));
+        assert!(
+            !m.holds(&replica, &params_of(&[("TimeZone", "UTC")])),
+            "an equal map is not the same map"
+        );
+
+        set_param(&mut client, "TimeZone".into(), "Asia/Tokyo".into());
+        assert!(!m.holds(&replica, &client), "the client changed");
+        m.note(&replica, &client);
+        set_param(&mut replica, "TimeZone".into(), "Asia/Tokyo".into());
+        assert!(!m.holds(&replica, &client), "the server changed");
     }
 }

@@ -234,11 +234,7 @@ async fn checkout_synced(
 ) -> Result<Checkout, Error> {
     let mut checkout = Checkout::get(pool, ctx.database).await?;
     let server = checkout.server();
-    let client = &mux.vars.reported;
-    let known = server.params_match.as_ref().is_some_and(|(s, c)| {
-        std::sync::Arc::ptr_eq(s, &server.params) && std::sync::Arc::ptr_eq(c, client)
-    });
-    if known && server.extra == mux.vars.extra {
+    if server.in_line.holds(&server.params, &mux.vars.reported) && server.extra == mux.vars.extra {
         return Ok(checkout);
     }
     if let Some(sql) = sync_sql(&mux.vars, &server.params, &server.extra) {
@@ -258,46 +254,7 @@ async fn checkout_synced(
             });
         }
         server.extra = mux.vars.extra.clone();
-    } else {
-        share_params(&mut server.params, &mux.vars.reported);
     }
-    server.params_match = Some((server.params.clone(), mux.vars.reported.clone()));
+    server.in_line.note(&server.params, &mux.vars.reported);
     Ok(checkout)
-}
-
-/// A server whose reported parameters equal the client's takes the client's
-/// map, so that comparing them next time (with this client or any other
-/// sharing its map) is a pointer check.
-fn share_params(server: &mut crate::server::Params, client: &crate::server::Params) {
-    if !std::sync::Arc::ptr_eq(server, client) && **server == **client {
-        *server = client.clone();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::Params;
-
-    fn params(kv: &[(&str, &str)]) -> Params {
-        Params::new(
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn a_server_with_equal_parameters_shares_the_clients_map() {
-        let client = params(&[("TimeZone", "UTC")]);
-        let mut server = params(&[("TimeZone", "UTC")]);
-        share_params(&mut server, &client);
-        assert!(std::sync::Arc::ptr_eq(&server, &client));
-
-        // Read-only parameters differ on a replica: it keeps its own.
-        let client = params(&[("in_hot_standby", "off")]);
-        let mut replica = params(&[("in_hot_standby", "on")]);
-        share_params(&mut replica, &client);
-        assert_eq!(replica["in_hot_standby"], "on");
-    }
 }

@@ -79,9 +79,8 @@ pub fn sync_sql(
     params: &BTreeMap<String, String>,
     extra: &BTreeMap<String, Setting>,
 ) -> Option<String> {
-    // The usual case, a server last used by a client with the same settings,
-    // costs one ordered walk of each map.
-    // Usually both are one shared map, and comparing is a pointer check.
+    // The usual case, a server last used by a client with the same settings:
+    // often one shared map (a pointer check), else one ordered walk of each.
     let same_params = std::ptr::eq(&*client.reported, params) || *client.reported == *params;
     if same_params && client.extra == *extra {
         return None;
