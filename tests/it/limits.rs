@@ -101,11 +101,10 @@ async fn max_db_connections_caps_every_pool_of_a_database() {
     // Both servers the database may have are busy: a third client waits,
     // then fails (at login, or at its first query when its login needed no
     // server).
-    let third = async {
-        let c = connect(SCRAM_USER).await?;
-        c.simple_query("SELECT 1").await
-    };
-    let e = third.await.expect_err("max_db_connections reached");
+    let e = s
+        .first_query(SCRAM_USER.0, SCRAM_USER.1, "capped", "SELECT 1")
+        .await
+        .expect_err("max_db_connections reached");
     let db = e.as_db_error().expect("ErrorResponse");
     assert_eq!(db.code().code(), "53300");
     assert!(
@@ -131,11 +130,10 @@ async fn max_user_connections_caps_a_user_across_databases() {
     .await;
     let a = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
-    let second = async {
-        let c = s.connect(MD5_USER.0, MD5_USER.1, DB).await?;
-        c.simple_query("SELECT 1").await
-    };
-    let e = second.await.expect_err("max_user_connections reached");
+    let e = s
+        .first_query(MD5_USER.0, MD5_USER.1, DB, "SELECT 1")
+        .await
+        .expect_err("max_user_connections reached");
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("53300"));
     a.batch_execute("COMMIT").await.unwrap();
     let b = s.connect(MD5_USER.0, MD5_USER.1, DB).await.unwrap();

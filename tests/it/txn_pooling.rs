@@ -229,12 +229,11 @@ async fn session_features_pin_until_released() {
         );
         // The only server is pinned to `a`: nobody else gets one (a login
         // like an earlier one needs none, so the first query waits instead).
-        let other = async {
-            let c = s.connect(SCRAM_USER.0, SCRAM_USER.1, DB).await?;
-            // Not a read, which may go to a replica.
-            c.simple_query("DO $$BEGIN END$$").await
-        };
-        let e = other.await.expect_err("the only server is pinned");
+        // Not a read, which may go to a replica.
+        let e = s
+            .first_query(SCRAM_USER.0, SCRAM_USER.1, DB, "DO $$BEGIN END$$")
+            .await
+            .expect_err("the only server is pinned");
         let msg = e
             .as_db_error()
             .map(|d| d.message().to_string())

@@ -120,6 +120,22 @@ impl Sluice {
         Ok(client)
     }
 
+    /// Logs in and runs `sql`: the error of whichever fails. In transaction
+    /// pooling a login may need no server, so errors about servers (none
+    /// free, a cap reached) come at login or at the first query.
+    pub async fn first_query(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+        sql: &str,
+    ) -> Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error> {
+        self.connect(user, password, db)
+            .await?
+            .simple_query(sql)
+            .await
+    }
+
     /// The default test login: the SCRAM user on `app`.
     pub async fn app(&self) -> tokio_postgres::Client {
         self.connect(SCRAM_USER.0, SCRAM_USER.1, DB)

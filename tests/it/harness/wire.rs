@@ -80,14 +80,7 @@ impl Wire {
     pub async fn connect_small(port: u16) -> Self {
         let sock = tokio::net::TcpSocket::new_v4().expect("socket");
         sock.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-        let stream = sock
-            .connect(([127, 0, 0, 1], port).into())
-            .await
-            .expect("connect to sluice");
-        Self {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Self::connect_socket(sock, port).await
     }
 
     /// Connects from another loopback address (127.0.0.2, say): another client host.
@@ -95,6 +88,10 @@ impl Wire {
         let sock = tokio::net::TcpSocket::new_v4().expect("socket");
         sock.bind(format!("{source}:0").parse().expect("source address"))
             .expect("bind source");
+        Self::connect_socket(sock, port).await
+    }
+
+    async fn connect_socket(sock: tokio::net::TcpSocket, port: u16) -> Self {
         let stream = sock
             .connect(([127, 0, 0, 1], port).into())
             .await
