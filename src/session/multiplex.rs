@@ -10,7 +10,7 @@ use super::expect::FrameAction;
 use super::pins::Pins;
 use super::prepared::ServerStatements;
 use super::routing::{ClientRouting, Step};
-use super::statements::{ClientAction, Statements};
+use super::statements::{Answer, ClientAction, Statements};
 use super::vars::{SessionVars, Setting};
 use crate::protocol::inspect::{self, take_cstr};
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
@@ -261,11 +261,12 @@ impl Multiplex {
 
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
-    pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Option<BytesMut> {
+    pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Answer {
         let search_path = search_path(&self.vars);
-        self.statements
-            .as_mut()?
-            .answer_without_server(buf, search_path, max)
+        match self.statements.as_mut() {
+            Some(st) => st.answer_without_server(buf, search_path, max),
+            None => Answer::NeedServer,
+        }
     }
 
     /// Whether replies are still owed for messages sluice rewrote or answered.

@@ -12,7 +12,7 @@ use super::cancel::CancelTarget;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
-use super::statements::Statements;
+use super::statements::{Answer, Statements};
 use super::vars::{SessionVars, sync_sql};
 use super::{Ctx, finish};
 use crate::clients::ClientState;
@@ -61,19 +61,28 @@ pub(crate) async fn run(
     let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
     mux.routing = ctx.routing();
     let mut held = first.map(|c| (c, Target::Primary));
+    let mut read_more = false;
     let result = loop {
         let (mut checkout, role) = match held.take() {
             Some(c) => c,
-            None => match pipe.wait_client(client_idle).await {
+            None => match pipe
+                .wait_client(client_idle, std::mem::take(&mut read_more))
+                .await
+            {
                 Waited::Request => {
                     // Preparing a statement some server already parsed needs no
                     // server: a client blocked on that must not wait for one.
-                    if let Some(reply) =
-                        mux.answer_without_server(pipe.client_buffer(), g.max_packet_size)
-                    {
-                        tracing::trace!("answered without a server");
-                        pipe.send_client(reply.freeze());
-                        continue;
+                    match mux.answer_without_server(pipe.client_buffer(), g.max_packet_size) {
+                        Answer::Reply(reply) => {
+                            tracing::trace!("answered without a server");
+                            pipe.send_client(reply.freeze());
+                            continue;
+                        }
+                        Answer::NeedMore => {
+                            read_more = true;
+                            continue;
+                        }
+                        Answer::NeedServer => {}
                     }
                     tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
                     let decision = mux.route_decision(pipe.client_buffer());

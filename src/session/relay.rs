@@ -254,8 +254,14 @@ impl Pipe {
 
     /// Without a server: flushes replies and waits for the client's next request.
     /// Kept small, as it is most of an idle client's state: one poll function,
-    /// and a timer on the heap only when client_idle_timeout is set.
-    pub async fn wait_client(&mut self, idle_timeout: Option<Duration>) -> Waited {
+    /// and a timer on the heap only when client_idle_timeout is set. With
+    /// `read_more`, a whole first message is not enough: the pool loop wants
+    /// the rest of its batch, so at least one more read comes first.
+    pub async fn wait_client(
+        &mut self,
+        idle_timeout: Option<Duration>,
+        mut read_more: bool,
+    ) -> Waited {
         let mut idle = idle_timeout.map(|d| Box::pin(tokio::time::sleep(d)));
         let mut stop = self.stop.clone();
         let shutdown = shutdown_started(&mut stop);
@@ -270,7 +276,9 @@ impl Pipe {
                     return Waited::Terminated;
                 }
                 // Whole first message: the pool loop may answer it without a server.
-                Ok(Some(h)) if self.client.rbuf.len() >= h.total => return Waited::Request,
+                Ok(Some(h)) if self.client.rbuf.len() >= h.total && !read_more => {
+                    return Waited::Request;
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => {}
             }
@@ -308,6 +316,7 @@ impl Pipe {
             if let Err(end) = read.await {
                 return end;
             }
+            read_more = false;
         }
     }
 

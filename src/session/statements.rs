@@ -23,6 +23,20 @@ pub enum ClientAction {
     Drop,
 }
 
+/// Bytes of an answerable batch sluice waits for before it takes a server
+/// anyway (a client may stream known Parses without a Sync).
+const PENDING_BATCH_MAX: usize = 64 * 1024;
+
+/// Whether sluice can answer the client's next batch itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The replies; the batch has been consumed.
+    Reply(BytesMut),
+    /// So far answerable, but its Sync is not buffered yet.
+    NeedMore,
+    NeedServer,
+}
+
 #[derive(Debug, Default)]
 pub struct Statements {
     pub client: ClientStatements,
@@ -321,44 +335,60 @@ impl Statements {
 
     /// Answers a batch of Parse (of known statements), Close (statement)
     /// and Flush messages ending in Sync without a server, when that is all
-    /// `buf` holds up to its first Sync. Returns the replies and consumes the
-    /// batch, or None (and leaves `buf` alone) when a server is needed.
+    /// `buf` holds up to its first Sync. Consumes the batch only when it
+    /// answers; `NeedMore` when the batch could be answered but its end is
+    /// not buffered yet (so a batch split across reads takes no server).
     pub fn answer_without_server(
         &mut self,
         buf: &mut BytesMut,
         search_path: Option<&str>,
         max: usize,
-    ) -> Option<BytesMut> {
-        let known = self.known.clone()?;
+    ) -> Answer {
+        let Some(known) = self.known.clone() else {
+            return Answer::NeedServer;
+        };
         let mut off = 0;
+        let mut flushed = false;
         let mut plan: Vec<(u8, Vec<u8>, Option<Arc<StmtDef>>)> = Vec::new();
         loop {
-            let h = crate::protocol::frame::peek_header(&buf[off..], max).ok()??;
-            if buf.len() - off < h.total {
-                return None;
-            }
+            // The client may wait for replies after a Flush, and a batch is
+            // only held back while it stays small.
+            let incomplete = if flushed || off > PENDING_BATCH_MAX {
+                Answer::NeedServer
+            } else {
+                Answer::NeedMore
+            };
+            let h = match crate::protocol::frame::peek_header(&buf[off..], max) {
+                Ok(Some(h)) if buf.len() - off >= h.total => h,
+                Ok(_) => return incomplete,
+                Err(_) => return Answer::NeedServer,
+            };
             let body = &buf[off + crate::protocol::frame::HEADER_LEN..off + h.total];
             off += h.total;
             match FrontendTag::from_byte(h.tag) {
                 FrontendTag::Parse => {
-                    let v = ext::parse_view(body)?;
+                    let Some(v) = ext::parse_view(body) else {
+                        return Answer::NeedServer;
+                    };
                     if v.name.is_empty() || self.client.named.contains_key(v.name) {
-                        return None;
+                        return Answer::NeedServer;
                     }
                     let def = define(v.rest, search_path);
                     if !known.contains(&def.global) {
                         tracing::trace!(global = %def.global, ?search_path, "not known yet");
-                        return None;
+                        return Answer::NeedServer;
                     }
                     plan.push((b'P', v.name.to_vec(), Some(def)));
                 }
-                FrontendTag::Close => match ext::target_view(body)? {
-                    (b'S', name) if !name.is_empty() => plan.push((b'C', name.to_vec(), None)),
-                    _ => return None,
+                FrontendTag::Close => match ext::target_view(body) {
+                    Some((b'S', name)) if !name.is_empty() => {
+                        plan.push((b'C', name.to_vec(), None))
+                    }
+                    _ => return Answer::NeedServer,
                 },
-                FrontendTag::Flush => {}
+                FrontendTag::Flush => flushed = true,
                 FrontendTag::Sync => break,
-                _ => return None,
+                _ => return Answer::NeedServer,
             }
         }
         let _ = buf.split_to(off);
@@ -376,7 +406,7 @@ impl Statements {
             }
         }
         build::ready_for_query(&mut out, TxnStatus::Idle);
-        Some(out)
+        Answer::Reply(out)
     }
 
     /// DEALLOCATE ALL / DISCARD ALL from the client: its names go, and the
@@ -589,11 +619,49 @@ mod known_tests {
         let mut buf = BytesMut::new();
         ext::build_parse(&mut buf, b"P_0", b"BEGIN;\0\0\0");
         crate::protocol::build::sync(&mut buf);
-        let reply = b
-            .answer_without_server(&mut buf, None, 1 << 20)
-            .expect("answered locally");
+        let whole = buf.clone();
+        for cut in 1..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert_eq!(
+                b.answer_without_server(&mut part, None, 1 << 20),
+                Answer::NeedMore,
+                "cut at {cut}"
+            );
+            assert_eq!(&part[..], &whole[..cut], "nothing consumed");
+        }
+        let Answer::Reply(reply) = b.answer_without_server(&mut buf, None, 1 << 20) else {
+            panic!("answered locally")
+        };
         assert_eq!(&reply[..], b"1\0\0\0\x04Z\0\0\0\x05I");
         assert!(buf.is_empty());
         assert!(b.client.named.contains_key(&b"P_0"[..]));
+    }
+
+    #[test]
+    fn an_unfinished_batch_after_a_flush_or_too_long_needs_a_server() {
+        let known = Arc::new(KnownStatements::default());
+        known.insert(define(b"BEGIN;\0\0\0", None).global.clone());
+        let mut b = Statements {
+            cap: 10,
+            known: Some(known),
+            ..Default::default()
+        };
+        // After a Flush the client may be waiting for the replies so far.
+        let mut buf = BytesMut::new();
+        ext::build_parse(&mut buf, b"a", b"BEGIN;\0\0\0");
+        buf.extend_from_slice(b"H\0\0\0\x04");
+        assert_eq!(
+            b.answer_without_server(&mut buf, None, 1 << 20),
+            Answer::NeedServer
+        );
+        // A Sync never comes: sluice stops waiting for it.
+        let mut buf = BytesMut::new();
+        for i in 0..10_000 {
+            ext::build_parse(&mut buf, format!("s{i}").as_bytes(), b"BEGIN;\0\0\0");
+        }
+        assert_eq!(
+            b.answer_without_server(&mut buf, None, 1 << 20),
+            Answer::NeedServer
+        );
     }
 }
