@@ -159,6 +159,7 @@ async fn drain(
         return Ok(());
     }
     let _ = shared.draining.send(true);
+    shared.registry.drain_all();
     let limit = shared.config().general.shutdown_timeout;
     tracing::info!(
         clients = sessions.len(),

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio_util::sync::CancellationToken;
+use crate::signal::{Signal, Signals};
 
 /// What a client is doing, as SHOW CLIENTS says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +67,8 @@ pub struct ClientEntry {
     /// The server it holds: pid (0: none) and its role ("primary"/"replica").
     server_pid: AtomicI32,
     pub server_addr: Mutex<String>,
-    /// KILL: the session ends at once.
-    pub kill: CancellationToken,
+    /// KILL and graceful shutdown, for the session to act on.
+    pub signals: Arc<Signals>,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -139,6 +139,8 @@ impl ClientEntry {
 pub struct Clients {
     next: AtomicU64,
     map: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    /// Set (under the map's lock) once a graceful shutdown starts.
+    draining: AtomicBool,
 }
 
 /// Removes its client from the registry when dropped.
@@ -172,12 +174,15 @@ impl Clients {
             wait_since: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             server_addr: Mutex::default(),
-            kill: CancellationToken::new(),
+            signals: Arc::default(),
         });
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, entry.clone());
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(id, entry.clone());
+        // A client that arrives as the shutdown starts still hears of it.
+        if self.draining.load(Ordering::Relaxed) {
+            entry.signals.raise(Signal::Drain);
+        }
+        drop(map);
         Registered {
             clients: self,
             entry,
@@ -202,11 +207,21 @@ impl Clients {
         let mut n = 0;
         for c in self.all() {
             if c.identity().database == database {
-                c.kill.cancel();
+                c.signals.raise(Signal::Kill);
                 n += 1;
             }
         }
         n
+    }
+
+    /// A graceful shutdown starts: every session, and any that registers
+    /// from now on, ends at its next boundary.
+    pub fn drain_all(&self) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        self.draining.store(true, Ordering::Relaxed);
+        for c in map.values() {
+            c.signals.raise(Signal::Drain);
+        }
     }
 }
 
@@ -261,9 +276,20 @@ mod tests {
         assert_eq!(a.entry.state(), ClientState::Idle);
         assert_eq!(c.all().len(), 2);
         assert_eq!(c.kill_database("app"), 1);
-        assert!(a.entry.kill.is_cancelled());
-        assert!(!b.entry.kill.is_cancelled());
+        assert!(a.entry.signals.is_raised(Signal::Kill));
+        assert!(!b.entry.signals.is_raised(Signal::Kill));
         drop(a);
         assert_eq!(c.all().len(), 1);
+    }
+
+    #[test]
+    fn a_shutdown_reaches_present_and_later_clients() {
+        let c = Clients::default();
+        let before = c.register(None, None);
+        c.drain_all();
+        let after = c.register(None, None);
+        assert!(before.entry.signals.is_raised(Signal::Drain));
+        assert!(after.entry.signals.is_raised(Signal::Drain));
+        assert!(!after.entry.signals.is_raised(Signal::Kill));
     }
 }

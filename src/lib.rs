@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod signal;
 pub mod sql;
 pub mod stats;
 

@@ -33,6 +33,7 @@ use crate::protocol::build::{self, Severity};
 use crate::protocol::sqlstate;
 use crate::protocol::startup::StartupParams;
 use crate::protocol::tags::TxnStatus;
+use crate::signal::Signal;
 use cancel::CancelTarget;
 use relay::{Pipe, RelayEnd, Timers};
 use startup::Opening;
@@ -54,6 +55,7 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
         let Some((mut pipe, opening)) = Box::pin(open(tcp, &shared, deadline)).await else {
             return;
         };
+        pipe.signals = Some(client.signals.clone());
         client.tls.store(
             pipe.client.stream.is_tls(),
             std::sync::atomic::Ordering::Relaxed,
@@ -64,7 +66,7 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
                 tokio::select! {
                     r = serve(&mut pipe, &shared, params, deadline, peer_ip, client) => r,
                     // Dropping `serve` discards any server it holds.
-                    _ = client.kill.cancelled() => Err(Error::refuse(
+                    _ = std::future::poll_fn(|cx| client.signals.poll_raised(Signal::Kill, cx)) => Err(Error::refuse(
                         sqlstate::ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command (KILL)",
                     )),
@@ -99,8 +101,7 @@ async fn open(
         }
         return None;
     };
-    let mut pipe = Pipe::new(conn, shared.config().general.max_packet_size);
-    pipe.stop = Some(shared.draining.subscribe());
+    let pipe = Pipe::new(conn, shared.config().general.max_packet_size);
     Some((pipe, opening))
 }
 

@@ -12,6 +12,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::protocol::inspect::{self, ErrorFields};
 use crate::protocol::sqlstate;
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
 use crate::server::ServerConn;
+use crate::signal::{Signal, Signals};
 
 /// Bytes queued towards one peer before sluice stops reading the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -98,17 +100,6 @@ pub enum Waited {
     Shutdown,
 }
 
-/// Resolves when a graceful shutdown starts (never, without a receiver or
-/// once the sender is gone), so it may be kept pinned across events.
-async fn shutdown_started(stop: &mut Option<tokio::sync::watch::Receiver<bool>>) {
-    if let Some(s) = stop
-        && s.wait_for(|draining| *draining).await.is_ok()
-    {
-        return;
-    }
-    std::future::pending().await
-}
-
 /// Timers that apply while a server is held.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timers {
@@ -158,8 +149,8 @@ pub struct Pipe {
     /// Bytes forwarded since the last flush into the pool's stats.
     received: u64,
     sent: u64,
-    /// Graceful shutdown: true once sluice is draining.
-    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The client's signals; this side acts on the graceful shutdown.
+    pub signals: Option<Arc<Signals>>,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -228,7 +219,7 @@ impl Pipe {
             xact_start: None,
             received: 0,
             sent: 0,
-            stop: None,
+            signals: None,
         }
     }
 
@@ -263,9 +254,6 @@ impl Pipe {
         mut read_more: bool,
     ) -> Waited {
         let mut idle = idle_timeout.map(|d| Box::pin(tokio::time::sleep(d)));
-        let mut stop = self.stop.clone();
-        let shutdown = shutdown_started(&mut stop);
-        tokio::pin!(shutdown);
         loop {
             if self.draining() {
                 return Waited::Shutdown;
@@ -284,13 +272,16 @@ impl Pipe {
             }
             // Nothing goes to a server while the client holds none.
             self.to_server.release_if_empty();
-            let (client, q, rbuf) = (
+            let (client, q, rbuf, signals) = (
                 &mut self.client.stream,
                 &mut self.to_client,
                 &mut self.client.rbuf,
+                &self.signals,
             );
             let read = poll_fn(|cx| {
-                if shutdown.as_mut().poll(cx).is_ready() {
+                if let Some(s) = signals
+                    && s.poll_raised(Signal::Drain, cx).is_ready()
+                {
                     return Poll::Ready(Err(Waited::Shutdown));
                 }
                 if let Some(t) = idle.as_mut()
@@ -336,11 +327,7 @@ impl Pipe {
         }
         let mut last_client = Instant::now();
         let mut busy_since: Option<Instant> = None;
-        let mut stop = self.stop.clone();
-        // One shutdown watch for the whole relay, not one per event: each
-        // new one registers with (and leaves) the watch's waiter list.
-        let shutdown = shutdown_started(&mut stop);
-        tokio::pin!(shutdown);
+        let signals = self.signals.clone();
         loop {
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
@@ -355,26 +342,26 @@ impl Pipe {
                 (false, s) => s,
             };
             let deadline = self.deadline(server, timers, last_client, busy_since);
-            let waited = {
-                let fut = poll_fn(|cx| self.poll_event(server, cx));
-                async move {
-                    match deadline {
-                        Some((at, code, message)) => match tokio::time::timeout_at(at, fut).await {
-                            Ok(ev) => Ok(ev),
-                            Err(_) => Err(RelayEnd::Timeout { code, message }),
-                        },
-                        None => Ok(fut.await),
-                    }
+            let fut = poll_fn(|cx| {
+                // Once draining, the check above runs after every event instead.
+                if !draining
+                    && let Some(s) = &signals
+                    && s.poll_raised(Signal::Drain, cx).is_ready()
+                {
+                    return Poll::Ready(None);
                 }
+                self.poll_event(server, cx).map(Some)
+            });
+            let waited = match deadline {
+                Some((at, code, message)) => tokio::time::timeout_at(at, fut)
+                    .await
+                    .map_err(|_| RelayEnd::Timeout { code, message }),
+                None => Ok(fut.await),
             };
-            let ev = tokio::select! {
-                ev = waited => match ev {
-                    Ok(ev) => ev,
-                    Err(end) => return self.finish(end).await,
-                },
-                // Once draining, the check above runs after every event
-                // instead (and the finished future is not polled again).
-                _ = &mut shutdown, if !draining => continue,
+            let ev = match waited {
+                Ok(Some(ev)) => ev,
+                Ok(None) => continue,
+                Err(end) => return self.finish(end).await,
             };
             let step = match ev {
                 Event::ClientData => {
@@ -392,7 +379,9 @@ impl Pipe {
     }
 
     fn draining(&self) -> bool {
-        self.stop.as_ref().is_some_and(|s| *s.borrow())
+        self.signals
+            .as_ref()
+            .is_some_and(|s| s.is_raised(Signal::Drain))
     }
 
     /// In transaction/statement mode: whether the server may go back now.

@@ -580,3 +580,25 @@ async fn graceful_shutdown_lets_open_transactions_finish() {
         "2"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_in_session_mode_ends_sessions_at_their_boundary() {
+    let mut s = pooled("session", 2, "shutdown_timeout = \"20s\"").await;
+    let busy = s.app().await;
+    let idle = s.app().await;
+    busy.batch_execute("BEGIN").await.unwrap();
+    let serving = s.shutdown();
+    // The idle session (it holds a server between transactions) is closed...
+    wait_until(10, "the idle session to be closed", || {
+        let idle = &idle;
+        async move { idle.batch_execute("SELECT 1").await.is_err() }
+    })
+    .await;
+    // ...the one inside a transaction may finish it, then is closed too.
+    busy.batch_execute("SELECT 1; COMMIT").await.unwrap();
+    assert!(busy.batch_execute("SELECT 1").await.is_err());
+    tokio::time::timeout(std::time::Duration::from_secs(10), serving)
+        .await
+        .expect("drained")
+        .unwrap();
+}
