@@ -162,8 +162,12 @@ impl Multiplex {
         if let Verdict::Reject(m) = verdict {
             return Action::Reject(m);
         }
-        // Borrowed field by field: no copy of the path per message.
-        let search_path = search_path(&self.vars);
+        // Borrowed field by field: no copy of the path per message. Only a
+        // Parse's statement depends on it.
+        let search_path = match tag {
+            FrontendTag::Parse => search_path(&self.vars),
+            _ => None,
+        };
         let Some(st) = self.statements.as_mut() else {
             return Action::Forward;
         };
@@ -262,6 +266,10 @@ impl Multiplex {
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
     pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Answer {
+        // Only batches of these can be answered (a Query, most often, cannot).
+        if !matches!(buf.first(), Some(b'P' | b'C' | b'H')) {
+            return Answer::NeedServer;
+        }
         let search_path = search_path(&self.vars);
         match self.statements.as_mut() {
             Some(st) => st.answer_without_server(buf, search_path, max),

@@ -9,17 +9,27 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWrite;
 
+/// Most requests and replies are one chunk each way: the first chunk is
+/// held inline, so such traffic allocates no queue storage (an idle
+/// client's queues hold none either).
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Bytes>,
+    /// The first chunk; empty only when the whole queue is.
+    head: Bytes,
+    rest: VecDeque<Bytes>,
     len: usize,
 }
 
 impl OutQueue {
     pub fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.len += b.len();
-            self.chunks.push_back(b);
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        if self.head.is_empty() {
+            self.head = b;
+        } else {
+            self.rest.push_back(b);
         }
     }
 
@@ -35,8 +45,8 @@ impl OutQueue {
 
     /// Frees the queue's storage when it is empty (for idle clients).
     pub fn release_if_empty(&mut self) {
-        if self.chunks.is_empty() && self.chunks.capacity() != 0 {
-            self.chunks = VecDeque::new();
+        if self.rest.is_empty() && self.rest.capacity() != 0 {
+            self.rest = VecDeque::new();
         }
     }
 
@@ -46,16 +56,17 @@ impl OutQueue {
         w: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.chunks.is_empty() {
-            let n = if self.chunks.len() > 1 {
+        while !self.head.is_empty() {
+            let n = if self.rest.is_empty() {
+                std::task::ready!(Pin::new(&mut *w).poll_write(cx, &self.head))?
+            } else {
                 let mut slices = [io::IoSlice::new(&[]); 16];
-                let k = self.chunks.len().min(16);
-                for (s, c) in slices.iter_mut().zip(&self.chunks) {
+                slices[0] = io::IoSlice::new(&self.head);
+                let k = 1 + self.rest.len().min(15);
+                for (s, c) in slices[1..k].iter_mut().zip(&self.rest) {
                     *s = io::IoSlice::new(c);
                 }
                 std::task::ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices[..k]))?
-            } else {
-                std::task::ready!(Pin::new(&mut *w).poll_write(cx, &self.chunks[0]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -68,15 +79,12 @@ impl OutQueue {
 
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
-        while n > 0 {
-            let Some(front) = self.chunks.front_mut() else {
-                return;
-            };
-            if front.len() <= n {
-                n -= front.len();
-                self.chunks.pop_front();
+        while n > 0 && !self.head.is_empty() {
+            if self.head.len() <= n {
+                n -= self.head.len();
+                self.head = self.rest.pop_front().unwrap_or_default();
             } else {
-                front.advance(n);
+                self.head.advance(n);
                 n = 0;
             }
         }
@@ -101,7 +109,51 @@ mod tests {
             .unwrap();
         assert_eq!(out, b"hello world");
         q.release_if_empty();
-        assert_eq!(q.chunks.capacity(), 0);
+        assert_eq!(q.rest.capacity(), 0);
         assert_eq!(q.len(), 0);
+    }
+
+    /// Writes at most `max` bytes per call, like a congested socket.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = b.len().min(self.max);
+            self.out.extend_from_slice(&b[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_keep_the_order_of_chunks() {
+        let mut q = OutQueue::default();
+        let chunks: Vec<String> = (0..40).map(|i| format!("<{i}>")).collect();
+        for c in &chunks {
+            q.push(Bytes::from(c.clone()));
+        }
+        q.push(Bytes::new());
+        let mut w = Trickle {
+            out: Vec::new(),
+            max: 3,
+        };
+        std::future::poll_fn(|cx| q.poll_flush(&mut w, cx))
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8(w.out).unwrap(), chunks.concat());
+        assert_eq!(q.len(), 0);
+        assert!(q.head.is_empty() && q.rest.is_empty());
     }
 }

@@ -213,25 +213,26 @@ async fn checkout_notifying(
     pool: &crate::pool::ServerPool,
 ) -> Result<Checkout, Error> {
     let notify = ctx.config.general.query_wait_notify;
+    // One pinned checkout for both paths (two would each take room in this
+    // future's state, which every checkout moves to the heap).
     let get = checkout_synced(ctx, mux, pool);
-    if notify.is_zero() {
-        return get.await;
-    }
     tokio::pin!(get);
-    // Biased: a checkout that is ready at once never arms the timer.
-    tokio::select! {
-        biased;
-        c = &mut get => return c,
-        _ = tokio::time::sleep(notify) => {}
+    if !notify.is_zero() {
+        // Biased: a checkout that is ready at once never arms the timer.
+        tokio::select! {
+            biased;
+            c = &mut get => return c,
+            _ = tokio::time::sleep(notify) => {}
+        }
+        let mut out = BytesMut::new();
+        let msg = format!(
+            "pool for database \"{}\" is saturated: waiting for a free server connection (query_wait_notify)",
+            ctx.database
+        );
+        build::error_or_notice(&mut out, build::Severity::Notice, "01000", &msg);
+        pipe.send_client(out.freeze());
+        pipe.flush_client().await;
     }
-    let mut out = BytesMut::new();
-    let msg = format!(
-        "pool for database \"{}\" is saturated: waiting for a free server connection (query_wait_notify)",
-        ctx.database
-    );
-    build::error_or_notice(&mut out, build::Severity::Notice, "01000", &msg);
-    pipe.send_client(out.freeze());
-    pipe.flush_client().await;
     get.await
 }
 

@@ -326,6 +326,8 @@ impl Pipe {
             return self.finish(end).await;
         }
         let mut last_client = Instant::now();
+        let client_timers =
+            timers.idle_transaction_timeout.is_some() || timers.client_idle_timeout.is_some();
         let mut busy_since: Option<Instant> = None;
         let signals = self.signals.clone();
         loop {
@@ -336,9 +338,10 @@ impl Pipe {
             if draining && self.quiet(server) {
                 return self.finish(RelayEnd::Shutdown).await;
             }
+            // Clock reads only for the timers that are on.
             busy_since = match (server.state.at_boundary(), busy_since) {
                 (true, _) => None,
-                (false, None) => Some(Instant::now()),
+                (false, None) if timers.query_timeout.is_some() => Some(Instant::now()),
                 (false, s) => s,
             };
             let deadline = self.deadline(server, timers, last_client, busy_since);
@@ -365,7 +368,9 @@ impl Pipe {
             };
             let step = match ev {
                 Event::ClientData => {
-                    last_client = Instant::now();
+                    if client_timers {
+                        last_client = Instant::now();
+                    }
                     self.take_client(server, mux.as_deref_mut())
                 }
                 Event::ServerData => self.take_server(server, mux.as_deref_mut()),
