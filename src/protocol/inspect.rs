@@ -5,7 +5,7 @@ use super::tags::TxnStatus;
 
 /// Splits a NUL-terminated string off the front of `buf`.
 pub fn take_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = buf.iter().position(|&b| b == 0)?;
+    let nul = memchr::memchr(0, buf)?;
     Some((&buf[..nul], &buf[nul + 1..]))
 }
 

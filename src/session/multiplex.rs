@@ -96,11 +96,20 @@ fn might_matter(sql: &str) -> bool {
         .unwrap_or(first.len());
     let word = &first[..word_end];
     TRIGGERS.iter().any(|t| t.eq_ignore_ascii_case(word))
-        || sql
-            .as_bytes()
-            .windows(11)
-            .any(|w| w.eq_ignore_ascii_case(b"pg_advisory"))
+        || mentions_advisory_lock(sql.as_bytes())
         || sql.trim_end().trim_end_matches(';').contains(';')
+}
+
+/// Whether `pg_advisory` occurs, in any case. Every query is checked, so
+/// it compares only around each `_` (found with SIMD), not at every byte.
+fn mentions_advisory_lock(sql: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"pg_advisory";
+    memchr::memchr_iter(b'_', sql).any(|i| {
+        i >= 2
+            && sql
+                .get(i - 2..i - 2 + NEEDLE.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
+    })
 }
 
 impl Multiplex {
@@ -475,5 +484,10 @@ mod tests {
         assert!(might_matter("/* c */ set x = 1"));
         assert!(might_matter("SELECT 1; SELECT 2"));
         assert!(might_matter("select PG_ADVISORY_LOCK(1)"));
+        assert!(mentions_advisory_lock(b"pg_Advisory_unlock_all()"));
+        assert!(!mentions_advisory_lock(
+            b"SELECT abalance FROM pgbench_accounts"
+        ));
+        assert!(!mentions_advisory_lock(b"_pg_advisor"));
     }
 }

@@ -326,6 +326,16 @@ impl ClientRouting {
     }
 }
 
+/// A byte-level pre-check for `quote_route_setting`, before any UTF-8
+/// validation: the query starts with SET or with a comment.
+pub fn may_set_something(sql: &[u8]) -> bool {
+    let head = sql.trim_ascii_start();
+    head.get(..3)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
+        || head.starts_with(b"/*")
+        || head.starts_with(b"--")
+}
+
 /// `SET sluice.route TO primary`: PostgreSQL reads an unquoted `primary`
 /// as a keyword and refuses it, so sluice sends the value quoted. Returns
 /// the statement to send instead, or None when nothing needs quoting.
@@ -549,5 +559,15 @@ mod tests {
             quote_route_setting("SET sluice.route TO primary; SELECT 1"),
             None
         );
+        for q in [
+            "SET sluice.route TO primary",
+            "  set x = 1",
+            "/* c */ SET sluice.route TO primary",
+            "-- c\nSET sluice.route TO primary",
+        ] {
+            assert!(may_set_something(q.as_bytes()), "{q}");
+        }
+        assert!(!may_set_something(b"SELECT 1"));
+        assert!(!may_set_something(b"se"));
     }
 }
