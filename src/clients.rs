@@ -94,9 +94,9 @@ impl ClientEntry {
     }
 
     pub fn set_state(&self, s: ClientState) {
-        let now = unix_us(SystemTime::now());
         match s {
             ClientState::Waiting => {
+                let now = unix_us(SystemTime::now());
                 self.wait_since.store(now, Ordering::Relaxed);
                 self.request_time.store(now, Ordering::Relaxed);
             }

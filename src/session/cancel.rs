@@ -22,15 +22,55 @@ pub struct CancelTarget {
 
 /// The client's current target; the session updates it at checkout and release.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+pub struct CancelSlot(Mutex<Slot>);
+
+/// The last target is kept while disarmed, so that arming it again for a
+/// server at the same address (every transaction, in transaction pooling)
+/// copies no address.
+#[derive(Debug, Default)]
+struct Slot {
+    target: Option<CancelTarget>,
+    armed: bool,
+}
 
 impl CancelSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn set(&self, t: Option<CancelTarget>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        let mut slot = self.lock();
+        slot.armed = t.is_some();
+        slot.target = t;
+    }
+
+    /// Cancels now go to backend `pid` at `addr`.
+    pub fn arm(&self, addr: &HostPort, pid: i32, secret: i32) {
+        let mut slot = self.lock();
+        match &mut slot.target {
+            Some(t) if t.addr == *addr => {
+                t.pid = pid;
+                t.secret = secret;
+            }
+            other => {
+                *other = Some(CancelTarget {
+                    addr: addr.clone(),
+                    pid,
+                    secret,
+                })
+            }
+        }
+        slot.armed = true;
+    }
+
+    /// No query runs: cancels are ignored.
+    pub fn disarm(&self) {
+        self.lock().armed = false;
     }
 
     fn get(&self) -> Option<CancelTarget> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let slot = self.lock();
+        slot.target.clone().filter(|_| slot.armed)
     }
 }
 
@@ -108,9 +148,18 @@ mod tests {
             secret: 8,
         };
         let (s, slot) = r.register(7, Some(t.clone()));
-        assert_eq!(r.lookup(7, s), Some(t));
+        assert_eq!(r.lookup(7, s), Some(t.clone()));
         assert_eq!(r.lookup(7, s.wrapping_add(1)), None);
         slot.set(None);
+        assert_eq!(r.lookup(7, s), None);
+        slot.arm(&t.addr, 9, 10);
+        let moved = CancelTarget {
+            pid: 9,
+            secret: 10,
+            ..t.clone()
+        };
+        assert_eq!(r.lookup(7, s), Some(moved));
+        slot.disarm();
         assert_eq!(r.lookup(7, s), None);
         r.unregister(7, s);
         assert_eq!(r.lookup(7, s), None);

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use bytes::BytesMut;
 
-use super::cancel::CancelTarget;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
@@ -111,11 +110,7 @@ pub(crate) async fn run(
             },
         };
         let server = checkout.server();
-        slot.set(Some(CancelTarget {
-            addr: ctx.addr_of(role).clone(),
-            pid: server.key.0,
-            secret: server.key.1,
-        }));
+        slot.arm(ctx.addr_of(role), server.key.0, server.key.1);
         tracing::trace!(server_pid = server.key.0, ?role, "server held");
         ctx.client.set_state(ClientState::Active);
         ctx.client.hold(server.key.0, &server.addr);
@@ -125,7 +120,7 @@ pub(crate) async fn run(
         });
         let end = Box::pin(pipe.relay(checkout.server(), Some(&mut mux), timers)).await;
         tracing::trace!(?end, "server given up");
-        slot.set(None);
+        slot.disarm();
         match end {
             RelayEnd::Release => {
                 if let Some(r) = mux.routing.as_mut() {

@@ -325,9 +325,10 @@ impl Pipe {
         if let Err(end) = self.take_client(server, mux.as_deref_mut()) {
             return self.finish(end).await;
         }
-        let mut last_client = Instant::now();
         let client_timers =
             timers.idle_transaction_timeout.is_some() || timers.client_idle_timeout.is_some();
+        // When the client last sent something; read only if a timer needs it.
+        let mut last_client = client_timers.then(Instant::now);
         let mut busy_since: Option<Instant> = None;
         let signals = self.signals.clone();
         loop {
@@ -369,7 +370,7 @@ impl Pipe {
             let step = match ev {
                 Event::ClientData => {
                     if client_timers {
-                        last_client = Instant::now();
+                        last_client = Some(Instant::now());
                     }
                     self.take_client(server, mux.as_deref_mut())
                 }
@@ -408,7 +409,7 @@ impl Pipe {
         &self,
         server: &ServerConn,
         t: Timers,
-        last_client: Instant,
+        last_client: Option<Instant>,
         busy_since: Option<Instant>,
     ) -> Option<Deadline> {
         if let (Some(d), Some(since)) = (t.query_timeout, busy_since) {
@@ -420,16 +421,19 @@ impl Pipe {
         }
         let idle_txn = server.state.txn() != crate::protocol::tags::TxnStatus::Idle;
         match (server.state.at_boundary(), idle_txn) {
-            (true, true) => t.idle_transaction_timeout.map(|d| {
+            (true, true) => t
+                .idle_transaction_timeout
+                .zip(last_client)
+                .map(|(d, last)| {
+                    (
+                        last + d,
+                        "25P03",
+                        "idle_transaction_timeout: the transaction was idle too long",
+                    )
+                }),
+            (true, false) => t.client_idle_timeout.zip(last_client).map(|(d, last)| {
                 (
-                    last_client + d,
-                    "25P03",
-                    "idle_transaction_timeout: the transaction was idle too long",
-                )
-            }),
-            (true, false) => t.client_idle_timeout.map(|d| {
-                (
-                    last_client + d,
+                    last + d,
                     "57P05",
                     "client_idle_timeout: the connection was idle too long",
                 )
