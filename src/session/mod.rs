@@ -268,19 +268,20 @@ async fn serve(
         client,
         replica_pools: Default::default(),
     };
-    match (s.mode, s.checkout) {
-        (PoolMode::Session, Some(checkout)) => {
-            Box::pin(session_mode(pipe, checkout, s.greeting, &ctx)).await
-        }
-        (PoolMode::Session, None) => Err(Error::refuse(
-            sqlstate::INTERNAL_ERROR,
-            "session pooling without a server",
-        )),
-        (mode, first) => {
-            let statement_mode = mode == PoolMode::Statement;
-            pooled::run(pipe, first, s.greeting, s.vars, statement_mode, &ctx).await
-        }
+    // Moved out one by one (not matched as a tuple), so that nothing but
+    // the pooling loop's own future stays in this one while a client idles.
+    let (mode, first) = (s.mode, s.checkout);
+    if mode == PoolMode::Session {
+        let Some(checkout) = first else {
+            return Err(Error::refuse(
+                sqlstate::INTERNAL_ERROR,
+                "session pooling without a server",
+            ));
+        };
+        return Box::pin(session_mode(pipe, checkout, s.greeting, &ctx)).await;
     }
+    let statement_mode = mode == PoolMode::Statement;
+    pooled::run(pipe, first, s.greeting, s.vars, statement_mode, &ctx).await
 }
 
 /// What logging in leads to: the admin console, or a pooled session.

@@ -29,112 +29,170 @@ fn next_pid() -> i32 {
     NEXT_PID.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff
 }
 
-pub(crate) async fn run(
-    pipe: &mut Pipe,
+/// A transaction-pooled client between its requests: what the idle wait
+/// keeps. Everything a request in flight needs more lives in the boxed
+/// future of `transaction`, so idle clients (the many) stay small.
+struct Pooled {
+    mux: Multiplex,
+    slot: std::sync::Arc<super::cancel::CancelSlot>,
+    pid: i32,
+    secret: i32,
+    timers: Timers,
+}
+
+/// Serves a client in transaction or statement pooling. Plain setup first,
+/// then a future that holds only the `Pooled` state and the loop.
+pub(crate) fn run<'a>(
+    pipe: &'a mut Pipe,
     first: Option<Checkout>,
     mut greeting: BytesMut,
     vars: SessionVars,
     statement_mode: bool,
-    ctx: &Ctx<'_>,
-) -> Result<(), Error> {
+    ctx: &'a Ctx<'a>,
+) -> impl std::future::Future<Output = Result<(), Error>> + 'a {
     let g = &ctx.config.general;
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
     mux.stats = Some(ctx.shared.stats.clone());
     let cap = g.max_prepared_statements;
-    let known = ctx.pool.manager().known.clone();
     mux.statements = (cap > 0).then(|| Statements {
         cap,
-        known: Some(known),
+        known: Some(ctx.pool.manager().known.clone()),
         ..Default::default()
     });
+    mux.routing = ctx.routing();
     let pid = next_pid();
     let (secret, slot) = ctx.shared.cancels.register(pid, None);
     build::backend_key_data(&mut greeting, pid, secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
-
     let timers = Timers {
         client_idle_timeout: None,
         ..Timers::from_config(g)
     };
-    let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
-    mux.routing = ctx.routing();
-    let mut held = first.map(|c| (c, Target::Primary));
-    let mut read_more = false;
-    let result = loop {
-        let (mut checkout, role) = match held.take() {
-            Some(c) => c,
-            None => match pipe
-                .wait_client(client_idle, std::mem::take(&mut read_more))
-                .await
-            {
-                Waited::Request => {
-                    // Preparing a statement some server already parsed needs no
-                    // server: a client blocked on that must not wait for one.
-                    match mux.answer_without_server(pipe.client_buffer(), g.max_packet_size) {
-                        Answer::Reply(reply) => {
-                            tracing::trace!("answered without a server");
-                            pipe.send_client(reply.freeze());
-                            continue;
+    let mut s = Pooled {
+        mux,
+        slot,
+        pid,
+        secret,
+        timers,
+    };
+    // Boxed, like each transaction below: a login's first server.
+    let first = first.map(Box::new);
+    async move {
+        let result = s.serve(pipe, first, ctx).await;
+        ctx.shared.cancels.unregister(s.pid, s.secret);
+        result
+    }
+}
+
+impl Pooled {
+    async fn serve(
+        &mut self,
+        pipe: &mut Pipe,
+        mut first: Option<Box<Checkout>>,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), Error> {
+        let g = &ctx.config.general;
+        let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
+        let mut read_more = false;
+        loop {
+            let given = match first.take() {
+                Some(c) => Some(*c),
+                None => match pipe
+                    .wait_client(client_idle, std::mem::take(&mut read_more))
+                    .await
+                {
+                    Waited::Request => {
+                        // Preparing a statement some server already parsed needs
+                        // no server: a client blocked on that must not wait for one.
+                        match self
+                            .mux
+                            .answer_without_server(pipe.client_buffer(), g.max_packet_size)
+                        {
+                            Answer::Reply(reply) => {
+                                tracing::trace!("answered without a server");
+                                pipe.send_client(reply.freeze());
+                                continue;
+                            }
+                            Answer::NeedMore => {
+                                read_more = true;
+                                continue;
+                            }
+                            Answer::NeedServer => None,
                         }
-                        Answer::NeedMore => {
-                            read_more = true;
-                            continue;
-                        }
-                        Answer::NeedServer => {}
                     }
-                    tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
-                    let decision = mux.route_decision(pipe.client_buffer());
-                    ctx.client.set_state(ClientState::Waiting);
-                    // Boxed (here and the relay below): only a client with a
-                    // request in flight needs their state, so idle ones stay small.
-                    match Box::pin(checkout_routed(ctx, &mux, pipe, decision)).await {
-                        Ok(c) => c,
-                        Err(e) => break Err(e),
+                    Waited::Terminated | Waited::Gone => return Ok(()),
+                    Waited::IdleTimeout => {
+                        return Err(Error::refuse(
+                            "57P05",
+                            "client_idle_timeout: the connection was idle too long",
+                        ));
                     }
+                    Waited::Malformed(e) => return Err(Error::Frame(e)),
+                    Waited::Shutdown => {
+                        return Err(Error::refuse(
+                            crate::protocol::sqlstate::ADMIN_SHUTDOWN,
+                            "sluice is shutting down",
+                        ));
+                    }
+                },
+            };
+            // One allocation per transaction, for everything it needs.
+            if let Some(end) = Box::pin(self.transaction(pipe, given, ctx)).await {
+                return end;
+            }
+        }
+    }
+
+    /// One transaction (or request): checks out a server (unless `given`
+    /// one), relays until the server can go back, and gives it back. Some
+    /// when the session ends.
+    async fn transaction(
+        &mut self,
+        pipe: &mut Pipe,
+        given: Option<Checkout>,
+        ctx: &Ctx<'_>,
+    ) -> Option<Result<(), Error>> {
+        let (mut checkout, role) = match given {
+            Some(c) => (c, Target::Primary),
+            None => {
+                tracing::trace!(first = ?pipe.client_buffer().first().map(|b| *b as char), "waiting for a server");
+                let decision = self.mux.route_decision(pipe.client_buffer());
+                ctx.client.set_state(ClientState::Waiting);
+                match checkout_routed(ctx, &self.mux, pipe, decision).await {
+                    Ok(c) => c,
+                    Err(e) => return Some(Err(e)),
                 }
-                Waited::Terminated | Waited::Gone => break Ok(()),
-                Waited::IdleTimeout => {
-                    break Err(Error::refuse(
-                        "57P05",
-                        "client_idle_timeout: the connection was idle too long",
-                    ));
-                }
-                Waited::Malformed(e) => break Err(Error::Frame(e)),
-                Waited::Shutdown => {
-                    break Err(Error::refuse(
-                        crate::protocol::sqlstate::ADMIN_SHUTDOWN,
-                        "sluice is shutting down",
-                    ));
-                }
-            },
+            }
         };
         let server = checkout.server();
-        slot.arm(ctx.addr_of(role), server.key.0, server.key.1);
+        self.slot.arm(ctx.addr_of(role), server.key.0, server.key.1);
         tracing::trace!(server_pid = server.key.0, ?role, "server held");
         ctx.client.set_state(ClientState::Active);
         ctx.client.hold(server.key.0, &server.addr);
+        let mux = &mut self.mux;
         let _outstanding = mux.routing.as_mut().and_then(|r| {
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
         });
-        let end = Box::pin(pipe.relay(checkout.server(), Some(&mut mux), timers)).await;
+        let end = pipe
+            .relay(checkout.server(), Some(&mut *mux), self.timers)
+            .await;
         tracing::trace!(?end, "server given up");
-        slot.disarm();
+        self.slot.disarm();
         match end {
             RelayEnd::Release => {
-                if let Some(r) = mux.routing.as_mut() {
+                if let Some(r) = self.mux.routing.as_mut() {
                     r.released();
                 }
                 checkout.release();
                 ctx.client.set_state(ClientState::Idle);
                 ctx.client.hold(0, "");
+                None
             }
-            other => break Box::pin(finish(checkout, other, ctx.config)).await,
+            other => Some(finish(checkout, other, ctx.config).await),
         }
-    };
-    ctx.shared.cancels.unregister(pid, secret);
-    result
+    }
 }
 
 /// Brings a server back to how it was at its own login, so a new client's
