@@ -255,7 +255,9 @@ async fn serve(
     };
     let db = &config.databases[&s.database];
     let user = config.users.get(&s.user_name).or(s.looked_up.as_deref());
-    let ctx = Ctx {
+    // Boxed: most of it is only read per transaction, and idle clients
+    // keep this future.
+    let ctx = Box::new(Ctx {
         shared,
         config: &config,
         pool: s.pool,
@@ -267,7 +269,7 @@ async fn serve(
         role: s.role,
         client,
         replica_pools: Default::default(),
-    };
+    });
     // Moved out one by one (not matched as a tuple), so that nothing but
     // the pooling loop's own future stays in this one while a client idles.
     let (mode, first) = (s.mode, s.checkout);

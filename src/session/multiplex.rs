@@ -54,7 +54,7 @@ pub struct Multiplex {
     /// Prepared-statement renaming; None when max_prepared_statements = 0.
     pub statements: Option<Statements>,
     /// Read/write routing, for a database with replicas.
-    pub routing: Option<ClientRouting>,
+    pub routing: Option<Box<ClientRouting>>,
 }
 
 impl Drop for Multiplex {

@@ -5,8 +5,13 @@ use std::collections::BTreeSet;
 
 use crate::sql::session_cmd::Effect;
 
+/// Boxed on first use: most clients never pin, and every idle client
+/// carries this.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pins {
+pub struct Pins(Option<Box<PinSets>>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PinSets {
     listen: BTreeSet<String>,
     advisory: bool,
     temp: BTreeSet<String>,
@@ -16,41 +21,48 @@ pub struct Pins {
 
 impl Pins {
     pub fn apply(&mut self, e: &Effect) {
+        if Self::pins(e).is_none() && self.0.is_none() {
+            return; // it can only release, and nothing is held
+        }
+        let p = self.0.get_or_insert_default();
         match e {
             Effect::Listen(n) => {
-                self.listen.insert(n.clone());
+                p.listen.insert(n.clone());
             }
             Effect::Unlisten(n) => {
-                self.listen.remove(n);
+                p.listen.remove(n);
             }
-            Effect::UnlistenAll => self.listen.clear(),
-            Effect::AdvisoryLock => self.advisory = true,
-            Effect::AdvisoryUnlockAll => self.advisory = false,
+            Effect::UnlistenAll => p.listen.clear(),
+            Effect::AdvisoryLock => p.advisory = true,
+            Effect::AdvisoryUnlockAll => p.advisory = false,
             Effect::CreateTemp(n) => {
-                self.temp.insert(n.clone());
+                p.temp.insert(n.clone());
             }
             Effect::Drop(names) => {
                 for n in names {
-                    self.temp.remove(n);
+                    p.temp.remove(n);
                 }
             }
-            Effect::DiscardTemp => self.temp.clear(),
+            Effect::DiscardTemp => p.temp.clear(),
             Effect::DeclareHold(n) => {
-                self.cursors.insert(n.clone());
+                p.cursors.insert(n.clone());
             }
             Effect::Close(n) => {
-                self.cursors.remove(n);
+                p.cursors.remove(n);
             }
-            Effect::CloseAll => self.cursors.clear(),
+            Effect::CloseAll => p.cursors.clear(),
             Effect::Prepare(n) => {
-                self.prepared.insert(n.clone());
+                p.prepared.insert(n.clone());
             }
             Effect::Deallocate(n) => {
-                self.prepared.remove(n);
+                p.prepared.remove(n);
             }
-            Effect::DeallocateAll => self.prepared.clear(),
-            Effect::DiscardAll => *self = Pins::default(),
+            Effect::DeallocateAll => p.prepared.clear(),
+            Effect::DiscardAll => self.0 = None,
             Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll => {}
+        }
+        if !self.is_pinned() {
+            self.0 = None;
         }
     }
 
@@ -67,11 +79,13 @@ impl Pins {
     }
 
     pub fn is_pinned(&self) -> bool {
-        self.advisory
-            || !(self.listen.is_empty()
-                && self.temp.is_empty()
-                && self.cursors.is_empty()
-                && self.prepared.is_empty())
+        self.0.as_ref().is_some_and(|p| {
+            p.advisory
+                || !(p.listen.is_empty()
+                    && p.temp.is_empty()
+                    && p.cursors.is_empty()
+                    && p.prepared.is_empty())
+        })
     }
 }
 
@@ -104,6 +118,7 @@ mod tests {
             assert!(p.is_pinned(), "{pin}");
             run(&mut p, unpin);
             assert!(!p.is_pinned(), "{unpin}");
+            assert_eq!(p, Pins::default(), "{unpin} gives the sets back");
         }
     }
 }

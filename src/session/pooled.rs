@@ -30,14 +30,13 @@ fn next_pid() -> i32 {
 }
 
 /// A transaction-pooled client between its requests: what the idle wait
-/// keeps. Everything a request in flight needs more lives in the boxed
+/// keeps (its timers come from the config per transaction). Everything a request in flight needs more lives in the boxed
 /// future of `transaction`, so idle clients (the many) stay small.
 struct Pooled {
     mux: Multiplex,
     slot: std::sync::Arc<super::cancel::CancelSlot>,
     pid: i32,
     secret: i32,
-    timers: Timers,
 }
 
 /// Serves a client in transaction or statement pooling. Plain setup first,
@@ -59,22 +58,17 @@ pub(crate) fn run<'a>(
         known: Some(ctx.pool.manager().known.clone()),
         ..Default::default()
     });
-    mux.routing = ctx.routing();
+    mux.routing = ctx.routing().map(Box::new);
     let pid = next_pid();
     let (secret, slot) = ctx.shared.cancels.register(pid, None);
     build::backend_key_data(&mut greeting, pid, secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
-    let timers = Timers {
-        client_idle_timeout: None,
-        ..Timers::from_config(g)
-    };
     let mut s = Pooled {
         mux,
         slot,
         pid,
         secret,
-        timers,
     };
     // Boxed, like each transaction below: a login's first server.
     let first = first.map(Box::new);
@@ -175,9 +169,12 @@ impl Pooled {
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
         });
-        let end = pipe
-            .relay(checkout.server(), Some(&mut *mux), self.timers)
-            .await;
+        // From the config each time: cheaper than keeping them per client.
+        let timers = Timers {
+            client_idle_timeout: None,
+            ..Timers::from_config(&ctx.config.general)
+        };
+        let end = pipe.relay(checkout.server(), Some(&mut *mux), timers).await;
         tracing::trace!(?end, "server given up");
         self.slot.disarm();
         match end {
