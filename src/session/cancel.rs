@@ -74,6 +74,22 @@ impl CancelSlot {
     }
 }
 
+/// A client's cancel key (its BackendKeyData), registered while this lives.
+#[derive(Debug)]
+pub struct CancelKey<'a> {
+    registry: &'a CancelRegistry,
+    pub pid: i32,
+    pub secret: i32,
+    /// Where cancels for this key go, armed while a query runs.
+    pub slot: Arc<CancelSlot>,
+}
+
+impl Drop for CancelKey<'_> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&(self.pid, self.secret));
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
@@ -84,8 +100,9 @@ impl CancelRegistry {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a client under `pid` with a fresh random secret.
-    pub fn register(&self, pid: i32, target: Option<CancelTarget>) -> (i32, Arc<CancelSlot>) {
+    /// Registers a client under `pid` with a fresh random secret, until
+    /// the returned key is dropped (also when its session is killed).
+    pub fn register(&self, pid: i32, target: Option<CancelTarget>) -> CancelKey<'_> {
         let slot = Arc::new(CancelSlot::default());
         slot.set(target);
         let mut map = self.lock();
@@ -93,13 +110,23 @@ impl CancelRegistry {
             let secret: i32 = rand::random();
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
                 e.insert(slot.clone());
-                return (secret, slot);
+                return CancelKey {
+                    registry: self,
+                    pid,
+                    secret,
+                    slot,
+                };
             }
         }
     }
 
-    pub fn unregister(&self, pid: i32, secret: i32) {
-        self.lock().remove(&(pid, secret));
+    /// How many keys are registered (one per pooled session).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
@@ -147,7 +174,8 @@ mod tests {
             pid: 7,
             secret: 8,
         };
-        let (s, slot) = r.register(7, Some(t.clone()));
+        let key = r.register(7, Some(t.clone()));
+        let (s, slot) = (key.secret, key.slot.clone());
         assert_eq!(r.lookup(7, s), Some(t.clone()));
         assert_eq!(r.lookup(7, s.wrapping_add(1)), None);
         slot.set(None);
@@ -159,9 +187,9 @@ mod tests {
             ..t.clone()
         };
         assert_eq!(r.lookup(7, s), Some(moved));
-        slot.disarm();
-        assert_eq!(r.lookup(7, s), None);
-        r.unregister(7, s);
-        assert_eq!(r.lookup(7, s), None);
+        slot.arm(&t.addr, 9, 10);
+        drop(key);
+        assert_eq!(r.lookup(7, s), None, "the key is gone with its session");
+        assert!(r.lock().is_empty());
     }
 }

@@ -708,7 +708,8 @@ async fn session_mode(
         pid: server.key.0,
         secret: server.key.1,
     };
-    let (secret, _slot) = ctx.shared.cancels.register(pid, Some(target));
+    let key = ctx.shared.cancels.register(pid, Some(target));
+    let secret = key.secret;
     ctx.client.set_state(crate::clients::ClientState::Active);
     ctx.client.hold(pid, &ctx.addr_of(ctx.role).to_string());
     build::backend_key_data(&mut greeting, pid, secret);
@@ -721,7 +722,7 @@ async fn session_mode(
             Timers::from_config(&ctx.config.general),
         )
         .await;
-    ctx.shared.cancels.unregister(pid, secret);
+    drop(key);
     finish(checkout, end, ctx.config).await
 }
 

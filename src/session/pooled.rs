@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use bytes::BytesMut;
 
+use super::cancel::CancelKey;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
@@ -30,13 +31,12 @@ fn next_pid() -> i32 {
 }
 
 /// A transaction-pooled client between its requests: what the idle wait
-/// keeps (its timers come from the config per transaction). Everything a request in flight needs more lives in the boxed
-/// future of `transaction`, so idle clients (the many) stay small.
-struct Pooled {
+/// keeps (its timers come from the config per transaction). What a request
+/// in flight needs more lives in the boxed future of `transaction`, so idle
+/// clients (the many) stay small.
+struct Pooled<'a> {
     mux: Multiplex,
-    slot: std::sync::Arc<super::cancel::CancelSlot>,
-    pid: i32,
-    secret: i32,
+    key: CancelKey<'a>,
 }
 
 /// Serves a client in transaction or statement pooling. Plain setup first,
@@ -59,27 +59,17 @@ pub(crate) fn run<'a>(
         ..Default::default()
     });
     mux.routing = ctx.routing().map(Box::new);
-    let pid = next_pid();
-    let (secret, slot) = ctx.shared.cancels.register(pid, None);
-    build::backend_key_data(&mut greeting, pid, secret);
+    let key = ctx.shared.cancels.register(next_pid(), None);
+    build::backend_key_data(&mut greeting, key.pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
-    let mut s = Pooled {
-        mux,
-        slot,
-        pid,
-        secret,
-    };
+    let mut s = Pooled { mux, key };
     // Boxed, like each transaction below: a login's first server.
     let first = first.map(Box::new);
-    async move {
-        let result = s.serve(pipe, first, ctx).await;
-        ctx.shared.cancels.unregister(s.pid, s.secret);
-        result
-    }
+    async move { s.serve(pipe, first, ctx).await }
 }
 
-impl Pooled {
+impl Pooled<'_> {
     async fn serve(
         &mut self,
         pipe: &mut Pipe,
@@ -160,7 +150,8 @@ impl Pooled {
             }
         };
         let server = checkout.server();
-        self.slot.arm(ctx.addr_of(role), server.key.0, server.key.1);
+        let key = server.key;
+        self.key.slot.arm(ctx.addr_of(role), key.0, key.1);
         tracing::trace!(server_pid = server.key.0, ?role, "server held");
         ctx.client.set_state(ClientState::Active);
         ctx.client.hold(server.key.0, &server.addr);
@@ -176,7 +167,7 @@ impl Pooled {
         };
         let end = pipe.relay(checkout.server(), Some(&mut *mux), timers).await;
         tracing::trace!(?end, "server given up");
-        self.slot.disarm();
+        self.key.slot.disarm();
         match end {
             RelayEnd::Release => {
                 if let Some(r) = self.mux.routing.as_mut() {

@@ -294,6 +294,13 @@ async fn pause_resume_kill_reconnect_and_set() {
         app.is_closed() || e.as_db_error().is_some_and(|d| d.code().code() == "57P01"),
         "{e}"
     );
+    // Killed sessions leave no cancel key behind.
+    let shared = s.shared.clone().unwrap();
+    crate::harness::wait_until(10, "the killed sessions' cancel keys to go", || {
+        let shared = &shared;
+        async move { shared.cancels.is_empty() }
+    })
+    .await;
     let e = admin.simple_query("KILL nope").await.unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("3D000"));
     // New clients are served after a KILL.
