@@ -7,9 +7,10 @@
 #
 # Each pooler runs under callgrind in transaction pooling with a pool of 16;
 # pgbench -S warms it up, counting is zeroed, then `-c 16 -t TX` runs and the
-# count is dumped. Knobs: TX (transactions per client, 1000), MODES
-# ("simple extended"), TARGETS ("sluice pgbouncer"), SLUICE (binary,
-# ./target/release/sluice).
+# count is dumped. Modes: select-only `-M simple` and `-M extended`, and
+# `rows`, a 1,000-row SELECT in extended mode (the cost per forwarded row).
+# Knobs: TX (transactions per client, 1000), MODES ("simple extended rows"),
+# TARGETS ("sluice pgbouncer"), SLUICE (binary, ./target/release/sluice).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
@@ -21,7 +22,7 @@ fi
 PRIMARY_PORT=${PRIMARY_PORT:-26452}
 PORT=${PORT:-26453}
 TX=${TX:-1000}
-MODES=${MODES:-"simple extended"}
+MODES=${MODES:-"simple extended rows"}
 TARGETS=${TARGETS:-"sluice pgbouncer"}
 SLUICE=${SLUICE:-./target/release/sluice}
 
@@ -38,6 +39,7 @@ start_primary "$PRIMARY_PORT" 200
 export PGPASSWORD=secret
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 1 app >/dev/null 2>&1
 REPLICA_PORT="" sluice_toml "$PORT" 16 > "$DIR/pooler.toml"
+echo "SELECT g, 'row ' || g FROM generate_series(1, 1000) g;" > "$DIR/rows.sql"
 # The PgBouncer config, on the same port (start_pgbouncer writes it).
 start_pgbouncer "$PORT" 16 200
 stop_pgbouncer
@@ -74,7 +76,11 @@ printf '%-10s %-9s %8s %14s %10s\n' mode target tx instructions "per tx"
 for mode in $MODES; do
     for target in $TARGETS; do
         under_callgrind "$target"
-        bench=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app -S -M "$mode" -c 16 app)
+        case $mode in
+            rows) script=(-f "$DIR/rows.sql" -M extended) ;;
+            *) script=(-S -M "$mode") ;;
+        esac
+        bench=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app "${script[@]}" -c 16 app)
         "${bench[@]}" -t 200 >/dev/null 2>&1
         # Without a pid: every callgrind run of this user, which is this one.
         "${AS[@]}" callgrind_control -z >/dev/null 2>&1

@@ -172,9 +172,9 @@ impl Multiplex {
             return Action::Reject(m);
         }
         // Borrowed field by field: no copy of the path per message. Only a
-        // Parse's statement depends on it.
+        // named statement (a Parse whose name is not empty) depends on it.
         let search_path = match tag {
-            FrontendTag::Parse => search_path(&self.vars),
+            FrontendTag::Parse if body.first() != Some(&0) => search_path(&self.vars),
             _ => None,
         };
         let Some(st) = self.statements.as_mut() else {
@@ -275,9 +275,12 @@ impl Multiplex {
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
     pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Answer {
-        // Only batches of these can be answered (a Query, most often, cannot).
-        if !matches!(buf.first(), Some(b'P' | b'C' | b'H')) {
-            return Answer::NeedServer;
+        // Only batches of these can be answered: not a Query, nor an unnamed
+        // statement's Parse (its name, after the 5-byte header, is empty).
+        match buf.first() {
+            Some(b'P') if buf.get(5) == Some(&0) => return Answer::NeedServer,
+            Some(b'P' | b'C' | b'H') => {}
+            _ => return Answer::NeedServer,
         }
         let search_path = search_path(&self.vars);
         match self.statements.as_mut() {

@@ -748,7 +748,9 @@ impl Pipe {
                 }
                 _ => server.state.on_backend(tag, None),
             }
-            let Some(m) = mux.as_deref_mut() else {
+            // Rows (and COPY data) neither complete nor fail a request: they
+            // pass without the multiplexer's bookkeeping, however many there are.
+            let Some(m) = mux.as_deref_mut().filter(|_| !matches!(h.tag, b'D' | b'd')) else {
                 self.server_skip = h.total;
                 continue;
             };
