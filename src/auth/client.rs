@@ -37,7 +37,12 @@ enum Method {
     Cert,
     /// The stored hash: md5(password || user) in hex.
     Md5(String),
-    Scram(ScramVerifier),
+    /// `learn_key`: recover the ClientKey, which only a stored verifier
+    /// needs (with a plain password sluice logs in to PostgreSQL itself).
+    Scram {
+        verifier: ScramVerifier,
+        learn_key: bool,
+    },
     /// A user that may not log in: run an exchange that cannot succeed.
     Reject(AuthType),
 }
@@ -56,15 +61,21 @@ fn method(name: &str, user: Option<&User>, auth_type: AuthType) -> Method {
             Method::Md5(md5::stored_hash(name, password))
         }
         (_, Secret::Md5(hash)) => Method::Md5(hash.clone()),
-        (_, Secret::Plain { verifier, .. }) | (_, Secret::Scram(verifier)) => {
-            Method::Scram(verifier.clone())
-        }
+        (_, Secret::Plain { verifier, .. }) => Method::Scram {
+            verifier: verifier.clone(),
+            learn_key: false,
+        },
+        (_, Secret::Scram(verifier)) => Method::Scram {
+            verifier: verifier.clone(),
+            learn_key: true,
+        },
     }
 }
 
 /// Runs the exchange; on success the caller sends AuthenticationOk. A SCRAM
 /// login against a stored verifier also yields the client's ClientKey, with
-/// which sluice can log in to PostgreSQL (pass-through).
+/// which sluice can log in to PostgreSQL (pass-through); one against a plain
+/// password does not spend the HMACs that takes.
 pub async fn authenticate(
     conn: &mut Conn,
     name: &str,
@@ -81,11 +92,12 @@ pub async fn authenticate(
             )),
         },
         Method::Md5(stored) => md5_exchange(conn, name, Some(&stored)).await.map(|()| None),
-        Method::Scram(v) => scram_exchange(conn, name, &v).await.map(Some),
+        Method::Scram {
+            verifier,
+            learn_key,
+        } => scram_exchange(conn, name, &verifier, learn_key).await,
         Method::Reject(AuthType::Md5) => md5_exchange(conn, name, None).await.map(|()| None),
-        Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible())
-            .await
-            .map(Some),
+        Method::Reject(_) => scram_exchange(conn, name, &ScramVerifier::impossible(), false).await,
     }
 }
 
@@ -118,7 +130,8 @@ async fn scram_exchange(
     conn: &mut Conn,
     name: &str,
     verifier: &ScramVerifier,
-) -> Result<Vec<u8>, Error> {
+    learn_key: bool,
+) -> Result<Option<Vec<u8>>, Error> {
     let mut out = BytesMut::new();
     build::auth_sasl_mechanisms(&mut out, &["SCRAM-SHA-256"]);
     conn.write_all(&out).await?;
@@ -149,7 +162,11 @@ async fn scram_exchange(
             out.clear();
             build::authentication(&mut out, 12, server_final.as_bytes());
             conn.write_all(&out).await?;
+            if !learn_key {
+                return Ok(None);
+            }
             super::scram::recover_client_key(verifier, data, &server_first, &client_final)
+                .map(Some)
                 .ok_or_else(|| malformed("SCRAM client-final message"))
         }
         Err(PgWireError::InvalidPassword(_)) => Err(failed(name)),
