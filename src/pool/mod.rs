@@ -434,10 +434,15 @@ impl Checkout {
                 Err(e) => return Err(pool_error(pool, database, e)),
             }
         }
-        let _waiting = m.stats.waiting();
-        m.pauses.wait(&m.database).await;
+        let waiting = m.stats.waiting();
+        // query_wait_timeout counts from the end of a PAUSE.
+        let started = if m.pauses.is_paused(&m.database) {
+            m.pauses.wait(&m.database).await;
+            Instant::now()
+        } else {
+            waiting.since
+        };
         let wait = pool.timeouts().wait.unwrap_or(Duration::ZERO);
-        let started = Instant::now();
         if m.reserve_size > 0 && m.reserve_timeout < wait {
             let t = Timeouts {
                 wait: Some(m.reserve_timeout),

@@ -2,7 +2,7 @@
 //! Sessions update them with relaxed atomics (no locks on the query path;
 //! the waiter list and the error classes take a short lock, off the hot path).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -73,7 +73,9 @@ pub struct PoolStats {
     query_h: Histogram,
     xact_h: Histogram,
     errors: Mutex<BTreeMap<String, u64>>,
-    waiters: Mutex<HashMap<u64, Instant>>,
+    /// Waiting clients by arrival: ids only grow, so the first is the
+    /// longest waiting (maxwait), found without a scan or a hash.
+    waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     /// (when, totals) at the start of the current and the last stats period.
     periods: Mutex<(Instant, Totals, Totals, Duration)>,
@@ -95,7 +97,7 @@ fn micros(d: Duration) -> u64 {
 pub struct Waiter<'a> {
     stats: &'a PoolStats,
     id: u64,
-    since: Instant,
+    pub since: Instant,
 }
 
 impl Drop for Waiter<'_> {
@@ -164,7 +166,8 @@ impl PoolStats {
     /// How long the oldest client still waiting has waited.
     pub fn maxwait(&self) -> Duration {
         let w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.values().min().map_or(Duration::ZERO, Instant::elapsed)
+        w.first_key_value()
+            .map_or(Duration::ZERO, |(_, since)| since.elapsed())
     }
 
     pub fn query(&self, took: Duration) {
