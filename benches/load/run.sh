@@ -12,6 +12,7 @@
 #
 # Knobs: DURATION (s per run, 10), ROUNDS (1), POOL (16), IDLE (10000),
 # RATE (tps limit of the 1000-client scenario, 4000), SCENARIOS, TARGETS, OUT.
+# SCENARIOS=select-rows adds a 1,000-row SELECT (not run by default).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
@@ -49,6 +50,7 @@ cargo build --release --quiet --bin sluice --example hold_clients
 start_primary "$PRIMARY_PORT" 1200
 export PGPASSWORD=secret
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
+echo "SELECT g, 'row ' || g FROM generate_series(1, 1000) g;" > "$DIR/rows.sql"
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     start_replica "$PRIMARY_PORT" "$REPLICA_PORT_"
 fi
@@ -92,6 +94,8 @@ args_of() {
         # pgbench logs its 1000 clients in inside -T (~3 s here), so it runs longer.
         clients-1000) echo "-S -c 1000 -R $RATE -T $((DURATION + 10))" ;;
         idle-10k) echo "-S -c 16" ;;
+        # Not in the default set: a 1,000-row SELECT, the cost per forwarded row.
+        select-rows) echo "-M extended -c 16 -f $DIR/rows.sql" ;;
     esac
     case $1 in
         clients-1000) ;;
