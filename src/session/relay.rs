@@ -642,10 +642,8 @@ impl Pipe {
         let buf = &self.client.rbuf;
         let body = buf.get(off + HEADER_LEN..off + len).unwrap_or(&[]);
         if tag == FrontendTag::Query
-            && let Some(sql) = inspect::take_cstr(body)
-                .filter(|(q, _)| super::routing::may_set_something(q))
-                .and_then(|(q, _)| std::str::from_utf8(q).ok())
-                .and_then(super::routing::quote_route_setting)
+            && let Some(sql) =
+                inspect::take_cstr(body).and_then(|(q, _)| super::routing::quote_route_setting(q))
         {
             self.replace_client_frame(off, len, &sql);
             return Gate::Rescan;

@@ -326,9 +326,8 @@ impl ClientRouting {
     }
 }
 
-/// A byte-level pre-check for `quote_route_setting`, before any UTF-8
-/// validation: the query starts with SET or with a comment.
-pub fn may_set_something(sql: &[u8]) -> bool {
+/// Whether a query starts with SET or with a comment, on its raw bytes.
+fn may_set_something(sql: &[u8]) -> bool {
     let head = sql.trim_ascii_start();
     head.get(..3)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"set"))
@@ -339,10 +338,14 @@ pub fn may_set_something(sql: &[u8]) -> bool {
 /// `SET sluice.route TO primary`: PostgreSQL reads an unquoted `primary`
 /// as a keyword and refuses it, so sluice sends the value quoted. Returns
 /// the statement to send instead, or None when nothing needs quoting.
-pub fn quote_route_setting(sql: &str) -> Option<String> {
+pub fn quote_route_setting(sql: &[u8]) -> Option<String> {
     use crate::sql::lex::{Token, spanned_tokens, statements, strip_leading_comments};
     // Called for every Query: reject anything that is not a SET without
-    // splitting or tokenizing it.
+    // validating, splitting or tokenizing it.
+    if !may_set_something(sql) {
+        return None;
+    }
+    let sql = std::str::from_utf8(sql).ok()?;
     let head = strip_leading_comments(sql).as_bytes();
     if !head
         .get(..3)
@@ -546,17 +549,17 @@ mod tests {
     #[test]
     fn route_settings_get_their_value_quoted() {
         assert_eq!(
-            quote_route_setting("SET sluice.route TO primary").as_deref(),
+            quote_route_setting(b"SET sluice.route TO primary").as_deref(),
             Some("SET sluice.route TO 'primary'")
         );
         assert_eq!(
-            quote_route_setting("set LOCAL sluice.route = Replica;").as_deref(),
+            quote_route_setting(b"set LOCAL sluice.route = Replica;").as_deref(),
             Some("SET local sluice.route TO 'replica'")
         );
-        assert_eq!(quote_route_setting("SET sluice.route TO 'primary'"), None);
-        assert_eq!(quote_route_setting("SET search_path TO primary"), None);
+        assert_eq!(quote_route_setting(b"SET sluice.route TO 'primary'"), None);
+        assert_eq!(quote_route_setting(b"SET search_path TO primary"), None);
         assert_eq!(
-            quote_route_setting("SET sluice.route TO primary; SELECT 1"),
+            quote_route_setting(b"SET sluice.route TO primary; SELECT 1"),
             None
         );
         for q in [
