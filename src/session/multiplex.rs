@@ -171,12 +171,6 @@ impl Multiplex {
         if let Verdict::Reject(m) = verdict {
             return Action::Reject(m);
         }
-        // Borrowed field by field: no copy of the path per message. Only a
-        // named statement (a Parse whose name is not empty) depends on it.
-        let search_path = match tag {
-            FrontendTag::Parse if body.first() != Some(&0) => search_path(&self.vars),
-            _ => None,
-        };
         let Some(st) = self.statements.as_mut() else {
             return Action::Forward;
         };
@@ -194,7 +188,9 @@ impl Multiplex {
             }
         }
         let before = (st.reprepares, st.evictions);
-        let action = st.on_client(tag, body, search_path, server);
+        // Borrowed, and looked up only for a named statement.
+        let vars = &self.vars;
+        let action = st.on_client(tag, body, || search_path(vars), server);
         if let Some(stats) = &self.stats {
             stats.prepared(st.reprepares - before.0, st.evictions - before.1);
         }
@@ -275,16 +271,9 @@ impl Multiplex {
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
     pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Answer {
-        // Only batches of these can be answered: not a Query, nor an unnamed
-        // statement's Parse (its name, after the 5-byte header, is empty).
-        match buf.first() {
-            Some(b'P') if buf.get(5) == Some(&0) => return Answer::NeedServer,
-            Some(b'P' | b'C' | b'H') => {}
-            _ => return Answer::NeedServer,
-        }
-        let search_path = search_path(&self.vars);
+        let vars = &self.vars;
         match self.statements.as_mut() {
-            Some(st) => st.answer_without_server(buf, search_path, max),
+            Some(st) => st.answer_without_server(buf, || search_path(vars), max),
             None => Answer::NeedServer,
         }
     }

@@ -169,12 +169,13 @@ impl Statements {
     }
 
     /// Handles one client message of the extended protocol (and Query's
-    /// effect on the unnamed statement).
-    pub fn on_client(
+    /// effect on the unnamed statement). `search_path` is asked only when a
+    /// named statement is defined, since it is part of its identity.
+    pub fn on_client<'p>(
         &mut self,
         tag: FrontendTag,
         body: &[u8],
-        search_path: Option<&str>,
+        search_path: impl Fn() -> Option<&'p str>,
         server: &mut ServerStatements,
     ) -> ClientAction {
         match tag {
@@ -256,10 +257,10 @@ impl Statements {
         }
     }
 
-    fn parse(
+    fn parse<'p>(
         &mut self,
         body: &[u8],
-        search_path: Option<&str>,
+        search_path: impl Fn() -> Option<&'p str>,
         server: &mut ServerStatements,
     ) -> ClientAction {
         let Some(v) = ext::parse_view(body) else {
@@ -300,7 +301,7 @@ impl Statements {
             });
             return ClientAction::Replace(out);
         }
-        let def = define(v.rest, search_path);
+        let def = define(v.rest, search_path());
         self.client.named.insert(v.name.to_vec(), def.clone());
         if server.touch(&def.global) {
             let reply = frame(ext::parse_complete);
@@ -338,13 +339,17 @@ impl Statements {
     /// `buf` holds up to its first Sync. Consumes the batch only when it
     /// answers; `NeedMore` when the batch could be answered but its end is
     /// not buffered yet (so a batch split across reads takes no server).
-    pub fn answer_without_server(
+    pub fn answer_without_server<'p>(
         &mut self,
         buf: &mut BytesMut,
-        search_path: Option<&str>,
+        search_path: impl Fn() -> Option<&'p str>,
         max: usize,
     ) -> Answer {
-        let Some(known) = self.known.clone() else {
+        // Asked before every request: a Query (most often) leaves at once.
+        if !matches!(buf.first(), Some(b'P' | b'C' | b'H')) {
+            return Answer::NeedServer;
+        }
+        let Some(known) = self.known.as_ref() else {
             return Answer::NeedServer;
         };
         let mut off = 0;
@@ -373,9 +378,9 @@ impl Statements {
                     if v.name.is_empty() || self.client.named.contains_key(v.name) {
                         return Answer::NeedServer;
                     }
-                    let def = define(v.rest, search_path);
+                    let def = define(v.rest, search_path());
                     if !known.contains(&def.global) {
-                        tracing::trace!(global = %def.global, ?search_path, "not known yet");
+                        tracing::trace!(global = %def.global, "not known yet");
                         return Answer::NeedServer;
                     }
                     plan.push((b'P', v.name.to_vec(), Some(def)));
@@ -460,7 +465,7 @@ mod tests {
     fn first_parse_prepares_under_the_global_name() {
         let (mut s, mut server) = (st(), ServerStatements::default());
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut server)
+            s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server)
         else {
             panic!("expected a rewrite")
         };
@@ -477,12 +482,12 @@ mod tests {
     #[test]
     fn bind_on_another_server_reprepares_and_swallows() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut a);
+        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut a);
         s.on_server(b'3', &mut a);
         s.on_server(b'1', &mut a);
         let mut b = ServerStatements::default();
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", None, &mut b)
+            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", || None, &mut b)
         else {
             panic!("expected a rewrite")
         };
@@ -496,7 +501,7 @@ mod tests {
         assert_eq!(s.reprepares, 1);
         // A second Bind on the same server needs nothing inserted.
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", None, &mut b)
+            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", || None, &mut b)
         else {
             panic!("expected the name to be rewritten")
         };
@@ -508,13 +513,13 @@ mod tests {
         let (mut s, mut server) = (st(), ServerStatements::default());
         server.insert(&define(b"SELECT 1\0\0\0", None).global, 10);
         assert!(matches!(
-            s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut server),
+            s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
         // Close of the client's name is answered too, and the name is gone.
         assert!(matches!(
-            s.on_client(FrontendTag::Close, b"Ss1\0", None, &mut server),
+            s.on_client(FrontendTag::Close, b"Ss1\0", || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
@@ -524,8 +529,13 @@ mod tests {
     #[test]
     fn a_failed_parse_is_not_cached_and_the_name_not_kept() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, b"s1\0SELEC 1\0\0\0", None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", None, &mut server);
+        s.on_client(
+            FrontendTag::Parse,
+            b"s1\0SELEC 1\0\0\0",
+            || None,
+            &mut server,
+        );
+        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
         s.on_server(b'3', &mut server);
         s.on_server(b'E', &mut server);
         s.on_server(b'Z', &mut server);
@@ -537,13 +547,13 @@ mod tests {
     #[test]
     fn duplicate_names_fail_like_postgres() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
             s.on_server(t, &mut server);
         }
-        s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
         let a = s.on_server(b'E', &mut server);
         let replaced = a.replace.expect("sluice's own error");
         assert!(String::from_utf8_lossy(&replaced).contains("42P05"));
@@ -552,10 +562,10 @@ mod tests {
     #[test]
     fn unnamed_statements_follow_the_client() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, b"\0SELECT 2\0\0\0", None, &mut a);
+        s.on_client(FrontendTag::Parse, b"\0SELECT 2\0\0\0", || None, &mut a);
         let mut b = ServerStatements::default();
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", None, &mut b)
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", || None, &mut b)
         else {
             panic!("expected the unnamed statement to be re-parsed")
         };
@@ -564,7 +574,7 @@ mod tests {
             b"PB"
         );
         assert!(matches!(
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", None, &mut b),
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", || None, &mut b),
             ClientAction::Forward
         ));
     }
@@ -578,10 +588,13 @@ mod tests {
             },
             ServerStatements::default(),
         );
-        s.on_client(FrontendTag::Parse, PARSE_S1, None, &mut server);
-        let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Parse, b"s2\0SELECT 2\0\0\0", None, &mut server)
-        else {
+        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
+        let ClientAction::Replace(out) = s.on_client(
+            FrontendTag::Parse,
+            b"s2\0SELECT 2\0\0\0",
+            || None,
+            &mut server,
+        ) else {
             panic!("expected a rewrite")
         };
         assert_eq!(
@@ -606,8 +619,13 @@ mod known_tests {
             ..Default::default()
         };
         let mut server = ServerStatements::default();
-        a.on_client(FrontendTag::Parse, b"P_0\0BEGIN;\0\0\0", None, &mut server);
-        a.on_client(FrontendTag::Sync, b"", None, &mut server);
+        a.on_client(
+            FrontendTag::Parse,
+            b"P_0\0BEGIN;\0\0\0",
+            || None,
+            &mut server,
+        );
+        a.on_client(FrontendTag::Sync, b"", || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
             a.on_server(t, &mut server);
         }
@@ -623,13 +641,13 @@ mod known_tests {
         for cut in 1..whole.len() {
             let mut part = BytesMut::from(&whole[..cut]);
             assert_eq!(
-                b.answer_without_server(&mut part, None, 1 << 20),
+                b.answer_without_server(&mut part, || None, 1 << 20),
                 Answer::NeedMore,
                 "cut at {cut}"
             );
             assert_eq!(&part[..], &whole[..cut], "nothing consumed");
         }
-        let Answer::Reply(reply) = b.answer_without_server(&mut buf, None, 1 << 20) else {
+        let Answer::Reply(reply) = b.answer_without_server(&mut buf, || None, 1 << 20) else {
             panic!("answered locally")
         };
         assert_eq!(&reply[..], b"1\0\0\0\x04Z\0\0\0\x05I");
@@ -651,7 +669,7 @@ mod known_tests {
         ext::build_parse(&mut buf, b"a", b"BEGIN;\0\0\0");
         buf.extend_from_slice(b"H\0\0\0\x04");
         assert_eq!(
-            b.answer_without_server(&mut buf, None, 1 << 20),
+            b.answer_without_server(&mut buf, || None, 1 << 20),
             Answer::NeedServer
         );
         // A Sync never comes: sluice stops waiting for it.
@@ -660,7 +678,7 @@ mod known_tests {
             ext::build_parse(&mut buf, format!("s{i}").as_bytes(), b"BEGIN;\0\0\0");
         }
         assert_eq!(
-            b.answer_without_server(&mut buf, None, 1 << 20),
+            b.answer_without_server(&mut buf, || None, 1 << 20),
             Answer::NeedServer
         );
     }
