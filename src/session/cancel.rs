@@ -38,12 +38,6 @@ impl CancelSlot {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn set(&self, t: Option<CancelTarget>) {
-        let mut slot = self.lock();
-        slot.armed = t.is_some();
-        slot.target = t;
-    }
-
     /// Cancels now go to backend `pid` at `addr`.
     pub fn arm(&self, addr: &HostPort, pid: i32, secret: i32) {
         let mut slot = self.lock();
@@ -101,10 +95,10 @@ impl CancelRegistry {
     }
 
     /// Registers a client under `pid` with a fresh random secret, until
-    /// the returned key is dropped (also when its session is killed).
-    pub fn register(&self, pid: i32, target: Option<CancelTarget>) -> CancelKey<'_> {
+    /// the returned key is dropped (also when its session is killed). Its
+    /// slot starts disarmed.
+    pub fn register(&self, pid: i32) -> CancelKey<'_> {
         let slot = Arc::new(CancelSlot::default());
-        slot.set(target);
         let mut map = self.lock();
         loop {
             let secret: i32 = rand::random();
@@ -120,13 +114,9 @@ impl CancelRegistry {
         }
     }
 
-    /// How many keys are registered (one per pooled session).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
+    /// Whether no key is registered (no pooled session is open).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
     pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
@@ -174,11 +164,13 @@ mod tests {
             pid: 7,
             secret: 8,
         };
-        let key = r.register(7, Some(t.clone()));
+        let key = r.register(7);
         let (s, slot) = (key.secret, key.slot.clone());
+        assert_eq!(r.lookup(7, s), None, "disarmed at first");
+        slot.arm(&t.addr, t.pid, t.secret);
         assert_eq!(r.lookup(7, s), Some(t.clone()));
         assert_eq!(r.lookup(7, s.wrapping_add(1)), None);
-        slot.set(None);
+        slot.disarm();
         assert_eq!(r.lookup(7, s), None);
         slot.arm(&t.addr, 9, 10);
         let moved = CancelTarget {
@@ -187,7 +179,6 @@ mod tests {
             ..t.clone()
         };
         assert_eq!(r.lookup(7, s), Some(moved));
-        slot.arm(&t.addr, 9, 10);
         drop(key);
         assert_eq!(r.lookup(7, s), None, "the key is gone with its session");
         assert!(r.lock().is_empty());

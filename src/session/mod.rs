@@ -34,7 +34,6 @@ use crate::protocol::sqlstate;
 use crate::protocol::startup::StartupParams;
 use crate::protocol::tags::TxnStatus;
 use crate::signal::Signal;
-use cancel::CancelTarget;
 use relay::{Pipe, RelayEnd, Timers};
 use startup::Opening;
 use vars::{SessionVars, Setting};
@@ -703,16 +702,12 @@ async fn session_mode(
 ) -> Result<(), Error> {
     let server = checkout.server();
     let pid = server.pid();
-    let target = CancelTarget {
-        addr: ctx.addr_of(ctx.role).clone(),
-        pid: server.key.0,
-        secret: server.key.1,
-    };
-    let key = ctx.shared.cancels.register(pid, Some(target));
-    let secret = key.secret;
+    let key = ctx.shared.cancels.register(pid);
+    key.slot
+        .arm(ctx.addr_of(ctx.role), server.key.0, server.key.1);
     ctx.client.set_state(crate::clients::ClientState::Active);
     ctx.client.hold(pid, &ctx.addr_of(ctx.role).to_string());
-    build::backend_key_data(&mut greeting, pid, secret);
+    build::backend_key_data(&mut greeting, pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
     let end = pipe

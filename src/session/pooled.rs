@@ -59,7 +59,7 @@ pub(crate) fn run<'a>(
         ..Default::default()
     });
     mux.routing = ctx.routing().map(Box::new);
-    let key = ctx.shared.cancels.register(next_pid(), None);
+    let key = ctx.shared.cancels.register(next_pid());
     build::backend_key_data(&mut greeting, key.pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
