@@ -128,6 +128,8 @@ enum Event {
     ServerData,
     ClientClosed,
     ServerClosed(Option<std::io::Error>),
+    /// A graceful shutdown started.
+    Draining,
 }
 
 pub struct Pipe {
@@ -330,7 +332,6 @@ impl Pipe {
         // When the client last sent something; read only if a timer needs it.
         let mut last_client = client_timers.then(Instant::now);
         let mut busy_since: Option<Instant> = None;
-        let signals = self.signals.clone();
         loop {
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
@@ -346,16 +347,8 @@ impl Pipe {
                 (false, s) => s,
             };
             let deadline = self.deadline(server, timers, last_client, busy_since);
-            let fut = poll_fn(|cx| {
-                // Once draining, the check above runs after every event instead.
-                if !draining
-                    && let Some(s) = &signals
-                    && s.poll_raised(Signal::Drain, cx).is_ready()
-                {
-                    return Poll::Ready(None);
-                }
-                self.poll_event(server, cx).map(Some)
-            });
+            // Once draining, the check above runs after every event instead.
+            let fut = poll_fn(|cx| self.poll_event(server, !draining, cx));
             let waited = match deadline {
                 Some((at, code, message)) => tokio::time::timeout_at(at, fut)
                     .await
@@ -363,8 +356,7 @@ impl Pipe {
                 None => Ok(fut.await),
             };
             let ev = match waited {
-                Ok(Some(ev)) => ev,
-                Ok(None) => continue,
+                Ok(ev) => ev,
                 Err(end) => return self.finish(end).await,
             };
             let step = match ev {
@@ -377,6 +369,8 @@ impl Pipe {
                 Event::ServerData => self.take_server(server, mux.as_deref_mut()),
                 Event::ClientClosed => Err(RelayEnd::ClientGone),
                 Event::ServerClosed(e) => Err(self.server_gone(server, e)),
+                // The check at the top of the loop acts on it.
+                Event::Draining => Ok(()),
             };
             if let Err(end) = step {
                 return self.finish(end).await;
@@ -462,7 +456,20 @@ impl Pipe {
         end
     }
 
-    fn poll_event(&mut self, server: &mut ServerConn, cx: &mut Context<'_>) -> Poll<Event> {
+    /// The next thing to act on; with `watch_drain`, the start of a
+    /// graceful shutdown too.
+    fn poll_event(
+        &mut self,
+        server: &mut ServerConn,
+        watch_drain: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Event> {
+        if watch_drain
+            && let Some(s) = &self.signals
+            && s.poll_raised(Signal::Drain, cx).is_ready()
+        {
+            return Poll::Ready(Event::Draining);
+        }
         if let Poll::Ready(Err(e)) = self.to_server.poll_flush(&mut server.conn.stream, cx) {
             return Poll::Ready(Event::ServerClosed(Some(e)));
         }
