@@ -610,14 +610,19 @@ mod tests {
 mod known_tests {
     use super::*;
 
+    /// A client's statements, sharing `known` with the pool's other clients.
+    fn sharing(known: Arc<KnownStatements>) -> Statements {
+        Statements {
+            cap: 10,
+            known: Some(known),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_statement_parsed_once_is_answered_without_a_server_for_others() {
         let known = Arc::new(KnownStatements::default());
-        let mut a = Statements {
-            cap: 10,
-            known: Some(known.clone()),
-            ..Default::default()
-        };
+        let mut a = sharing(known.clone());
         let mut server = ServerStatements::default();
         a.on_client(
             FrontendTag::Parse,
@@ -629,11 +634,7 @@ mod known_tests {
         for t in [b'3', b'1', b'Z'] {
             a.on_server(t, &mut server);
         }
-        let mut b = Statements {
-            cap: 10,
-            known: Some(known),
-            ..Default::default()
-        };
+        let mut b = sharing(known);
         let mut buf = BytesMut::new();
         ext::build_parse(&mut buf, b"P_0", b"BEGIN;\0\0\0");
         crate::protocol::build::sync(&mut buf);
@@ -659,11 +660,7 @@ mod known_tests {
     fn an_unfinished_batch_after_a_flush_or_too_long_needs_a_server() {
         let known = Arc::new(KnownStatements::default());
         known.insert(define(b"BEGIN;\0\0\0", None).global.clone());
-        let mut b = Statements {
-            cap: 10,
-            known: Some(known),
-            ..Default::default()
-        };
+        let mut b = sharing(known);
         // After a Flush the client may be waiting for the replies so far.
         let mut buf = BytesMut::new();
         ext::build_parse(&mut buf, b"a", b"BEGIN;\0\0\0");

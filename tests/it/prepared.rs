@@ -390,6 +390,16 @@ async fn node_postgres_named_queries() {
     driver("node", "node", "node_pg_check.js", url(&s)).await;
 }
 
+/// A pool of one server, and a client that prepared `sql` as "warm" on it,
+/// so that sluice knows the statement.
+async fn one_server_knowing(sql: &str) -> (Sluice, Wire) {
+    let s = pooled(1, "").await;
+    let mut w = login(&s).await;
+    w.send(&[parse("warm", sql), sync()].concat()).await;
+    w.recv_until(b'Z').await;
+    (s, w)
+}
+
 /// Parses sluice answers itself still obey backpressure: a client that
 /// never reads its replies is stopped, not buffered without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,10 +407,7 @@ async fn a_client_that_never_reads_replies_is_not_buffered() {
     use tokio::io::AsyncWriteExt;
     // One server: the stalled client must not hold it, even when its
     // batches arrive split across reads.
-    let s = pooled(1, "").await;
-    let mut w = login(&s).await;
-    w.send(&[parse("warm", "SELECT 11"), sync()].concat()).await;
-    w.recv_until(b'Z').await;
+    let (s, mut w) = one_server_knowing("SELECT 11").await;
     let (mut other, _) = Wire::connect_small(s.port)
         .await
         .login_as(SCRAM_USER.0, SCRAM_USER.1, DB, &[])
@@ -442,10 +449,7 @@ async fn a_client_that_never_reads_replies_is_not_buffered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_parse_split_across_reads_needs_no_server() {
-    let s = pooled(1, "").await;
-    let mut w = login(&s).await;
-    w.send(&[parse("warm", "SELECT 12"), sync()].concat()).await;
-    w.recv_until(b'Z').await;
+    let (s, _w) = one_server_knowing("SELECT 12").await;
     // The only server is held by another client's transaction.
     let holder = s.app().await;
     holder.batch_execute("BEGIN").await.unwrap();
