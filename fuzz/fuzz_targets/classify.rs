@@ -26,5 +26,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = tokens(s);
         let _ = effects(s);
     }
-    let _ = sluice::session::routing::quote_route_setting(sql);
+    // Raw bytes: the non-UTF-8 path too.
+    let _ = sluice::session::routing::quote_route_setting(data);
 });
