@@ -7,17 +7,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Counts connected clients per key ("user:x", "db:y").
+/// Counts connected clients per key ("user:x", "db:y"). Admitted clients
+/// share their key with the map rather than each keeping a copy.
 #[derive(Debug, Default)]
 pub struct ClientCounts {
-    counts: Mutex<HashMap<String, usize>>,
+    counts: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 /// One admitted client; dropping it frees its place.
 #[derive(Debug)]
 pub struct Admitted {
     counts: Arc<ClientCounts>,
-    key: String,
+    key: Arc<str>,
 }
 
 impl Drop for Admitted {
@@ -44,8 +45,12 @@ impl ClientCounts {
     }
 
     /// Admits one more client under `key` unless `max` (0: no limit) is reached.
-    pub fn admit(self: &Arc<Self>, key: String, max: usize) -> Option<Admitted> {
+    pub fn admit(self: &Arc<Self>, key: &str, max: usize) -> Option<Admitted> {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key = match m.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(key),
+        };
         let n = m.entry(key.clone()).or_insert(0);
         if max > 0 && *n >= max {
             return None;
@@ -125,13 +130,13 @@ mod tests {
     #[test]
     fn caps_count_and_release() {
         let c = Arc::new(ClientCounts::default());
-        let a = c.admit("user:u".into(), 2).unwrap();
-        let _b = c.admit("user:u".into(), 2).unwrap();
-        assert!(c.admit("user:u".into(), 2).is_none());
-        assert!(c.admit("user:v".into(), 2).is_some());
+        let a = c.admit("user:u", 2).unwrap();
+        let _b = c.admit("user:u", 2).unwrap();
+        assert!(c.admit("user:u", 2).is_none());
+        assert!(c.admit("user:v", 2).is_some());
         drop(a);
-        assert!(c.admit("user:u".into(), 2).is_some());
-        assert!(c.admit("user:w".into(), 0).is_some());
+        assert!(c.admit("user:u", 2).is_some());
+        assert!(c.admit("user:w", 0).is_some());
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct Shared {
     config: ArcSwap<Config>,
     pub pools: PoolSet,
     /// Every connected client (SHOW CLIENTS, KILL).
-    pub registry: crate::clients::Clients,
+    pub registry: Arc<crate::clients::Clients>,
     /// Read/write routing: classifier and replica state per database.
     pub routes: crate::route::Routes,
     pub cancels: CancelRegistry,
@@ -55,7 +55,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
             routes: crate::route::Routes::default(),
-            registry: crate::clients::Clients::default(),
+            registry: Arc::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
             stats: Arc::default(),

@@ -144,12 +144,12 @@ pub struct Clients {
 }
 
 /// Removes its client from the registry when dropped.
-pub struct Registered<'a> {
-    clients: &'a Clients,
+pub struct Registered {
+    clients: Arc<Clients>,
     pub entry: Arc<ClientEntry>,
 }
 
-impl Drop for Registered<'_> {
+impl Drop for Registered {
     fn drop(&mut self) {
         self.clients
             .map
@@ -160,7 +160,11 @@ impl Drop for Registered<'_> {
 }
 
 impl Clients {
-    pub fn register(&self, addr: Option<SocketAddr>, local: Option<SocketAddr>) -> Registered<'_> {
+    pub fn register(
+        self: &Arc<Self>,
+        addr: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
@@ -184,7 +188,7 @@ impl Clients {
         }
         drop(map);
         Registered {
-            clients: self,
+            clients: self.clone(),
             entry,
         }
     }
@@ -265,7 +269,7 @@ mod tests {
 
     #[test]
     fn registry_tracks_and_kills_by_database() {
-        let c = Clients::default();
+        let c = Arc::new(Clients::default());
         let a = c.register(None, None);
         let b = c.register(None, None);
         a.entry.logged_in(Identity {
@@ -284,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_shutdown_reaches_present_and_later_clients() {
-        let c = Clients::default();
+        let c = Arc::new(Clients::default());
         let before = c.register(None, None);
         c.drain_all();
         let after = c.register(None, None);

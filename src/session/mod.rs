@@ -39,57 +39,63 @@ use startup::Opening;
 use vars::{SessionVars, Setting};
 
 /// Serves one accepted TCP connection to completion.
-pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
+///
+/// A plain function around the task's future: what only the startup needs
+/// (the socket, its addresses, the peer's name for the span) is used up
+/// here or moved into a boxed future, because a task's future is as large
+/// as its largest state, and the idle wait of a logged-in client is the
+/// state that thousands of clients keep.
+pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Output = ()> {
     let peer_addr = tcp.peer_addr().ok();
     let local_addr = tcp.local_addr().ok();
-    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let _ = tcp.set_nodelay(true);
+    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
     let span = tracing::info_span!("client", %peer);
+    let registered = shared.registry.register(peer_addr, local_addr);
+    let deadline = login_deadline(&shared.config());
+    let peer_ip = peer_addr.map(|a| a.ip());
+    let client = registered.entry.clone();
+    let opening = Box::pin(open(tcp, shared.clone(), client, deadline, peer_ip));
     async move {
-        let registered = shared.registry.register(peer_addr, local_addr);
         let client = &registered.entry;
-        let deadline = login_deadline(&shared.config());
-        // Boxed, like every phase but the idle wait: a task's future is as
-        // large as its largest state, and idle clients are the many.
-        let Some((mut pipe, opening)) = Box::pin(open(tcp, &shared, deadline)).await else {
+        let Some((mut pipe, arrival)) = opening.await else {
             return;
         };
         pipe.signals = Some(client.signals.clone());
-        client.tls.store(
-            pipe.client.stream.is_tls(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let result = match opening {
-            Ok(Opening::Startup(params)) => {
-                let peer_ip = peer_addr.map(|a| a.ip());
-                tokio::select! {
-                    r = serve(&mut pipe, &shared, params, deadline, peer_ip, client) => r,
-                    // Dropping `serve` discards any server it holds.
-                    _ = std::future::poll_fn(|cx| client.signals.poll_raised(Signal::Kill, cx)) => Err(Error::refuse(
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command (KILL)",
-                    )),
-                }
-            }
-            Ok(Opening::Cancelled) => Ok(()),
-            Err(e) => Err(e),
+        let result = tokio::select! {
+            r = serve(&mut pipe, &shared, arrival, client) => r,
+            // Dropping `serve` discards any server it holds.
+            _ = std::future::poll_fn(|cx| client.signals.poll_raised(Signal::Kill, cx)) => Err(Error::refuse(
+                sqlstate::ADMIN_SHUTDOWN,
+                "terminating connection due to administrator command (KILL)",
+            )),
         };
         if let Err(e) = result {
             Box::pin(refuse(&mut pipe, e)).await;
         }
     }
     .instrument(span)
-    .await
+}
+
+/// A client past its startup packet, about to log in (kept boxed).
+struct Arrival {
+    params: StartupParams,
+    /// client_login_timeout's end.
+    deadline: tokio::time::Instant,
+    peer_ip: Option<std::net::IpAddr>,
 }
 
 /// The startup phase (TLS, startup packet, or a cancel request), within
-/// client_login_timeout. None when the client is already gone.
+/// client_login_timeout. None when the connection ends here: the client is
+/// gone, was refused, or sent a cancel request.
 async fn open(
     tcp: TcpStream,
-    shared: &Arc<Shared>,
+    shared: Arc<Shared>,
+    client: Arc<crate::clients::ClientEntry>,
     deadline: tokio::time::Instant,
-) -> Option<(Pipe, Result<Opening, Error>)> {
-    let opening = startup::open(Conn::new(PgStream::Plain(tcp)), shared);
+    peer_ip: Option<std::net::IpAddr>,
+) -> Option<(Pipe, Box<Arrival>)> {
+    let opening = startup::open(Conn::new(PgStream::Plain(tcp)), &shared);
     let Ok((conn, opening)) = tokio::time::timeout_at(deadline, opening).await else {
         tracing::info!("client_login_timeout: closing a client that did not finish its startup");
         return None;
@@ -100,8 +106,25 @@ async fn open(
         }
         return None;
     };
-    let pipe = Pipe::new(conn, shared.config().general.max_packet_size);
-    Some((pipe, opening))
+    client
+        .tls
+        .store(conn.stream.is_tls(), std::sync::atomic::Ordering::Relaxed);
+    let mut pipe = Pipe::new(conn, shared.config().general.max_packet_size);
+    match opening {
+        Ok(Opening::Startup(params)) => Some((
+            pipe,
+            Box::new(Arrival {
+                params,
+                deadline,
+                peer_ip,
+            }),
+        )),
+        Ok(Opening::Cancelled) => None,
+        Err(e) => {
+            refuse(&mut pipe, e).await;
+            None
+        }
+    }
 }
 
 /// Tells the client why its session ends, when that is the client's business.
@@ -129,16 +152,17 @@ struct Login {
     looked_up: Option<crate::config::User>,
 }
 
-/// What the pool-mode loops need besides the pipe.
+/// What the pool-mode loops need besides the pipe: the logged-in client,
+/// kept boxed (one allocation per client, read per transaction).
 pub(crate) struct Ctx<'a> {
     pub shared: &'a Shared,
     pub config: &'a Config,
     pub pool: ServerPool,
-    pub database: &'a str,
-    pub primary: &'a crate::config::HostPort,
+    pub database: String,
     pub db: &'a crate::config::Database,
-    pub user_name: &'a str,
-    pub user: Option<&'a crate::config::User>,
+    pub user_name: String,
+    /// A user found with auth_query rather than in [users].
+    looked_up: Option<Box<crate::config::User>>,
     /// The role of the client's first server (session pooling keeps it).
     pub role: crate::route::Target,
     /// This client's entry in the registry (SHOW CLIENTS).
@@ -146,9 +170,19 @@ pub(crate) struct Ctx<'a> {
     /// Replica pools this client used, by replica index, so a routed
     /// checkout does not look its pool up in the shared map each time.
     pub replica_pools: std::sync::Mutex<Vec<Option<ServerPool>>>,
+    /// Places in the client caps, freed when the session ends.
+    _places: Places,
 }
 
 impl Ctx<'_> {
+    /// The user's settings: from [users], else from auth_query.
+    fn user(&self) -> Option<&crate::config::User> {
+        self.config
+            .users
+            .get(&self.user_name)
+            .or(self.looked_up.as_deref())
+    }
+
     /// The pool of `role` for this client's database and user.
     /// A pool a reload closed (its servers changed) is replaced by the
     /// current config's, so connected clients carry on.
@@ -184,14 +218,14 @@ impl Ctx<'_> {
     fn lookup_pool(&self, role: crate::route::Target) -> ServerPool {
         let key = PoolKey {
             role,
-            ..PoolKey::primary(self.database, self.user_name)
+            ..PoolKey::primary(&self.database, &self.user_name)
         };
         let config = self.shared.config();
-        match config.databases.get(self.database) {
+        match config.databases.get(&self.database) {
             Some(db) => self
                 .shared
                 .pools
-                .get_or_create(&config, &key, db, self.user),
+                .get_or_create(&config, &key, db, self.user()),
             // The database is gone: the closed pool refuses the client.
             None => self.pool.clone(),
         }
@@ -200,8 +234,8 @@ impl Ctx<'_> {
     /// Where cancel requests for a server of `role` go.
     pub fn addr_of(&self, role: crate::route::Target) -> &crate::config::HostPort {
         match role {
-            crate::route::Target::Replica(i) => self.db.replicas.get(i).unwrap_or(self.primary),
-            crate::route::Target::Primary => self.primary,
+            crate::route::Target::Replica(i) => self.db.replicas.get(i).unwrap_or(&self.db.primary),
+            crate::route::Target::Primary => &self.db.primary,
         }
     }
 
@@ -211,7 +245,7 @@ impl Ctx<'_> {
         if self.db.route == crate::config::DbRoute::Primary {
             return None;
         }
-        let topo = self.shared.routes.topology(self.database)?;
+        let topo = self.shared.routes.topology(&self.database)?;
         let classifier = self.shared.routes.classifier()?;
         Some(routing::ClientRouting::new(topo, classifier))
     }
@@ -231,9 +265,7 @@ fn login_deadline(config: &Config) -> tokio::time::Instant {
 async fn serve(
     pipe: &mut Pipe,
     shared: &Shared,
-    params: StartupParams,
-    deadline: tokio::time::Instant,
-    peer_ip: Option<std::net::IpAddr>,
+    arrival: Box<Arrival>,
     client: &crate::clients::ClientEntry,
 ) -> Result<(), Error> {
     let _slot = shared.clients.clone().try_acquire_owned().map_err(|_| {
@@ -245,44 +277,19 @@ async fn serve(
     let config = shared.config();
     // Logging in runs once per client and is boxed, so that its state is not
     // part of what every idle client keeps (see `run`).
-    let start = start(pipe, shared, &config, params, deadline, peer_ip, client);
-    let s = match Box::pin(start).await? {
+    let s = match Box::pin(start(pipe, shared, &config, arrival, client)).await? {
         Started::Console(role) => {
             return Box::pin(crate::admin::run(&mut pipe.client, shared, role)).await;
         }
         Started::Pooled(s) => s,
     };
-    let db = &config.databases[&s.database];
-    let user = config.users.get(&s.user_name).or(s.looked_up.as_deref());
-    // Boxed: most of it is only read per transaction, and idle clients
-    // keep this future.
-    let ctx = Box::new(Ctx {
-        shared,
-        config: &config,
-        pool: s.pool,
-        database: &s.database,
-        primary: &db.primary,
-        db,
-        user_name: &s.user_name,
-        user,
-        role: s.role,
-        client,
-        replica_pools: Default::default(),
-    });
-    // Moved out one by one (not matched as a tuple), so that nothing but
-    // the pooling loop's own future stays in this one while a client idles.
-    let (mode, first) = (s.mode, s.checkout);
-    if mode == PoolMode::Session {
-        let Some(checkout) = first else {
-            return Err(Error::refuse(
-                sqlstate::INTERNAL_ERROR,
-                "session pooling without a server",
-            ));
-        };
-        return Box::pin(session_mode(pipe, checkout, s.greeting, &ctx)).await;
+    // Taken apart by a plain function: locals of this one would stay in
+    // every idle client's task.
+    let (ctx, entry) = s.enter(shared, &config, client);
+    match entry.mode {
+        PoolMode::Session => Box::pin(session_mode(pipe, entry, &ctx)).await,
+        PoolMode::Transaction | PoolMode::Statement => pooled::run(pipe, entry, &ctx).await,
     }
-    let statement_mode = mode == PoolMode::Statement;
-    pooled::run(pipe, first, s.greeting, s.vars, statement_mode, &ctx).await
 }
 
 /// What logging in leads to: the admin console, or a pooled session.
@@ -298,30 +305,76 @@ struct Session {
     /// A user found with auth_query rather than in [users].
     looked_up: Option<Box<crate::config::User>>,
     pool: ServerPool,
+    role: crate::route::Target,
+    places: Places,
+    entry: Entry,
+}
+
+/// How a logged-in client's pooling starts.
+pub(crate) struct Entry {
     mode: PoolMode,
     /// None when transaction pooling answered the login without a server.
     checkout: Option<Checkout>,
-    role: crate::route::Target,
+    /// What the client is told before its first ReadyForQuery.
     greeting: BytesMut,
     /// The settings the client starts with.
     vars: SessionVars,
-    /// Places in the client caps, freed when the session ends.
-    _places: (
-        [crate::admission::Admitted; 2],
-        Option<crate::admission::Admitted>,
-    ),
 }
+
+impl Session {
+    /// The client's context for its pooling loop, and how that loop starts.
+    fn enter<'a>(
+        self: Box<Self>,
+        shared: &'a Shared,
+        config: &'a Config,
+        client: &'a crate::clients::ClientEntry,
+    ) -> (Box<Ctx<'a>>, Entry) {
+        let Session {
+            user_name,
+            database,
+            looked_up,
+            pool,
+            role,
+            places,
+            entry,
+        } = *self;
+        let ctx = Box::new(Ctx {
+            shared,
+            config,
+            pool,
+            db: &config.databases[&database],
+            database,
+            user_name,
+            looked_up,
+            role,
+            client,
+            replica_pools: Default::default(),
+            _places: places,
+        });
+        (ctx, entry)
+    }
+}
+
+/// A client's places in the per-user, per-database and per-pool client
+/// counts, freed when it leaves.
+type Places = (
+    [crate::admission::Admitted; 2],
+    Option<crate::admission::Admitted>,
+);
 
 /// Authentication, client caps, and the first server.
 async fn start(
     pipe: &mut Pipe,
     shared: &Shared,
     config: &Config,
-    params: StartupParams,
-    deadline: tokio::time::Instant,
-    peer_ip: Option<std::net::IpAddr>,
+    arrival: Box<Arrival>,
     client: &crate::clients::ClientEntry,
 ) -> Result<Started, Error> {
+    let Arrival {
+        params,
+        deadline,
+        peer_ip,
+    } = *arrival;
     let (login, [user_place, db_place]) =
         admit(pipe, shared, config, &params, deadline, peer_ip).await?;
     client.logged_in(crate::clients::Identity {
@@ -349,7 +402,7 @@ async fn start(
     } = login;
     let pool_place = shared
         .client_counts
-        .admit(format!("pool:{database}/{user_name}"), 0);
+        .admit(&format!("pool:{database}/{user_name}"), 0);
     let key = PoolKey::primary(&database, &user_name);
     let db = &config.databases[&database];
     let user = config.users.get(&user_name).or(looked_up.as_ref());
@@ -392,12 +445,14 @@ async fn start(
         user_name,
         database,
         pool,
-        mode,
-        checkout,
         role,
-        greeting,
-        vars,
-        _places: ([user_place, db_place], pool_place),
+        places: ([user_place, db_place], pool_place),
+        entry: Entry {
+            mode,
+            checkout,
+            greeting,
+            vars,
+        },
     })))
 }
 
@@ -562,14 +617,14 @@ async fn admit(
     let user_place = shared
         .client_counts
         .admit(
-            format!("user:{}", login.user),
+            &format!("user:{}", login.user),
             g.max_user_client_connections,
         )
         .ok_or_else(|| too_many("user", &login.user))?;
     let db_place = shared
         .client_counts
         .admit(
-            format!("db:{}", login.database),
+            &format!("db:{}", login.database),
             g.max_db_client_connections,
         )
         .ok_or_else(|| too_many("db", &login.database))?;
@@ -694,12 +749,18 @@ async fn apply_startup(
 }
 
 /// Session pooling: the client keeps its server until it leaves.
-async fn session_mode(
-    pipe: &mut Pipe,
-    mut checkout: Checkout,
-    mut greeting: BytesMut,
-    ctx: &Ctx<'_>,
-) -> Result<(), Error> {
+async fn session_mode(pipe: &mut Pipe, entry: Entry, ctx: &Ctx<'_>) -> Result<(), Error> {
+    let Entry {
+        checkout,
+        mut greeting,
+        ..
+    } = entry;
+    let Some(mut checkout) = checkout else {
+        return Err(Error::refuse(
+            sqlstate::INTERNAL_ERROR,
+            "session pooling without a server",
+        ));
+    };
     let server = checkout.server();
     let pid = server.pid();
     let key = ctx.shared.cancels.register(pid);

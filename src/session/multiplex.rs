@@ -52,7 +52,8 @@ pub struct Multiplex {
     /// Where pinned clients are counted.
     pub stats: Option<std::sync::Arc<crate::stats::Stats>>,
     /// Prepared-statement renaming; None when max_prepared_statements = 0.
-    pub statements: Option<Statements>,
+    /// Boxed: idle clients keep the Multiplex inline in their task.
+    pub statements: Option<Box<Statements>>,
     /// Read/write routing, for a database with replicas.
     pub routing: Option<Box<ClientRouting>>,
 }

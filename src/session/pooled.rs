@@ -14,8 +14,9 @@ use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
 use super::statements::{Answer, Statements};
 use super::vars::{SessionVars, sync_sql};
-use super::{Ctx, finish};
+use super::{Ctx, Entry, finish};
 use crate::clients::ClientState;
+use crate::config::PoolMode;
 use crate::error::{Error, ServerError};
 use crate::pool::Checkout;
 use crate::protocol::build;
@@ -43,20 +44,26 @@ struct Pooled<'a> {
 /// then a future that holds only the `Pooled` state and the loop.
 pub(crate) fn run<'a>(
     pipe: &'a mut Pipe,
-    first: Option<Checkout>,
-    mut greeting: BytesMut,
-    vars: SessionVars,
-    statement_mode: bool,
+    entry: Entry,
     ctx: &'a Ctx<'a>,
 ) -> impl std::future::Future<Output = Result<(), Error>> + 'a {
+    let Entry {
+        mode,
+        checkout: first,
+        mut greeting,
+        vars,
+    } = entry;
+    let statement_mode = mode == PoolMode::Statement;
     let g = &ctx.config.general;
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
     mux.stats = Some(ctx.shared.stats.clone());
     let cap = g.max_prepared_statements;
-    mux.statements = (cap > 0).then(|| Statements {
-        cap,
-        known: Some(ctx.pool.manager().known.clone()),
-        ..Default::default()
+    mux.statements = (cap > 0).then(|| {
+        Box::new(Statements {
+            cap,
+            known: Some(ctx.pool.manager().known.clone()),
+            ..Default::default()
+        })
     });
     mux.routing = ctx.routing().map(Box::new);
     let key = ctx.shared.cancels.register(next_pid());
@@ -65,17 +72,10 @@ pub(crate) fn run<'a>(
     pipe.send_client(greeting.freeze());
     let mut s = Pooled { mux, key };
     // Boxed, like each transaction below: a login's first server.
-    let first = first.map(Box::new);
-    async move { s.serve(pipe, first, ctx).await }
-}
-
-impl Pooled<'_> {
-    async fn serve(
-        &mut self,
-        pipe: &mut Pipe,
-        mut first: Option<Box<Checkout>>,
-        ctx: &Ctx<'_>,
-    ) -> Result<(), Error> {
+    let mut first = first.map(Box::new);
+    // The loop is this block itself (not an async fn it calls), so that
+    // nothing it is given is kept twice in the idle client's task.
+    async move {
         let g = &ctx.config.general;
         let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
         let mut read_more = false;
@@ -89,7 +89,7 @@ impl Pooled<'_> {
                     Waited::Request => {
                         // Preparing a statement some server already parsed needs
                         // no server: a client blocked on that must not wait for one.
-                        match self
+                        match s
                             .mux
                             .answer_without_server(pipe.client_buffer(), g.max_packet_size)
                         {
@@ -122,12 +122,14 @@ impl Pooled<'_> {
                 },
             };
             // One allocation per transaction, for everything it needs.
-            if let Some(end) = Box::pin(self.transaction(pipe, given, ctx)).await {
+            if let Some(end) = Box::pin(s.transaction(pipe, given, ctx)).await {
                 return end;
             }
         }
     }
+}
 
+impl Pooled<'_> {
     /// One transaction (or request): checks out a server (unless `given`
     /// one), relays until the server can go back, and gives it back. Some
     /// when the session ends.
@@ -227,7 +229,7 @@ async fn checkout_routed(
         Ok(c) => Ok((c, d.target)),
         Err(e) => {
             let saturated = pool.status().size >= pool.status().max_size;
-            tracing::warn!(database = ctx.database, replica = %ctx.addr_of(d.target), error = %e, saturated, "replica checkout failed: using the primary");
+            tracing::warn!(database = %ctx.database, replica = %ctx.addr_of(d.target), error = %e, saturated, "replica checkout failed: using the primary");
             if let Some(t) = topo {
                 if !saturated {
                     t.ban(i);
@@ -283,7 +285,7 @@ async fn checkout_synced(
     mux: &Multiplex,
     pool: &crate::pool::ServerPool,
 ) -> Result<Checkout, Error> {
-    let mut checkout = Checkout::get(pool, ctx.database).await?;
+    let mut checkout = Checkout::get(pool, &ctx.database).await?;
     let server = checkout.server();
     if server.in_line.holds(&server.params, &mux.vars.reported) && server.extra == mux.vars.extra {
         return Ok(checkout);

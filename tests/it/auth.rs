@@ -331,9 +331,14 @@ async fn hba_rules_pick_the_method_or_refuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_finds_users_created_after_start() {
     let cluster = Cluster::shared();
+    // No failed-login throttle: the retries below fail fast until the
+    // cached miss expires, and must not lock the address out first.
     let s = Sluice::with(
         cluster,
-        &format!("auth_user = \"{}\"\nauth_query_ttl = \"1s\"", SCRAM_USER.0),
+        &format!(
+            "auth_user = \"{}\"\nauth_query_ttl = \"1s\"\nauth_failure_limit = 0",
+            SCRAM_USER.0
+        ),
     )
     .await;
     let name = format!("late_{}", crate::harness::cluster::free_port());
@@ -350,7 +355,13 @@ async fn auth_query_finds_users_created_after_start() {
         &format!("CREATE ROLE {name} LOGIN PASSWORD 'late_pw'"),
     );
     crate::harness::wait_until(15, "the new user to be found", || async {
-        s.connect(&name, "late_pw", DB).await.is_ok()
+        {
+            let r = s.connect(&name, "late_pw", DB).await;
+            if let Err(e) = &r {
+                eprintln!("DBG {e:?}");
+            }
+            r.is_ok()
+        }
     })
     .await;
     // Its SCRAM verifier authenticates it, and pass-through logs sluice in as it.
