@@ -46,8 +46,8 @@ impl ClientState {
 /// Who the client is, known once it logged in.
 #[derive(Debug, Clone, Default)]
 pub struct Identity {
-    pub user: String,
-    pub database: String,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub application_name: String,
 }
 
@@ -210,7 +210,7 @@ impl Clients {
     pub fn kill_database(&self, database: &str) -> usize {
         let mut n = 0;
         for c in self.all() {
-            if c.identity().database == database {
+            if &*c.identity().database == database {
                 c.signals.raise(Signal::Kill);
                 n += 1;
             }

@@ -294,7 +294,7 @@ fn clients_by_state(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
     )?;
     for c in shared.registry.all() {
         let id = c.identity();
-        g.with_label_values(&[id.database.as_str(), id.user.as_str(), c.state().name()])
+        g.with_label_values(&[&*id.database, &*id.user, c.state().name()])
             .inc();
     }
     Ok(())

@@ -23,7 +23,9 @@ fn client_counts(shared: &Shared) -> BTreeMap<(String, String), (usize, usize)> 
     let mut m: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for c in shared.registry.all() {
         let id = c.identity();
-        let e = m.entry((id.database, id.user)).or_default();
+        let e = m
+            .entry((id.database.to_string(), id.user.to_string()))
+            .or_default();
         match c.state() {
             ClientState::Waiting => e.1 += 1,
             ClientState::Login => {}

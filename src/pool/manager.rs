@@ -35,7 +35,10 @@ pub struct ServerManager {
     pub known: Arc<crate::session::statements::KnownStatements>,
     pub stats: Arc<super::stats::PoolStats>,
     /// The client-facing database name (PAUSE, KILL, RECONNECT act on it).
-    pub database: String,
+    /// Its clients share it, and the user name, rather than each keeping
+    /// a copy.
+    pub database: Arc<str>,
+    pub user: Arc<str>,
     pub pauses: Arc<super::Pauses>,
     /// RECONNECT bumps it: servers from an older generation are closed
     /// when next checked out or returned.

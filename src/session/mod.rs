@@ -158,9 +158,9 @@ pub(crate) struct Ctx<'a> {
     pub shared: &'a Shared,
     pub config: &'a Config,
     pub pool: ServerPool,
-    pub database: String,
+    pub database: Arc<str>,
     pub db: &'a crate::config::Database,
-    pub user_name: String,
+    pub user_name: Arc<str>,
     /// A user found with auth_query rather than in [users].
     looked_up: Option<Box<crate::config::User>>,
     /// The role of the client's first server (session pooling keeps it).
@@ -179,7 +179,7 @@ impl Ctx<'_> {
     fn user(&self) -> Option<&crate::config::User> {
         self.config
             .users
-            .get(&self.user_name)
+            .get(&*self.user_name)
             .or(self.looked_up.as_deref())
     }
 
@@ -221,7 +221,7 @@ impl Ctx<'_> {
             ..PoolKey::primary(&self.database, &self.user_name)
         };
         let config = self.shared.config();
-        match config.databases.get(&self.database) {
+        match config.databases.get(&*self.database) {
             Some(db) => self
                 .shared
                 .pools
@@ -300,8 +300,8 @@ enum Started {
 
 /// A logged-in client of a pool, with its first server.
 struct Session {
-    user_name: String,
-    database: String,
+    user_name: Arc<str>,
+    database: Arc<str>,
     /// A user found with auth_query rather than in [users].
     looked_up: Option<Box<crate::config::User>>,
     pool: ServerPool,
@@ -342,7 +342,7 @@ impl Session {
             shared,
             config,
             pool,
-            db: &config.databases[&database],
+            db: &config.databases[&*database],
             database,
             user_name,
             looked_up,
@@ -377,19 +377,20 @@ async fn start(
     } = *arrival;
     let (login, [user_place, db_place]) =
         admit(pipe, shared, config, &params, deadline, peer_ip).await?;
-    client.logged_in(crate::clients::Identity {
-        user: login.user.clone(),
-        database: login.database.clone(),
-        application_name: params
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
-    });
+    let application_name = params
+        .params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(config, &login.user)
     {
+        client.logged_in(crate::clients::Identity {
+            user: login.user.as_str().into(),
+            database: login.database.as_str().into(),
+            application_name,
+        });
         client.set_state(crate::clients::ClientState::Active);
         return Ok(Started::Console(role));
     }
@@ -408,6 +409,16 @@ async fn start(
     let user = config.users.get(&user_name).or(looked_up.as_ref());
     let mode = config.pool_mode(db, user);
     let pool = shared.pools.get_or_create(config, &key, db, user);
+    // The names as the pool holds them: shared by its clients.
+    let (database, user_name) = {
+        let m = pool.manager();
+        (m.database.clone(), m.user.clone())
+    };
+    client.logged_in(crate::clients::Identity {
+        user: user_name.clone(),
+        database: database.clone(),
+        application_name,
+    });
     if let (Some(k), crate::server::ServerPassword::PassThrough(pt)) =
         (client_key, &pool.manager().target.password)
     {
@@ -420,7 +431,7 @@ async fn start(
     let (checkout, role, mut greeting, vars) = match welcome.flatten() {
         Some(vars) => (None, crate::route::Target::Primary, BytesMut::new(), vars),
         None => {
-            let user = (user_name.as_str(), user);
+            let user = (&*user_name, user);
             let first = first_server(shared, config, &database, &pool, mode, user, &settings);
             let (mut checkout, role, greeting, extra) = first.await?;
             let server = checkout.server();
