@@ -59,6 +59,33 @@ impl Conn {
         }
     }
 
+    /// Ends a connection whose last message was sent without resetting it:
+    /// shuts down the write side (the peer reads end-of-file after that
+    /// message), then reads and drops whatever the peer is still sending,
+    /// for a bounded time and amount. Closing a socket that holds unread
+    /// input makes the kernel send a reset, which can reach a client still
+    /// writing (an oversized message, a pipelined batch) before it has read
+    /// the ErrorResponse that says why.
+    pub async fn linger_close(&mut self) {
+        const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+        const MAX_DRAIN: usize = 16 << 20;
+        let _ = self.stream.shutdown().await;
+        let drain = async {
+            let mut drained = 0;
+            while drained < MAX_DRAIN {
+                self.rbuf.clear();
+                if self.rbuf.capacity() < READ_CHUNK {
+                    self.rbuf.reserve(READ_CHUNK);
+                }
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.stream.write_all(bytes).await?;
         // A TLS stream may hold the records back until flushed.

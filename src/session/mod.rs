@@ -136,6 +136,7 @@ async fn refuse(pipe: &mut Pipe, e: Error) {
             build::error(&mut out, Severity::Fatal, &code, &msg);
             pipe.send_client(out.freeze());
             pipe.flush_client().await;
+            pipe.client.linger_close().await;
         }
         None => tracing::debug!(error = %e, "client connection ended"),
     }

@@ -315,6 +315,22 @@ async fn slow_logins_are_dropped_and_real_clients_still_get_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_writing_an_oversized_message_reads_the_error() {
+    let s = Sluice::with(Cluster::shared(), "max_packet_size = \"64kB\"").await;
+    let mut w = logged_in(&s).await;
+    // A Query declaring 8 MB, and then all of it: far more than the socket
+    // buffers hold, so sluice has refused it long before the last byte.
+    // Had sluice closed with that input unread, the kernel's reset would
+    // fail this write and could discard the ErrorResponse.
+    let len = 8 << 20;
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&(len as i32).to_be_bytes());
+    msg.resize(1 + len, b'x');
+    w.send(&msg).await;
+    expect_fatal(&mut w, "08P01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_client_inputs_each_get_a_defined_outcome() {
     use crate::harness::wire::startup_packet;
     let s = Sluice::with(Cluster::shared(), "max_packet_size = \"64kB\"").await;
