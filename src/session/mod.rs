@@ -54,14 +54,17 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
     let registered = shared.registry.register(peer_addr, local_addr);
     let deadline = login_deadline(&shared.config());
     let peer_ip = peer_addr.map(|a| a.ip());
-    let client = registered.entry.clone();
-    let opening = Box::pin(open(tcp, shared.clone(), client, deadline, peer_ip));
+    let opening = Box::pin(open(tcp, shared.clone(), deadline, peer_ip));
     async move {
         let client = &registered.entry;
         let Some((mut pipe, arrival)) = opening.await else {
             return;
         };
         pipe.signals = Some(client.signals.clone());
+        client.tls.store(
+            pipe.client.stream.is_tls(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let result = tokio::select! {
             r = serve(&mut pipe, &shared, arrival, client) => r,
             // Dropping `serve` discards any server it holds.
@@ -91,7 +94,6 @@ struct Arrival {
 async fn open(
     tcp: TcpStream,
     shared: Arc<Shared>,
-    client: Arc<crate::clients::ClientEntry>,
     deadline: tokio::time::Instant,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Option<(Pipe, Box<Arrival>)> {
@@ -106,9 +108,6 @@ async fn open(
         }
         return None;
     };
-    client
-        .tls
-        .store(conn.stream.is_tls(), std::sync::atomic::Ordering::Relaxed);
     let mut pipe = Pipe::new(conn, shared.config().general.max_packet_size);
     match opening {
         Ok(Opening::Startup(params)) => Some((
@@ -278,37 +277,23 @@ async fn serve(
     let config = shared.config();
     // Logging in runs once per client and is boxed, so that its state is not
     // part of what every idle client keeps (see `run`).
-    let s = match Box::pin(start(pipe, shared, &config, arrival, client)).await? {
+    let (ctx, entry) = match Box::pin(start(pipe, shared, &config, arrival, client)).await? {
         Started::Console(role) => {
             return Box::pin(crate::admin::run(&mut pipe.client, shared, role)).await;
         }
-        Started::Pooled(s) => s,
+        Started::Pooled(ctx, entry) => (ctx, entry),
     };
-    // Taken apart by a plain function: locals of this one would stay in
-    // every idle client's task.
-    let (ctx, entry) = s.enter(shared, &config, client);
     match entry.mode {
         PoolMode::Session => Box::pin(session_mode(pipe, entry, &ctx)).await,
         PoolMode::Transaction | PoolMode::Statement => pooled::run(pipe, entry, &ctx).await,
     }
 }
 
-/// What logging in leads to: the admin console, or a pooled session.
-enum Started {
+/// What logging in leads to: the admin console, or a pooled session (its
+/// context, boxed, and how its pooling starts).
+enum Started<'a> {
     Console(crate::admin::Role),
-    Pooled(Box<Session>),
-}
-
-/// A logged-in client of a pool, with its first server.
-struct Session {
-    user_name: Arc<str>,
-    database: Arc<str>,
-    /// A user found with auth_query rather than in [users].
-    looked_up: Option<Box<crate::config::User>>,
-    pool: ServerPool,
-    role: crate::route::Target,
-    places: Places,
-    entry: Entry,
+    Pooled(Box<Ctx<'a>>, Entry),
 }
 
 /// How a logged-in client's pooling starts.
@@ -322,40 +307,6 @@ pub(crate) struct Entry {
     vars: SessionVars,
 }
 
-impl Session {
-    /// The client's context for its pooling loop, and how that loop starts.
-    fn enter<'a>(
-        self: Box<Self>,
-        shared: &'a Shared,
-        config: &'a Config,
-        client: &'a crate::clients::ClientEntry,
-    ) -> (Box<Ctx<'a>>, Entry) {
-        let Session {
-            user_name,
-            database,
-            looked_up,
-            pool,
-            role,
-            places,
-            entry,
-        } = *self;
-        let ctx = Box::new(Ctx {
-            shared,
-            config,
-            pool,
-            db: &config.databases[&*database],
-            database,
-            user_name,
-            looked_up,
-            role,
-            client,
-            replica_pools: Default::default(),
-            _places: places,
-        });
-        (ctx, entry)
-    }
-}
-
 /// A client's places in the per-user, per-database and per-pool client
 /// counts, freed when it leaves.
 type Places = (
@@ -364,13 +315,13 @@ type Places = (
 );
 
 /// Authentication, client caps, and the first server.
-async fn start(
+async fn start<'a>(
     pipe: &mut Pipe,
-    shared: &Shared,
-    config: &Config,
+    shared: &'a Shared,
+    config: &'a Config,
     arrival: Box<Arrival>,
-    client: &crate::clients::ClientEntry,
-) -> Result<Started, Error> {
+    client: &'a crate::clients::ClientEntry,
+) -> Result<Started<'a>, Error> {
     let Arrival {
         params,
         deadline,
@@ -452,20 +403,26 @@ async fn start(
         build::parameter_status(&mut greeting, k, v);
     }
     tracing::info!(user = %user_name, database = %database, ?mode, "client logged in");
-    Ok(Started::Pooled(Box::new(Session {
-        looked_up: looked_up.map(Box::new),
-        user_name,
-        database,
+    let ctx = Box::new(Ctx {
+        shared,
+        config,
         pool,
+        db,
+        database,
+        user_name,
+        looked_up: looked_up.map(Box::new),
         role,
-        places: ([user_place, db_place], pool_place),
-        entry: Entry {
-            mode,
-            checkout,
-            greeting,
-            vars,
-        },
-    })))
+        client,
+        replica_pools: Default::default(),
+        _places: ([user_place, db_place], pool_place),
+    });
+    let entry = Entry {
+        mode,
+        checkout,
+        greeting,
+        vars,
+    };
+    Ok(Started::Pooled(ctx, entry))
 }
 
 /// The client's first server, with the client's startup settings applied
