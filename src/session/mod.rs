@@ -281,7 +281,7 @@ async fn serve(
         Started::Console(role) => {
             return Box::pin(crate::admin::run(&mut pipe.client, shared, role)).await;
         }
-        Started::Pooled(ctx, entry) => (ctx, entry),
+        Started::Pooled(ctx, entry) => (ctx, *entry),
     };
     match entry.mode {
         PoolMode::Session => Box::pin(session_mode(pipe, entry, &ctx)).await,
@@ -290,10 +290,11 @@ async fn serve(
 }
 
 /// What logging in leads to: the admin console, or a pooled session (its
-/// context, boxed, and how its pooling starts).
+/// context, and how its pooling starts). Both boxed: `serve` keeps this
+/// value while a console session runs, and must stay small.
 enum Started<'a> {
     Console(crate::admin::Role),
-    Pooled(Box<Ctx<'a>>, Entry),
+    Pooled(Box<Ctx<'a>>, Box<Entry>),
 }
 
 /// How a logged-in client's pooling starts.
@@ -416,12 +417,12 @@ async fn start<'a>(
         replica_pools: Default::default(),
         _places: ([user_place, db_place], pool_place),
     });
-    let entry = Entry {
+    let entry = Box::new(Entry {
         mode,
         checkout,
         greeting,
         vars,
-    };
+    });
     Ok(Started::Pooled(ctx, entry))
 }
 
