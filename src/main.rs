@@ -108,7 +108,11 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             tokio::spawn(sluice::metrics_http::serve(l, shared.clone()));
         }
         tokio::spawn(reload_on_sighup(shared.clone(), path));
-        sluice::app::serve(listener, shared, shutdown_signal()).await?;
+        // The accept loop runs on a worker, not on this thread: a session
+        // spawned from a worker starts in that worker's own queue, where one
+        // spawned from here would wake a worker (and this thread would be
+        // woken per connection) through futexes.
+        tokio::spawn(sluice::app::serve(listener, shared, shutdown_signal())).await??;
         Ok(())
     })
 }
