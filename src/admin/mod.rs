@@ -139,6 +139,7 @@ async fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
 /// Serves a logged-in console user until it leaves.
 pub async fn run(conn: &mut Conn, shared: &Shared, role: Role) -> Result<(), Error> {
     let mut out = BytesMut::new();
+    build::authentication(&mut out, 0, &[]);
     for (k, v) in [
         ("server_version", "15.0 (sluice)"),
         ("client_encoding", "UTF8"),

@@ -381,7 +381,7 @@ async fn start<'a>(
     // one led to; otherwise the client's first server tells.
     let pooled = mode != PoolMode::Session;
     let welcome = pooled.then(|| pool.manager().logins.welcome(&settings));
-    let (checkout, role, mut greeting, vars) = match welcome.flatten() {
+    let (checkout, role, notices, vars) = match welcome.flatten() {
         Some(vars) => (None, crate::route::Target::Primary, BytesMut::new(), vars),
         None => {
             let user = (&*user_name, user);
@@ -400,9 +400,7 @@ async fn start<'a>(
             (Some(checkout), role, greeting, vars)
         }
     };
-    for (k, v) in vars.reported.iter() {
-        build::parameter_status(&mut greeting, k, v);
-    }
+    let greeting = greeting(&notices, &vars);
     tracing::info!(user = %user_name, database = %database, ?mode, "client logged in");
     let ctx = Box::new(Ctx {
         shared,
@@ -424,6 +422,19 @@ async fn start<'a>(
         vars,
     });
     Ok(Started::Pooled(ctx, entry))
+}
+
+/// What a pooled client is told after its credentials: AuthenticationOk,
+/// the NOTICEs its settings drew, and the server's ParameterStatus. Sent
+/// with BackendKeyData and ReadyForQuery, in one write.
+fn greeting(notices: &[u8], vars: &SessionVars) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512 + notices.len());
+    build::authentication(&mut out, 0, &[]);
+    out.extend_from_slice(notices);
+    for (k, v) in vars.reported.iter() {
+        build::parameter_status(&mut out, k, v);
+    }
+    out
 }
 
 /// The client's first server, with the client's startup settings applied
@@ -637,8 +648,8 @@ fn auth_method(
     }
 }
 
-/// Checks the startup parameters and the client's credentials, then sends
-/// AuthenticationOk.
+/// Checks the startup parameters and the client's credentials. The caller
+/// sends AuthenticationOk, as the first message of the greeting.
 async fn authenticate(
     conn: &mut Conn,
     shared: &Shared,
@@ -662,12 +673,11 @@ async fn authenticate(
         .unwrap_or(&user)
         .to_string();
     let settings = startup::session_settings(params)?;
-    let mut out = BytesMut::new();
     let unsupported = startup::unsupported_options(params);
     if params.minor > 0 || !unsupported.is_empty() {
+        let mut out = BytesMut::new();
         build::negotiate_protocol_version(&mut out, 0, &unsupported);
         conn.write_all(&out).await?;
-        out.clear();
     }
     let auth_type = auth_method(config, conn.stream.is_tls(), &database, &user, peer_ip)?;
     let looked_up = match config.users.contains_key(&user) {
@@ -684,8 +694,7 @@ async fn authenticate(
             format!("database \"{database}\" does not exist"),
         ));
     }
-    build::authentication(&mut out, 0, &[]);
-    conn.write_all(&out).await?;
+    // AuthenticationOk goes out with the rest of the greeting, in one write.
     Ok(Login {
         user,
         database,
