@@ -13,6 +13,10 @@
 # Knobs: DURATION (s per run, 10), ROUNDS (1), POOL (16), IDLE (10000),
 # RATE (tps limit of the 1000-client scenario, 4000), SCENARIOS, TARGETS, OUT.
 # SCENARIOS=select-rows adds a 1,000-row SELECT (not run by default).
+#
+# Logins use SCRAM-SHA-256 (role app), except in connect-md5 (role app_md5,
+# md5 everywhere): with SCRAM, pgbench's own PBKDF2 per connection takes
+# most of the two cores, so only md5 shows what a connection costs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
@@ -31,7 +35,7 @@ ROUNDS=${ROUNDS:-1}
 POOL=${POOL:-16}
 IDLE=${IDLE:-10000}
 RATE=${RATE:-4000}
-SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb connect clients-1000 idle-10k"}
+SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb connect connect-md5 clients-1000 idle-10k"}
 TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-1t sluice-routed"}
 OUT=${OUT:-benches/load/results}
 mkdir -p "$OUT"
@@ -51,16 +55,30 @@ start_primary "$PRIMARY_PORT" 1200
 export PGPASSWORD=secret
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
 echo "SELECT g, 'row ' || g FROM generate_series(1, 1000) g;" > "$DIR/rows.sql"
+# Role app_md5 logs in with md5 (its password stored as an md5 hash), at
+# PostgreSQL and at both poolers; everyone else with SCRAM.
+"$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres \
+    -c "SET password_encryption = 'md5'" \
+    -c "CREATE ROLE app_md5 LOGIN PASSWORD 'secret' IN ROLE pg_read_all_data"
+as_pg sed -i 's|^host all all 127.0.0.1/32 scram-sha-256|host all app_md5 127.0.0.1/32 md5\n&|' \
+    "$DIR/primary/pg_hba.conf"
+as_pg "$PG_BIN/pg_ctl" -D "$DIR/primary" reload >/dev/null
+printf '%s\n' "host all app_md5 127.0.0.1/32 md5" "host all all 127.0.0.1/32 scram-sha-256" \
+    > "$DIR/hba.conf"
+chmod 644 "$DIR/hba.conf"
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     start_replica "$PRIMARY_PORT" "$REPLICA_PORT_"
 fi
 
-start_pgbouncer "$BOUNCER_PORT" "$POOL" $((IDLE + 1000))
+start_pgbouncer "$BOUNCER_PORT" "$POOL" $((IDLE + 1000)) "$DIR/hba.conf"
 
 # sluice without a replica (the same job as PgBouncer), the same on one
 # runtime thread, and sluice routing reads to the replica.
-GENERAL="max_client_conn = $((IDLE + 1000))"
-REPLICA_PORT="" sluice_toml "$SLUICE_PORT" "$POOL" "$GENERAL" > "$DIR/pooler.toml"
+GENERAL="max_client_conn = $((IDLE + 1000))
+auth_hba_file = \"$DIR/hba.conf\""
+MD5_USER='[users.app_md5]
+password = "secret"'
+REPLICA_PORT="" sluice_toml "$SLUICE_PORT" "$POOL" "$GENERAL" "" "$MD5_USER" > "$DIR/pooler.toml"
 start_sluice "$SLUICE_PORT"
 # another_sluice NAME TOML: starts sluice on that config, prints its pid.
 another_sluice() {
@@ -71,12 +89,12 @@ another_sluice() {
 if [[ " $TARGETS " == *" sluice-1t "* ]]; then
     ONE_PID=$(another_sluice one \
         "$(REPLICA_PORT="" sluice_toml "$ONE_PORT" "$POOL" "$GENERAL
-worker_threads = 1")")
+worker_threads = 1" "" "$MD5_USER")")
     wait_for_port "$ONE_PORT"
 fi
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     ROUTED_PID=$(another_sluice routed \
-        "$(REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL")")
+        "$(REPLICA_PORT=$REPLICA_PORT_ sluice_toml "$ROUTED_PORT" "$POOL" "$GENERAL" "" "$MD5_USER")")
     wait_for_port "$ROUTED_PORT"
 fi
 
@@ -90,7 +108,7 @@ args_of() {
         select-extended) echo "-S -M extended -c 64" ;;
         select-prepared) echo "-S -M prepared -c 64" ;;
         tpcb) echo "-M simple -c 32" ;;
-        connect) echo "-S -C -c 16" ;;
+        connect | connect-md5) echo "-S -C -c 16" ;;
         # pgbench logs its 1000 clients in inside -T (~3 s here), so it runs longer.
         clients-1000) echo "-S -c 1000 -R $RATE -T $((DURATION + 10))" ;;
         idle-10k) echo "-S -c 16" ;;
@@ -155,7 +173,9 @@ run() {
     fi
     local out failed=false
     # shellcheck disable=SC2046
-    out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U app -n -j 2 \
+    local user=app
+    if [ "$scenario" = connect-md5 ]; then user=app_md5; fi
+    out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n -j 2 \
         --log --log-prefix="$logs" $(args_of "$scenario") app 2>&1) || failed=true
     if [ -n "$pid" ]; then
         cpu1=$(cpu_ticks "$pid")

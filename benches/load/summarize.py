@@ -108,6 +108,16 @@ def report(raw_path, outdir):
             sl = e.get(t, {})
             if b.get("cpu_s_per_10k") and sl.get("cpu_s_per_10k") and b.get("failed") == 0:
                 print(f"  {s:<18}{t:<11}cpu {sl['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}x   tps {sl['tps'] / b['tps']:.2f}x")
+    print()
+    print("connect per transaction, TPS against direct PostgreSQL's:")
+    for s in scenarios:
+        e = summary["scenarios"][s]
+        d = e.get("direct", {})
+        if not s.startswith("connect") or not d.get("tps"):
+            continue
+        for t in ("pgbouncer", "sluice", "sluice-1t", "sluice-routed"):
+            if e.get(t, {}).get("tps"):
+                print(f"  {s:<18}{t:<15}{e[t]['tps'] / d['tps']:.1f}x")
     chart(summary, scenarios, targets, f"{outdir}/results.png")
 
 

@@ -58,9 +58,10 @@ wait_for_port() {
     return 1
 }
 
-# sluice_toml LISTEN_PORT POOL [GENERAL_LINES] [APP_LINES]: prints a
+# sluice_toml LISTEN_PORT POOL [GENERAL_LINES] [APP_LINES] [MORE]: prints a
 # pooler.toml for user app/secret and database app on $PRIMARY_PORT (with
-# $REPLICA_PORT as its replica when set), in transaction pooling.
+# $REPLICA_PORT as its replica when set), in transaction pooling; MORE goes
+# at the end (more users).
 sluice_toml() {
     cat <<TOML
 [general]
@@ -74,6 +75,7 @@ ${REPLICA_PORT:+replicas = [\"127.0.0.1:$REPLICA_PORT\"]}
 ${4:-}
 [users.app]
 password = "secret"
+${5:-}
 TOML
 }
 
@@ -91,18 +93,22 @@ stop_all() {
     stop_cluster
 }
 
-# start_pgbouncer PORT POOL MAX_CLIENTS: PgBouncer in transaction pooling in
-# front of database app on $PRIMARY_PORT; sets BOUNCER_PID. It gets the
-# role's SCRAM verifier, as its docs advise, so it derives no key per login
-# (sluice does the same from its plain password, once per config load).
+# start_pgbouncer PORT POOL MAX_CLIENTS [HBA_FILE]: PgBouncer in transaction
+# pooling in front of database app on $PRIMARY_PORT; sets BOUNCER_PID. It
+# gets the roles' stored secrets (SCRAM verifiers, md5 hashes), as its docs
+# advise, so it derives no key per login (sluice does the same from its
+# plain password, once per config load). With HBA_FILE, that file decides
+# each login's method (auth_type = hba).
 start_pgbouncer() {
     if ! command -v pgbouncer >/dev/null; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
     fi
-    local verifier
-    verifier=$("$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
-        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
-    echo "\"app\" \"$verifier\"" > "$DIR/userlist.txt"
+    "$PG_BIN/psql" -X -q -A -t -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres postgres \
+        -c "SELECT format('\"%s\" \"%s\"', rolname, rolpassword) FROM pg_authid
+            WHERE rolcanlogin AND rolpassword IS NOT NULL" > "$DIR/userlist.txt"
+    local auth="auth_type = scram-sha-256"
+    if [ -n "${4:-}" ]; then auth="auth_type = hba
+auth_hba_file = $4"; fi
     cat > "$DIR/pgbouncer.ini" <<INI
 [databases]
 app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
@@ -110,7 +116,7 @@ app = host=127.0.0.1 port=$PRIMARY_PORT dbname=app
 listen_addr = 127.0.0.1
 listen_port = $1
 unix_socket_dir =
-auth_type = scram-sha-256
+$auth
 auth_file = $DIR/userlist.txt
 pool_mode = transaction
 default_pool_size = $2
