@@ -49,8 +49,11 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
     let peer_addr = tcp.peer_addr().ok();
     let local_addr = tcp.local_addr().ok();
     let _ = tcp.set_nodelay(true);
-    let peer = peer_addr.map(|a| a.to_string()).unwrap_or_default();
-    let span = tracing::info_span!("client", %peer);
+    // The address is formatted only when the span is enabled (info level).
+    let span = match peer_addr {
+        Some(peer) => tracing::info_span!("client", %peer),
+        None => tracing::info_span!("client", peer = ""),
+    };
     let registered = shared.registry.register(peer_addr, local_addr);
     let deadline = login_deadline(&shared.config());
     let peer_ip = peer_addr.map(|a| a.ip());
