@@ -4,14 +4,17 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Counts connected clients per key ("user:x", "db:y"). Admitted clients
-/// share their key with the map rather than each keeping a copy.
+/// share their key with the map rather than each keeping a copy. The counts
+/// are atomics only so that a lookup that finds the key can bump it through
+/// `get_key_value` (one hash); the mutex still orders every change.
 #[derive(Debug, Default)]
 pub struct ClientCounts {
-    counts: Mutex<HashMap<Arc<str>, usize>>,
+    counts: Mutex<HashMap<Arc<str>, AtomicUsize>>,
 }
 
 /// One admitted client; dropping it frees its place.
@@ -24,11 +27,11 @@ pub struct Admitted {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut m = self.counts.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
+        let last = m
+            .get(&self.key)
+            .is_some_and(|n| n.fetch_sub(1, Relaxed) <= 1);
+        if last {
+            m.remove(&self.key);
         }
     }
 }
@@ -40,22 +43,24 @@ impl ClientCounts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |n| n.load(Relaxed))
     }
 
     /// Admits one more client under `key` unless `max` (0: no limit) is reached.
     pub fn admit(self: &Arc<Self>, key: &str, max: usize) -> Option<Admitted> {
         let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let key = match m.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(key),
+            Some((_, n)) if max > 0 && n.load(Relaxed) >= max => return None,
+            Some((k, n)) => {
+                n.fetch_add(1, Relaxed);
+                k.clone()
+            }
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                m.insert(k.clone(), AtomicUsize::new(1));
+                k
+            }
         };
-        let n = m.entry(key.clone()).or_insert(0);
-        if max > 0 && *n >= max {
-            return None;
-        }
-        *n += 1;
         Some(Admitted {
             counts: self.clone(),
             key,
