@@ -12,6 +12,7 @@ mod pooled;
 pub mod prepared;
 pub mod relay;
 pub mod routing;
+mod spare;
 pub mod startup;
 pub mod statements;
 pub mod vars;

@@ -161,7 +161,10 @@ fn poll_read<S: tokio::io::AsyncRead + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
+        match (buf.capacity() == 0).then(|| super::spare::take(READ_CHUNK)) {
+            Some(Some(spare)) => *buf = spare,
+            _ => buf.reserve(READ_CHUNK),
+        }
     }
     poll_read_buf(Pin::new(s), cx, buf)
 }
@@ -180,7 +183,7 @@ fn poll_read_idle(
     };
     if buf.is_empty() {
         if buf.capacity() != 0 {
-            *buf = BytesMut::new();
+            super::spare::give(std::mem::take(buf), READ_CHUNK);
         }
         if let Err(e) = std::task::ready!(tcp.poll_read_ready(cx)) {
             return Poll::Ready(Err(e));
@@ -188,7 +191,7 @@ fn poll_read_idle(
     }
     let r = poll_read(tcp, buf, cx);
     if r.is_pending() && buf.is_empty() {
-        *buf = BytesMut::new();
+        super::spare::give(std::mem::take(buf), READ_CHUNK);
     }
     r
 }
