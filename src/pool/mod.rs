@@ -435,6 +435,15 @@ impl Checkout {
                 Err(e) => return Err(pool_error(pool, database, e)),
             }
         }
+        // Boxed: the wait takes no room in the future of a checkout that
+        // needs none (each transaction allocates that future).
+        Box::pin(Self::wait(pool, database)).await
+    }
+
+    /// `get` when no server is free at once: waits in line, growing the pool
+    /// by its reserve once a client has waited reserve_pool_timeout.
+    async fn wait(pool: &ServerPool, database: &str) -> Result<Self, Error> {
+        let m = pool.manager();
         let waiting = m.stats.waiting();
         // query_wait_timeout counts from the end of a PAUSE.
         let started = if m.pauses.is_paused(&m.database) {

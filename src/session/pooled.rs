@@ -180,7 +180,8 @@ impl Pooled<'_> {
                 ctx.client.hold(0, "");
                 None
             }
-            other => Some(finish(checkout, other, ctx.config).await),
+            // Boxed: the end of a session takes no room in each transaction.
+            other => Some(Box::pin(finish(checkout, other, ctx.config)).await),
         }
     }
 }
@@ -209,42 +210,41 @@ async fn checkout_routed(
     decision: Option<Decision>,
 ) -> Result<(Checkout, Target), Error> {
     let topo = mux.routing.as_ref().map(|r| &r.topo);
-    let Some(d) = decision else {
-        return Ok((
-            checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
-            Target::Primary,
-        ));
-    };
-    if let Some(t) = topo {
-        t.count(d);
-    }
-    let Target::Replica(i) = d.target else {
-        return Ok((
-            checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
-            Target::Primary,
-        ));
-    };
-    let pool = ctx.pool_for(d.target);
-    match checkout_notifying(ctx, mux, pipe, &pool).await {
-        Ok(c) => Ok((c, d.target)),
-        Err(e) => {
-            let saturated = pool.status().size >= pool.status().max_size;
-            tracing::warn!(database = %ctx.database, replica = %ctx.addr_of(d.target), error = %e, saturated, "replica checkout failed: using the primary");
+    let target = match decision {
+        Some(d) => {
             if let Some(t) = topo {
-                if !saturated {
-                    t.ban(i);
-                }
-                t.count(Decision {
-                    target: Target::Primary,
-                    reason: "replica_failed",
-                });
+                t.count(d);
             }
-            Ok((
-                checkout_notifying(ctx, mux, pipe, &ctx.pool_for(Target::Primary)).await?,
-                Target::Primary,
-            ))
+            d.target
         }
+        None => Target::Primary,
+    };
+    let pool = ctx.pool_for(target);
+    // One await here: every await point takes room in this future, which
+    // each transaction allocates.
+    let e = match checkout_notifying(ctx, mux, pipe, &pool).await {
+        Ok(c) => return Ok((c, target)),
+        Err(e) => e,
+    };
+    let Target::Replica(i) = target else {
+        return Err(e);
+    };
+    let saturated = pool.status().size >= pool.status().max_size;
+    tracing::warn!(database = %ctx.database, replica = %ctx.addr_of(target), error = %e, saturated, "replica checkout failed: using the primary");
+    drop(e);
+    if let Some(t) = topo {
+        if !saturated {
+            t.ban(i);
+        }
+        t.count(Decision {
+            target: Target::Primary,
+            reason: "replica_failed",
+        });
     }
+    // Rare, so boxed: it takes no room in the usual checkout's future.
+    let primary = ctx.pool_for(Target::Primary);
+    let c = Box::pin(checkout_notifying(ctx, mux, pipe, &primary)).await?;
+    Ok((c, Target::Primary))
 }
 
 /// `checkout_synced`, telling the client once with a NOTICE when it has
@@ -256,11 +256,14 @@ async fn checkout_notifying(
     pool: &crate::pool::ServerPool,
 ) -> Result<Checkout, Error> {
     let notify = ctx.config.general.query_wait_notify;
-    // One pinned checkout for both paths (two would each take room in this
-    // future's state, which every checkout moves to the heap).
-    let get = checkout_synced(ctx, mux, pool);
-    tokio::pin!(get);
-    if !notify.is_zero() {
+    if notify.is_zero() {
+        return checkout_synced(ctx, mux, pool).await;
+    }
+    // Boxed: its timer and NOTICE take no room in the usual checkout.
+    Box::pin(async {
+        // One pinned checkout for both paths.
+        let get = checkout_synced(ctx, mux, pool);
+        tokio::pin!(get);
         // Biased: a checkout that is ready at once never arms the timer.
         tokio::select! {
             biased;
@@ -275,8 +278,9 @@ async fn checkout_notifying(
         build::error_or_notice(&mut out, build::Severity::Notice, "01000", &msg);
         pipe.send_client(out.freeze());
         pipe.flush_client().await;
-    }
-    get.await
+        get.await
+    })
+    .await
 }
 
 /// Checks out a server and applies the client's settings where they differ.
