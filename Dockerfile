@@ -1,5 +1,8 @@
 # Build with cargo, run from a slim Debian image as a non-root user.
 FROM rust:1-slim-bookworm AS build
+# make: jemalloc (the allocator) is built from C source.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -9,6 +9,8 @@ missing=()
 [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_basebackup" ] || missing+=(postgresql-15)
 [ -x "$PG_BIN/psql" ] && [ -x "$PG_BIN/pgbench" ] || missing+=(postgresql-client-15)
 command -v cc >/dev/null || missing+=(gcc)
+# make: the jemalloc allocator is built from C source.
+command -v make >/dev/null || missing+=(make)
 # promtool and prometheus: the alert-rule and scrape tests (deploy/).
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
