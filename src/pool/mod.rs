@@ -420,8 +420,9 @@ impl Checkout {
         let m = pool.manager();
         // Fast path: a free permit means nobody is queued (tokio's semaphore
         // hands released permits to waiters first), so taking it is fair and
-        // needs neither a timer nor a place in the waiter list.
-        if !m.pauses.is_paused(&m.database) {
+        // needs neither a timer nor a place in the waiter list. With clients
+        // already waiting it would fail: straight to the line.
+        if !m.stats.anyone_waiting() && !m.pauses.is_paused(&m.database) {
             let now = Timeouts {
                 wait: Some(Duration::ZERO),
                 ..pool.timeouts()
@@ -453,7 +454,8 @@ impl Checkout {
             waiting.since
         };
         let wait = pool.timeouts().wait.unwrap_or(Duration::ZERO);
-        if m.reserve_size > 0 && m.reserve_timeout < wait {
+        let reserve = m.reserve_size > 0 && m.reserve_timeout < wait;
+        if reserve {
             let t = Timeouts {
                 wait: Some(m.reserve_timeout),
                 ..pool.timeouts()
@@ -472,8 +474,14 @@ impl Checkout {
                 Err(e) => return Err(pool_error(pool, database, e)),
             }
         }
+        // Without a PAUSE or a reserve wait, the wait has only just begun:
+        // no clock read for what is left of it.
+        let left = match reserve || started != waiting.since {
+            true => wait.saturating_sub(started.elapsed()),
+            false => wait,
+        };
         let t = Timeouts {
-            wait: Some(wait.saturating_sub(started.elapsed())),
+            wait: Some(left),
             ..pool.timeouts()
         };
         match pool.timeout_get(&t).await {
