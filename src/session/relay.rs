@@ -479,6 +479,17 @@ impl Pipe {
         if let Poll::Ready(Err(_)) = self.to_client.poll_flush(&mut self.client.stream, cx) {
             return Poll::Ready(Event::ClientClosed);
         }
+        // The server first: its reply usually ends the transaction, and then
+        // the client's socket (already registered, with nothing new on it)
+        // need not be polled again.
+        if self.to_client.len() < HIGH_WATER {
+            match poll_read(&mut server.conn.stream, &mut server.conn.rbuf, cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerClosed(None)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerClosed(Some(e))),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Event::ServerData),
+                Poll::Pending => {}
+            }
+        }
         // Replies sluice answers itself go straight to the client, so a client
         // that stops reading is not read either.
         if !self.hold && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
@@ -487,14 +498,6 @@ impl Pipe {
                     return Poll::Ready(Event::ClientClosed);
                 }
                 Poll::Ready(Ok(_)) => return Poll::Ready(Event::ClientData),
-                Poll::Pending => {}
-            }
-        }
-        if self.to_client.len() < HIGH_WATER {
-            match poll_read(&mut server.conn.stream, &mut server.conn.rbuf, cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerClosed(None)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerClosed(Some(e))),
-                Poll::Ready(Ok(_)) => return Poll::Ready(Event::ServerData),
                 Poll::Pending => {}
             }
         }
