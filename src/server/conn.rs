@@ -140,6 +140,14 @@ impl ServerConn {
             return true;
         }
         let mut probe = [0u8; 1];
+        // Plain TCP: a readiness check, and a read only when the socket is
+        // readable; unlike a poll, it leaves the task's waker registered.
+        if let crate::net::PgStream::Plain(tcp) = &self.conn.stream {
+            return match tcp.try_read(&mut probe) {
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(_) => true, // bytes nobody asked for, or the end
+            };
+        }
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
         Pin::new(&mut self.conn.stream)

@@ -170,27 +170,16 @@ fn poll_read<S: tokio::io::AsyncRead + Unpin>(
 }
 
 /// `poll_read` for a client between requests. An idle client holds no read
-/// buffer (it would be most of its memory): a plaintext socket is polled for
-/// readiness first, and a buffer that read nothing is given back. TLS keeps
-/// its buffers, since rustls holds its own anyway.
+/// buffer (it would be most of its memory): a buffer that read nothing goes
+/// back to this thread's spares, and the next read takes one from there.
+/// TLS keeps its buffers, since rustls holds its own anyway.
 fn poll_read_idle(
     s: &mut PgStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let PgStream::Plain(tcp) = s else {
-        return poll_read(s, buf, cx);
-    };
-    if buf.is_empty() {
-        if buf.capacity() != 0 {
-            super::spare::give(std::mem::take(buf), READ_CHUNK);
-        }
-        if let Err(e) = std::task::ready!(tcp.poll_read_ready(cx)) {
-            return Poll::Ready(Err(e));
-        }
-    }
-    let r = poll_read(tcp, buf, cx);
-    if r.is_pending() && buf.is_empty() {
+    let r = poll_read(s, buf, cx);
+    if r.is_pending() && buf.is_empty() && matches!(s, PgStream::Plain(_)) {
         super::spare::give(std::mem::take(buf), READ_CHUNK);
     }
     r
