@@ -7,9 +7,13 @@
 #
 # Each pooler runs under callgrind in transaction pooling with a pool of 16;
 # pgbench -S warms it up, counting is zeroed, then `-c 16 -t TX` runs and the
-# count is dumped. Modes: select-only `-M simple` and `-M extended`, and
-# `rows`, a 1,000-row SELECT in extended mode (the cost per forwarded row).
-# Knobs: TX (transactions per client, 1000), MODES ("simple extended rows"),
+# count is dumped. Modes: select-only `-M simple` and `-M extended`;
+# `simple-64`, select-only with 64 clients (so 48 wait for a server at any
+# time, as in run.sh); `connect`, select-only with a SCRAM login per
+# transaction (`-C`); and `rows`, a 1,000-row SELECT in extended mode (the
+# cost per forwarded row).
+# Knobs: TX (transactions per client, 1000), MODES ("simple extended
+# simple-64 connect rows"),
 # TARGETS ("sluice pgbouncer"), SLUICE (binary, ./target/release/sluice).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +26,7 @@ fi
 PRIMARY_PORT=${PRIMARY_PORT:-26452}
 PORT=${PORT:-26453}
 TX=${TX:-1000}
-MODES=${MODES:-"simple extended rows"}
+MODES=${MODES:-"simple extended simple-64 connect rows"}
 TARGETS=${TARGETS:-"sluice pgbouncer"}
 SLUICE=${SLUICE:-./target/release/sluice}
 
@@ -76,15 +80,18 @@ printf '%-10s %-9s %8s %14s %10s\n' mode target tx instructions "per tx"
 for mode in $MODES; do
     for target in $TARGETS; do
         under_callgrind "$target"
+        clients=16 per=$TX warm=200
         case $mode in
             rows) script=(-f "$DIR/rows.sql" -M extended) ;;
+            simple-64) script=(-S -M simple) clients=64 per=$((TX / 4)) ;;
+            connect) script=(-S -C) per=$((TX / 10)) warm=20 ;;
             *) script=(-S -M "$mode") ;;
         esac
-        bench=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app "${script[@]}" -c 16 app)
-        "${bench[@]}" -t 200 >/dev/null 2>&1
+        bench=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app "${script[@]}" -c "$clients" app)
+        "${bench[@]}" -t "$warm" >/dev/null 2>&1
         # Without a pid: every callgrind run of this user, which is this one.
         "${AS[@]}" callgrind_control -z >/dev/null 2>&1
-        tx=$("${bench[@]}" -t "$TX" 2>&1 | awk -F': ' '/actually processed/ {print $2}' | cut -d/ -f1)
+        tx=$("${bench[@]}" -t "$per" 2>&1 | awk -F': ' '/actually processed/ {print $2}' | cut -d/ -f1)
         "${AS[@]}" callgrind_control -d >/dev/null 2>&1
         stop_target "$target"
         ir=$(awk '/^summary:/ {print $2}' "$DIR/callgrind.$target.1")
