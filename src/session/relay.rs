@@ -172,6 +172,12 @@ fn poll_read<S: tokio::io::AsyncRead + Unpin>(
 /// grow a buffer that nothing shares by reallocating it, copying every byte
 /// it ever held: a 1,000-row reply paid ~3,000 instructions of copying.)
 fn renew(buf: &mut BytesMut) {
+    // A long message being gathered whole (a big Query, say) grows in place
+    // by doubling: moving it on every read would copy it over and over.
+    if buf.len() >= READ_CHUNK / 2 {
+        buf.reserve(buf.len().max(READ_CHUNK));
+        return;
+    }
     let need = buf.len() + READ_CHUNK;
     let mut fresh = super::spare::take(READ_CHUNK)
         .filter(|b| b.capacity() >= buf.len() + 1024)
@@ -851,6 +857,23 @@ impl Pipe {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn renew_moves_a_short_partial_frame_and_doubles_a_long_one() {
+        let mut short = BytesMut::with_capacity(READ_CHUNK);
+        short.extend_from_slice(&[7u8; READ_CHUNK - 100]);
+        let _sent = short.split_to(READ_CHUNK - 300).freeze();
+        renew(&mut short);
+        assert_eq!(&short[..], &[7u8; 200][..]);
+        assert!(short.capacity() - short.len() >= 1024);
+
+        // A message gathered whole: growing must not copy it per read.
+        let mut long = BytesMut::with_capacity(4 * READ_CHUNK);
+        long.extend_from_slice(&[9u8; 4 * READ_CHUNK - 10]);
+        renew(&mut long);
+        assert!(long.capacity() >= 8 * READ_CHUNK - 10, "doubled");
+        assert!(long.iter().all(|b| *b == 9));
+    }
 
     #[tokio::test]
     async fn an_idle_plaintext_client_holds_no_read_buffer() {

@@ -9,8 +9,11 @@ use std::cell::RefCell;
 use bytes::BytesMut;
 
 /// Spares kept per thread: enough for the clients one thread wakes in a
-/// burst, at most `SPARES * size` bytes.
+/// burst, at most `SPARES * MAX_SPARE` bytes.
 const SPARES: usize = 32;
+/// A buffer that grew past this (a client sent one large message) is freed
+/// rather than kept.
+const MAX_SPARE: usize = 64 * 1024;
 
 thread_local! {
     static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
@@ -26,7 +29,7 @@ pub fn take(size: usize) -> Option<BytesMut> {
 /// without allocating (no queued chunk still shares its memory); else it
 /// is freed.
 pub fn give(mut buf: BytesMut, size: usize) {
-    if !buf.is_empty() || !buf.try_reclaim(size) {
+    if !buf.is_empty() || !buf.try_reclaim(size) || buf.capacity() > MAX_SPARE {
         return;
     }
     POOL.with(|p| {
@@ -58,5 +61,8 @@ mod tests {
         let again = take(4096).expect("kept as a spare");
         assert!(again.is_empty() && again.capacity() >= 4096);
         assert!(take(4096).is_none());
+
+        give(BytesMut::with_capacity(4 * MAX_SPARE), 4096);
+        assert!(take(4096).is_none(), "a grown buffer is freed, not kept");
     }
 }
