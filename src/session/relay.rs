@@ -178,16 +178,13 @@ fn renew(buf: &mut BytesMut) {
         buf.reserve(buf.len().max(READ_CHUNK));
         return;
     }
-    let need = buf.len() + READ_CHUNK;
-    let mut fresh = super::spare::take(READ_CHUNK)
-        .filter(|b| b.capacity() >= buf.len() + 1024)
-        .unwrap_or_else(|| BytesMut::with_capacity(need));
+    // Spares hold READ_CHUNK, more than twice this partial frame.
+    let mut fresh =
+        super::spare::take(READ_CHUNK).unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK));
     fresh.extend_from_slice(buf);
     let mut old = std::mem::replace(buf, fresh);
-    if old.capacity() + old.len() >= READ_CHUNK {
-        old.clear();
-        super::spare::give(old, READ_CHUNK);
-    }
+    old.clear();
+    super::spare::give(old, READ_CHUNK);
 }
 
 /// `poll_read` for a client between requests. An idle client holds no read
@@ -734,8 +731,9 @@ impl Pipe {
                     return Err(RelayEnd::ServerGone { error, told: false });
                 }
             };
-            // Rows and COPY data, the bulk of most replies: nothing to track
-            // (what the generic path below would conclude, in fewer steps).
+            // Rows and COPY data, the bulk of most replies, neither complete
+            // nor fail a request: they pass without any bookkeeping, however
+            // many there are.
             if matches!(h.tag, b'D' | b'd') {
                 match off + h.total <= buf.len() {
                     true => off += h.total,
@@ -778,9 +776,8 @@ impl Pipe {
                 }
                 _ => server.state.on_backend(tag, None),
             }
-            // Rows (and COPY data) neither complete nor fail a request: they
-            // pass without the multiplexer's bookkeeping, however many there are.
-            let Some(m) = mux.as_deref_mut().filter(|_| !matches!(h.tag, b'D' | b'd')) else {
+            // (Rows and COPY data took the short path above.)
+            let Some(m) = mux.as_deref_mut() else {
                 self.server_skip = h.total;
                 continue;
             };
