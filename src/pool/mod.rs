@@ -447,7 +447,8 @@ impl Checkout {
         let m = pool.manager();
         let waiting = m.stats.waiting();
         // query_wait_timeout counts from the end of a PAUSE.
-        let started = if m.pauses.is_paused(&m.database) {
+        let paused = m.pauses.is_paused(&m.database);
+        let started = if paused {
             m.pauses.wait(&m.database).await;
             Instant::now()
         } else {
@@ -476,7 +477,7 @@ impl Checkout {
         }
         // Without a PAUSE or a reserve wait, the wait has only just begun:
         // no clock read for what is left of it.
-        let left = match reserve || started != waiting.since {
+        let left = match reserve || paused {
             true => wait.saturating_sub(started.elapsed()),
             false => wait,
         };

@@ -231,7 +231,7 @@ async fn checkout_routed(
     };
     let saturated = pool.status().size >= pool.status().max_size;
     tracing::warn!(database = %ctx.database, replica = %ctx.addr_of(target), error = %e, saturated, "replica checkout failed: using the primary");
-    drop(e);
+    drop(e); // not kept across the await below: it would take room in this future
     if let Some(t) = topo {
         if !saturated {
             t.ban(i);
