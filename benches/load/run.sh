@@ -60,11 +60,12 @@ echo "SELECT g, 'row ' || g FROM generate_series(1, 1000) g;" > "$DIR/rows.sql"
 "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -d postgres \
     -c "SET password_encryption = 'md5'" \
     -c "CREATE ROLE app_md5 LOGIN PASSWORD 'secret' IN ROLE pg_read_all_data"
-as_pg sed -i 's|^host all all 127.0.0.1/32 scram-sha-256|host all app_md5 127.0.0.1/32 md5\n&|' \
-    "$DIR/primary/pg_hba.conf"
+MD5_LINE="host all app_md5 127.0.0.1/32 md5"
+SCRAM_LINE="host all all 127.0.0.1/32 scram-sha-256"
+as_pg sed -i "s|^$SCRAM_LINE|$MD5_LINE\n&|" "$DIR/primary/pg_hba.conf"
 as_pg "$PG_BIN/pg_ctl" -D "$DIR/primary" reload >/dev/null
-printf '%s\n' "host all app_md5 127.0.0.1/32 md5" "host all all 127.0.0.1/32 scram-sha-256" \
-    > "$DIR/hba.conf"
+# The poolers' rules: the same two lines.
+printf '%s\n' "$MD5_LINE" "$SCRAM_LINE" > "$DIR/hba.conf"
 chmod 644 "$DIR/hba.conf"
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     start_replica "$PRIMARY_PORT" "$REPLICA_PORT_"
