@@ -178,13 +178,17 @@ fn renew(buf: &mut BytesMut) {
         buf.reserve(buf.len().max(READ_CHUNK));
         return;
     }
-    // Spares hold READ_CHUNK, more than twice this partial frame.
-    let mut fresh =
-        super::spare::take(READ_CHUNK).unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK));
+    // Spares hold READ_CHUNK, more than twice this partial frame; a new
+    // buffer gets a whole chunk of room after it, so reads stay full size.
+    let mut fresh = super::spare::take(READ_CHUNK)
+        .unwrap_or_else(|| BytesMut::with_capacity(buf.len() + READ_CHUNK));
     fresh.extend_from_slice(buf);
     let mut old = std::mem::replace(buf, fresh);
-    old.clear();
-    super::spare::give(old, READ_CHUNK);
+    // Only a buffer that could hold a whole chunk again is worth offering.
+    if old.capacity() + old.len() >= READ_CHUNK {
+        old.clear();
+        super::spare::give(old, READ_CHUNK);
+    }
 }
 
 /// `poll_read` for a client between requests. An idle client holds no read
@@ -735,9 +739,18 @@ impl Pipe {
             // nor fail a request: they pass without any bookkeeping, however
             // many there are.
             if matches!(h.tag, b'D' | b'd') {
-                match off + h.total <= buf.len() {
-                    true => off += h.total,
-                    false => self.server_skip = h.total,
+                if off + h.total > buf.len() {
+                    self.server_skip = h.total;
+                    continue;
+                }
+                off += h.total;
+                // The whole rows that follow, without the loop's other checks
+                // (a bad header is left for the loop to report).
+                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet)
+                    && matches!(h.tag, b'D' | b'd')
+                    && off + h.total <= buf.len()
+                {
+                    off += h.total;
                 }
                 continue;
             }
