@@ -2,7 +2,7 @@
 # The load benchmark of issue #8: pgbench scenarios against direct
 # PostgreSQL, PgBouncer and sluice (and sluice routing reads to a streaming
 # replica), all poolers in transaction mode with the same pool size, run
-# interleaved (A B C D A B C D ...) so machine noise hits all alike.
+# interleaved (A B C D, then B C D A, ...) so machine noise hits all alike.
 #
 # For each scenario and target: TPS, p50/p99 latency (pgbench --log), the
 # pooler's CPU seconds per 10,000 transactions (utime+stime from /proc), its
@@ -213,10 +213,13 @@ PY
 }
 
 echo "{\"meta\": {\"duration\": $DURATION, \"rounds\": $ROUNDS, \"pool\": $POOL, \"idle\": $IDLE, \"rate\": $RATE, \"date\": \"$(date -u +%FT%TZ)\", \"cpus\": $(nproc)}}" > "$OUT/raw.jsonl"
+# The targets' order rotates each round, so that none always runs first or
+# right after another.
+read -r -a ORDER <<<"$TARGETS"
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
-        for target in $TARGETS; do
-            run "$round" "$scenario" "$target"
+        for k in "${!ORDER[@]}"; do
+            run "$round" "$scenario" "${ORDER[$(( (k + round - 1) % ${#ORDER[@]} ))]}"
         done
     done
 done
