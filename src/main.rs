@@ -91,10 +91,19 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.general.worker_threads > 0 {
-        builder.worker_threads(config.general.worker_threads);
-    }
+    // One thread is tokio's current-thread scheduler rather than a
+    // work-stealing pool of one: no cross-thread queues or wake-ups, the
+    // cheapest shape per transaction (see README, Performance).
+    let mut builder = match config.general.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = builder.enable_all().build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;

@@ -85,10 +85,22 @@ fn collect_log(stderr: std::process::ChildStderr) -> (SharedLog, std::thread::Jo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
+    serve_until_sigterm("").await;
+}
+
+/// One runtime thread is a different tokio scheduler (current-thread): the
+/// same checks, and a cancel request that must be served while that one
+/// thread also relays the query it cancels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_on_one_thread_serves_clients_cancels_and_exits_cleanly() {
+    serve_until_sigterm("worker_threads = 1").await;
+}
+
+async fn serve_until_sigterm(general: &str) {
     let port = crate::harness::cluster::free_port();
-    let toml =
-        config_for(Cluster::shared(), "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let path = temp_file("serve.toml", &toml);
+    let toml = config_for(Cluster::shared(), general, "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = temp_file(&format!("serve-{port}.toml"), &toml);
     let mut child = Command::new(BIN)
         .args(["--config"])
         .arg(&path)
@@ -123,6 +135,30 @@ async fn binary_serves_clients_and_exits_cleanly_on_sigterm() {
         c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
         5
     );
+    let (sleeper, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let token = sleeper.cancel_token();
+    // Its own text: other tests sleep on the same cluster.
+    let sleep = format!("SELECT pg_sleep(30) /* cli {port} */");
+    let text = sleep.clone();
+    let q = tokio::spawn(async move { sleeper.batch_execute(&text).await });
+    wait_until(10, "pg_sleep to start", || {
+        let (c, sleep) = (&c, &sleep);
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[sleep],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+        }
+    })
+    .await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"));
 
     // SIGHUP with a broken file keeps the running config; a good one applies.
     let hup = || {
