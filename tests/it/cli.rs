@@ -135,30 +135,7 @@ async fn serve_until_sigterm(general: &str) {
         c.query_one("SELECT 5", &[]).await.unwrap().get::<_, i32>(0),
         5
     );
-    let (sleeper, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let token = sleeper.cancel_token();
-    // Its own text: other tests sleep on the same cluster.
-    let sleep = format!("SELECT pg_sleep(30) /* cli {port} */");
-    let text = sleep.clone();
-    let q = tokio::spawn(async move { sleeper.batch_execute(&text).await });
-    wait_until(10, "pg_sleep to start", || {
-        let (c, sleep) = (&c, &sleep);
-        async move {
-            c.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
-                &[sleep],
-            )
-            .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
-        }
-    })
-    .await;
-    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
-    let e = q.await.unwrap().unwrap_err();
-    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"));
+    cancel_a_running_query(&url, &c, port).await;
 
     // SIGHUP with a broken file keeps the running config; a good one applies.
     let hup = || {
@@ -212,4 +189,32 @@ async fn serve_until_sigterm(general: &str) {
         !log.contains(SCRAM_USER.1),
         "the password must never be logged"
     );
+}
+
+/// Cancels a running query through the binary; `watcher` sees it run.
+async fn cancel_a_running_query(url: &str, watcher: &tokio_postgres::Client, port: u16) {
+    let (sleeper, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let token = sleeper.cancel_token();
+    // Its own text: other tests sleep on the same cluster.
+    let sleep = format!("SELECT pg_sleep(30) /* cli {port} */");
+    let text = sleep.clone();
+    let q = tokio::spawn(async move { sleeper.batch_execute(&text).await });
+    wait_until(10, "pg_sleep to start", || {
+        let (c, sleep) = (watcher, &sleep);
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = $1 AND state = 'active'",
+                &[sleep],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
+        }
+    })
+    .await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let e = q.await.unwrap().unwrap_err();
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"));
 }
