@@ -86,7 +86,7 @@ pub struct FrameAction {
     pub parsed: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ExpectQueue {
     q: VecDeque<Entry>,
     /// The server hit an error and skips messages until the next Sync.
@@ -130,6 +130,28 @@ impl ExpectQueue {
             }
         }
         out
+    }
+
+    /// Whether a server frame with this tag changes anything here (it
+    /// completes the oldest entry, or fails it): most frames of a reply do
+    /// not, and skip `on_server`.
+    #[inline]
+    pub fn cares(&self, tag: u8) -> bool {
+        self.q
+            .front()
+            .is_some_and(|h| tag == b'E' || h.kind.completed_by(tag))
+    }
+
+    /// Whether `due_injections` has anything to give.
+    #[inline]
+    pub fn injection_due(&self) -> bool {
+        matches!(
+            self.q.front(),
+            Some(Entry {
+                act: Act::Inject(_),
+                ..
+            })
+        )
     }
 
     /// Accounts for one server frame with tag `tag`.
@@ -193,6 +215,31 @@ mod tests {
                 unprepare: Some(unprepare.into()),
                 forget_client: None,
             },
+        }
+    }
+
+    #[test]
+    fn frames_it_does_not_care_about_change_nothing() {
+        let queues = [
+            vec![],
+            vec![Entry::reply(Kind::Simple)],
+            vec![Entry::reply(Kind::Parse), Entry::reply(Kind::Sync)],
+            vec![swallow(Kind::Close, "g"), Entry::reply(Kind::Execute)],
+            vec![inject(b"1"), Entry::reply(Kind::Sync)],
+        ];
+        for entries in queues {
+            for tag in 0..=u8::MAX {
+                let mut q = ExpectQueue::default();
+                for e in entries.iter().cloned() {
+                    q.push(e);
+                }
+                let before = q.clone();
+                if !q.cares(tag) {
+                    assert_eq!(q.on_server(tag), FrameAction::default());
+                    assert_eq!(q, before, "tag {}", tag as char);
+                }
+                assert_eq!(q.injection_due(), !q.clone().due_injections().is_empty());
+            }
         }
     }
 

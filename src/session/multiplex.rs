@@ -89,28 +89,45 @@ fn session_route_of(vars: &SessionVars) -> SessionRoute {
     }
 }
 
-/// Cheap pre-check so ordinary queries are not tokenized.
-fn might_matter(sql: &str) -> bool {
-    let first = crate::sql::lex::strip_leading_comments(sql);
+/// Cheap pre-check so ordinary queries are not tokenized, nor even checked
+/// as UTF-8: a trigger word first, `pg_advisory`, or a second statement.
+fn might_matter(sql: &[u8]) -> bool {
+    let first = crate::sql::lex::strip_leading_comments_bytes(sql);
     let word_end = first
-        .find(|c: char| !c.is_ascii_alphabetic())
+        .iter()
+        .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(first.len());
     let word = &first[..word_end];
-    TRIGGERS.iter().any(|t| t.eq_ignore_ascii_case(word))
-        || mentions_advisory_lock(sql.as_bytes())
-        || sql.trim_end().trim_end_matches(';').contains(';')
+    if TRIGGERS
+        .iter()
+        .any(|t| t.as_bytes().eq_ignore_ascii_case(word))
+    {
+        return true;
+    }
+    // One pass for both. A `;` before the last byte that is neither
+    // whitespace nor `;` separates two statements.
+    let mut last_text = None;
+    memchr::memchr2_iter(b'_', b';', sql).any(|i| {
+        if sql[i] == b';' {
+            let end = *last_text.get_or_insert_with(|| {
+                sql.iter()
+                    .rposition(|c| !crate::sql::lex::is_space(*c) && *c != b';')
+            });
+            end.is_some_and(|end| i < end)
+        } else {
+            advisory_at(sql, i)
+        }
+    })
 }
 
-/// Whether `pg_advisory` occurs, in any case. Every query is checked, so
-/// it compares only around each `_` (found with SIMD), not at every byte.
-fn mentions_advisory_lock(sql: &[u8]) -> bool {
+/// Whether `pg_advisory` (in any case) has its `_` at `i`. Every query is
+/// checked, so it compares only around each `_` (found with SIMD).
+fn advisory_at(sql: &[u8], i: usize) -> bool {
     const NEEDLE: &[u8] = b"pg_advisory";
-    memchr::memchr_iter(b'_', sql).any(|i| {
-        i >= 2
-            && sql
-                .get(i - 2..i - 2 + NEEDLE.len())
-                .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
-    })
+    i >= 2
+        && sql
+            .get(i - 2..i - 2 + NEEDLE.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
 impl Multiplex {
@@ -216,12 +233,15 @@ impl Multiplex {
                 .map(|(q, _)| q),
             _ => None,
         };
-        let Some(sql) = text.and_then(|t| std::str::from_utf8(t).ok()) else {
+        let Some(text) = text else {
             return (Verdict::Forward, Vec::new(), 0);
         };
-        if !might_matter(sql) {
+        if !might_matter(text) {
             return (Verdict::Forward, Vec::new(), 1);
         }
+        let Ok(sql) = std::str::from_utf8(text) else {
+            return (Verdict::Forward, Vec::new(), 0);
+        };
         let stmts = statements(sql);
         let count = stmts.len();
         let found: Vec<Effect> = stmts.into_iter().flat_map(effects).collect();
@@ -264,8 +284,8 @@ impl Multiplex {
     ) -> FrameAction {
         self.track_server(tag, body, server_extra);
         match self.statements.as_mut() {
-            Some(st) => st.on_server(raw_tag, server_statements),
-            None => FrameAction::default(),
+            Some(st) if st.expect.cares(raw_tag) => st.on_server(raw_tag, server_statements),
+            _ => FrameAction::default(),
         }
     }
 
@@ -287,11 +307,12 @@ impl Multiplex {
     }
 
     /// Replies sluice owes the client that are due now.
+    #[inline]
     pub fn due_injections(&mut self) -> Vec<bytes::Bytes> {
-        self.statements
-            .as_mut()
-            .map(|s| s.expect.due_injections())
-            .unwrap_or_default()
+        match self.statements.as_mut() {
+            Some(s) if s.expect.injection_due() => s.expect.due_injections(),
+            _ => Vec::new(),
+        }
     }
 
     fn track_server(
@@ -471,16 +492,21 @@ mod tests {
     #[test]
     fn precheck_skips_plain_queries() {
         assert!(!might_matter(
-            "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
         ));
-        assert!(!might_matter("SELECT 1;"));
-        assert!(might_matter("/* c */ set x = 1"));
-        assert!(might_matter("SELECT 1; SELECT 2"));
-        assert!(might_matter("select PG_ADVISORY_LOCK(1)"));
-        assert!(mentions_advisory_lock(b"pg_Advisory_unlock_all()"));
-        assert!(!mentions_advisory_lock(
-            b"SELECT abalance FROM pgbench_accounts"
-        ));
-        assert!(!mentions_advisory_lock(b"_pg_advisor"));
+        assert!(!might_matter(b"SELECT 1;"));
+        assert!(!might_matter(b"SELECT 1; ;\n"));
+        assert!(!might_matter(b"SELECT x_y FROM t_u"));
+        assert!(!might_matter(b"\xff\xfe SELECT 1"));
+        assert!(might_matter(b"/* c */ set x = 1"));
+        assert!(might_matter(b" -- c\n\tDISCARD ALL"));
+        assert!(might_matter(b"SELECT 1; SELECT 2"));
+        assert!(might_matter(b"SELECT 1;;SELECT 2;;"));
+        assert!(might_matter(b"select PG_ADVISORY_LOCK(1)"));
+        assert!(advisory_at(b"pg_Advisory_unlock_all()", 2));
+        // A long run of `;` is scanned once, not once per `;`.
+        let mut many = b"SELECT 1".to_vec();
+        many.resize(1 << 20, b';');
+        assert!(!might_matter(&many));
     }
 }

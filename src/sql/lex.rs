@@ -105,16 +105,31 @@ fn push_trimmed<'a>(out: &mut Vec<&'a str>, stmt: &'a str) {
 
 /// `stmt` without leading whitespace and comments.
 pub fn strip_leading_comments(stmt: &str) -> &str {
-    let mut t = stmt.trim_start();
-    loop {
-        let b = t.as_bytes();
-        if b.starts_with(b"--") || b.starts_with(b"/*") {
-            let end = skip_quoted(b, 0).unwrap_or(b.len());
-            t = t[end.min(t.len())..].trim_start();
-        } else {
-            return t;
-        }
+    let rest = strip_leading_comments_bytes(stmt.as_bytes());
+    // `rest` starts after ASCII whitespace or a comment's ASCII end: a
+    // character boundary.
+    &stmt[stmt.len() - rest.len()..]
+}
+
+/// The same on bytes not yet checked as UTF-8. Whitespace is PostgreSQL's:
+/// ASCII only.
+pub fn strip_leading_comments_bytes(stmt: &[u8]) -> &[u8] {
+    let mut t = trim_space(stmt);
+    while t.starts_with(b"--") || t.starts_with(b"/*") {
+        let end = skip_quoted(t, 0).unwrap_or(t.len());
+        t = trim_space(&t[end.min(t.len())..]);
     }
+    t
+}
+
+fn trim_space(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| is_space(**c)).count();
+    &b[n..]
+}
+
+/// PostgreSQL's whitespace between tokens.
+pub fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
 }
 
 /// A token: a word (identifier or keyword, lowercased unless quoted), or
