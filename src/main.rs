@@ -134,12 +134,15 @@ async fn reload_on_sighup(shared: std::sync::Arc<sluice::app::Shared>, path: Pat
         return;
     };
     while hup.recv().await.is_some() {
-        match load(&path) {
-            Ok(c) => shared.reload(c),
-            Err(e) => tracing::error!(
+        // Off the runtime's threads, like the console's RELOAD.
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || load(&p)).await {
+            Ok(Ok(c)) => shared.reload(c),
+            Ok(Err(e)) => tracing::error!(
                 "reload of {} failed, keeping the running config: {e}",
                 path.display()
             ),
+            Err(e) => tracing::error!("reload of {} failed: {e}", path.display()),
         }
     }
 }

@@ -155,19 +155,25 @@ pub fn set(shared: &Shared, key: &str, value: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn reload(shared: &Shared) -> Result<(), Failure> {
+pub async fn reload(shared: &Shared) -> Result<(), Failure> {
     let path = shared
         .config_path
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    match path.map(|p| Config::load(&p)) {
-        Some(Ok(c)) => {
+    let Some(path) = path else {
+        return Err(("F0000", "no configuration file to reload".into()));
+    };
+    // Off the runtime's threads: loading derives a SCRAM key per plaintext
+    // password (~0.7 ms each), which would stall every session of a
+    // one-thread runtime.
+    match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+        Ok(Ok(c)) => {
             shared.reload(c);
             Ok(())
         }
-        Some(Err(e)) => Err(("F0000", format!("reload failed: {e}"))),
-        None => Err(("F0000", "no configuration file to reload".into())),
+        Ok(Err(e)) => Err(("F0000", format!("reload failed: {e}"))),
+        Err(e) => Err(("XX000", format!("reload failed: {e}"))),
     }
 }
 

@@ -124,7 +124,7 @@ async fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
             let value = raw[3..].join(" ");
             done(out, control::set(shared, key, &value), "SET")
         }
-        ["reload"] => done(out, control::reload(shared), "RELOAD"),
+        ["reload"] => done(out, control::reload(shared).await, "RELOAD"),
         ["shutdown"] => {
             shared.shutdown_request.notify_one();
             build::command_complete(out, "SHUTDOWN");
