@@ -91,9 +91,10 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
-    // One thread is tokio's current-thread scheduler rather than a
-    // work-stealing pool of one: no cross-thread queues or wake-ups, the
-    // cheapest shape per transaction (see README, Performance).
+    // One thread (the default) is tokio's current-thread scheduler rather
+    // than a work-stealing pool of one: no cross-thread queues or wake-ups,
+    // the cheapest shape per transaction (see README, Performance). More
+    // threads are for traffic beyond one core.
     let mut builder = match config.general.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {

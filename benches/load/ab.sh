@@ -11,7 +11,7 @@
 # too unless PGBOUNCER=0.
 # Knobs: ARGS (pgbench arguments, "-S -M simple -c 64"), DURATION (s per run,
 # 6), ROUNDS (4), POOL (16), GENERAL (extra [general] lines for every
-# sluice, e.g. "worker_threads = 1"), OUT (benches/load/results).
+# sluice, e.g. "worker_threads = 0"), OUT (benches/load/results).
 # Prints one line per run and a table of medians, and appends the runs to
 # $OUT/ab.jsonl.
 set -euo pipefail

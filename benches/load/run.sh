@@ -29,14 +29,14 @@ REPLICA_PORT_=${REPLICA_PORT:-26433}
 BOUNCER_PORT=${BOUNCER_PORT:-26434}
 SLUICE_PORT=${SLUICE_PORT:-26435}
 ROUTED_PORT=${ROUTED_PORT:-26436}
-ONE_PORT=${ONE_PORT:-26437}
+MT_PORT=${MT_PORT:-26437}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-1}
 POOL=${POOL:-16}
 IDLE=${IDLE:-10000}
 RATE=${RATE:-4000}
 SCENARIOS=${SCENARIOS:-"select-simple select-extended select-prepared tpcb connect connect-md5 clients-1000 idle-10k"}
-TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-1t sluice-routed"}
+TARGETS=${TARGETS:-"direct pgbouncer sluice sluice-mt sluice-routed"}
 OUT=${OUT:-benches/load/results}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
@@ -45,7 +45,7 @@ cluster_dir bench
 HOLDER_FD=""
 cleanup() {
     stop_pgbouncer
-    for p in ${ROUTED_PID:-} ${ONE_PID:-}; do kill "$p" 2>/dev/null || true; done
+    for p in ${ROUTED_PID:-} ${MT_PID:-}; do kill "$p" 2>/dev/null || true; done
     stop_all
 }
 trap cleanup EXIT
@@ -73,8 +73,9 @@ fi
 
 start_pgbouncer "$BOUNCER_PORT" "$POOL" $((IDLE + 1000)) "$DIR/hba.conf"
 
-# sluice without a replica (the same job as PgBouncer), the same on one
-# runtime thread, and sluice routing reads to the replica.
+# sluice without a replica (the same job as PgBouncer; one runtime thread,
+# the default), the same with one runtime thread per CPU, and sluice routing
+# reads to the replica.
 GENERAL="max_client_conn = $((IDLE + 1000))
 auth_hba_file = \"$DIR/hba.conf\""
 MD5_USER='[users.app_md5]
@@ -87,11 +88,11 @@ another_sluice() {
     ./target/release/sluice --config "$DIR/$1.toml" --log-level warn > "$DIR/$1.log" 2>&1 &
     echo $!
 }
-if [[ " $TARGETS " == *" sluice-1t "* ]]; then
-    ONE_PID=$(another_sluice one \
-        "$(REPLICA_PORT="" sluice_toml "$ONE_PORT" "$POOL" "$GENERAL
-worker_threads = 1" "" "$MD5_USER")")
-    wait_for_port "$ONE_PORT"
+if [[ " $TARGETS " == *" sluice-mt "* ]]; then
+    MT_PID=$(another_sluice mt \
+        "$(REPLICA_PORT="" sluice_toml "$MT_PORT" "$POOL" "$GENERAL
+worker_threads = 0" "" "$MD5_USER")")
+    wait_for_port "$MT_PORT"
 fi
 if [[ " $TARGETS " == *" sluice-routed "* ]]; then
     ROUTED_PID=$(another_sluice routed \
@@ -150,7 +151,7 @@ run() {
         direct) port=$PRIMARY_PORT ;;
         pgbouncer) port=$BOUNCER_PORT pid=$BOUNCER_PID ;;
         sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
-        sluice-1t) port=$ONE_PORT pid=$ONE_PID ;;
+        sluice-mt) port=$MT_PORT pid=$MT_PID ;;
         sluice-routed) port=$ROUTED_PORT pid=$ROUTED_PID ;;
     esac
     local per_idle=null

@@ -13,7 +13,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGETS = ["direct", "pgbouncer", "sluice", "sluice-1t", "sluice-routed"]
+TARGETS = ["direct", "pgbouncer", "sluice", "sluice-mt", "sluice-routed"]
 
 
 def latency(paths):
@@ -104,7 +104,7 @@ def report(raw_path, outdir):
     for s in scenarios:
         e = summary["scenarios"][s]
         b = e.get("pgbouncer", {})
-        for t in ("sluice", "sluice-1t"):
+        for t in ("sluice", "sluice-mt"):
             sl = e.get(t, {})
             if b.get("cpu_s_per_10k") and sl.get("cpu_s_per_10k") and b.get("failed") == 0:
                 print(f"  {s:<18}{t:<11}cpu {sl['cpu_s_per_10k'] / b['cpu_s_per_10k']:.2f}x   tps {sl['tps'] / b['tps']:.2f}x")
@@ -115,7 +115,7 @@ def report(raw_path, outdir):
         d = e.get("direct", {})
         if not s.startswith("connect") or not d.get("tps"):
             continue
-        for t in ("pgbouncer", "sluice", "sluice-1t", "sluice-routed"):
+        for t in ("pgbouncer", "sluice", "sluice-mt", "sluice-routed"):
             if e.get(t, {}).get("tps"):
                 print(f"  {s:<18}{t:<15}{e[t]['tps'] / d['tps']:.1f}x")
     chart(summary, scenarios, targets, f"{outdir}/results.png")

@@ -80,7 +80,7 @@ impl Default for RawGeneral {
             default_pool_size: 20,
             min_pool_size: 0,
             max_client_conn: 1000,
-            worker_threads: 0,
+            worker_threads: 1,
             query_wait_timeout: "120s".into(),
             server_connect_timeout: "15s".into(),
             server_reset_query: "DISCARD ALL".into(),

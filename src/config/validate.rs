@@ -382,12 +382,12 @@ mod tests {
         assert_eq!(c.general.default_pool_size, 20);
         assert_eq!(c.databases["app"].dbname, "app");
         assert_eq!(c.general.max_packet_size, 256 << 20);
-        assert_eq!(c.general.worker_threads, 0, "one thread per CPU");
-        let one = Config::parse(
-            "[general]\nworker_threads = 1\n[databases.app]\nprimary = \"127.0.0.1:5432\"\n",
+        assert_eq!(c.general.worker_threads, 1, "one runtime thread");
+        let per_cpu = Config::parse(
+            "[general]\nworker_threads = 0\n[databases.app]\nprimary = \"127.0.0.1:5432\"\n",
         )
         .unwrap();
-        assert_eq!(one.general.worker_threads, 1);
+        assert_eq!(per_cpu.general.worker_threads, 0);
     }
 
     #[test]
