@@ -10,7 +10,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use crate::sql::lex::{Token, spanned_tokens, statements};
+use crate::sql::lex::{Lexer, Token, spanned_tokens, statements};
 
 /// Statements longer than this are not parsed (parsing is ~100 ns/byte):
 /// unless the lexical rules prove them reads, they go to the primary.
@@ -129,8 +129,25 @@ impl PrimaryFunctions {
 
 /// Classifies a (possibly multi-statement) SQL string.
 pub fn classify(sql: &str, extra: &PrimaryFunctions) -> Class {
+    classify_noting(sql, extra).0
+}
+
+/// `classify`, and whether the answer is worth caching: not for a lone
+/// plain SELECT with values written into it. The one-pass check decides
+/// that about as fast as a cache lookup, and such a text seldom comes again
+/// (a cache would only churn with them).
+pub fn classify_noting(sql: &str, extra: &PrimaryFunctions) -> (Class, bool) {
     let hint = leading_hint(sql);
     let stmts = statements(sql);
+    if let [stmt] = stmts.as_slice()
+        && let Some(literals) = plain_select(stmt, extra)
+    {
+        let class = Class {
+            hint,
+            ..Class::new(Route::Read)
+        };
+        return (class, !literals);
+    }
     let mut route = Route::Neutral;
     let mut txn = TxnEffect::None;
     let mut i = 0;
@@ -158,7 +175,7 @@ pub fn classify(sql: &str, extra: &PrimaryFunctions) -> Class {
         }
         i += 1;
     }
-    Class { route, txn, hint }
+    (Class { route, txn, hint }, true)
 }
 
 /// A leading comment naming a route, before any other token.
@@ -182,7 +199,7 @@ fn leading_hint(sql: &str) -> Hint {
 
 fn words<'t>(tokens: &'t [(Token<'_>, usize)]) -> impl Iterator<Item = &'t str> {
     tokens.iter().filter_map(|(t, _)| match t {
-        Token::Word(w) => Some(w.as_str()),
+        Token::Word(w) => Some(w.as_ref()),
         _ => None,
     })
 }
@@ -216,22 +233,67 @@ fn says_read_only(w: &[&str]) -> bool {
 
 /// Calls any function that must run on the primary.
 fn calls_write_function(tokens: &[(Token<'_>, usize)], extra: &PrimaryFunctions) -> bool {
-    tokens.windows(2).any(|w| {
-        let name = match &w[0].0 {
-            Token::Word(n) => n.as_str(),
-            Token::Quoted(q) => q.trim_matches('"'),
-            _ => return false,
-        };
-        w[1].0 == Token::Punct('(') && extra.matches(name)
-    })
+    tokens
+        .windows(2)
+        .any(|w| w[1].0 == Token::Punct('(') && calls(&w[0].0, extra))
+}
+
+/// Whether `stmt` is a plain SELECT, decided in one pass over its tokens
+/// without keeping them: the rules below for a SELECT, for the commonest
+/// statement. Anything else (or a doubt) is left to them. Some: it is, and
+/// whether it has literals.
+pub(super) fn plain_select(stmt: &str, extra: &PrimaryFunctions) -> Option<bool> {
+    let mut tokens = Lexer::new(stmt);
+    if !matches!(tokens.next(), Some((Token::Word(w), _)) if w == "select") {
+        return None;
+    }
+    let mut callee: Option<Token<'_>> = None;
+    let mut literals = false;
+    for (t, _) in tokens {
+        match &t {
+            Token::Word(w)
+                if matches!(
+                    w.as_ref(),
+                    "for" | "into" | "insert" | "update" | "delete" | "merge"
+                ) =>
+            {
+                return None;
+            }
+            Token::Punct('(') if callee.as_ref().is_some_and(|c| calls(c, extra)) => {
+                return None;
+            }
+            // `$1` lexes as `$` and `1`: a parameter, not a value.
+            Token::Literal(_) if !matches!(callee, Some(Token::Punct('$'))) => literals = true,
+            _ => {}
+        }
+        callee = Some(t);
+    }
+    Some(literals)
+}
+
+/// Whether a token followed by `(` calls a function that must run on the primary.
+fn calls(name: &Token<'_>, extra: &PrimaryFunctions) -> bool {
+    match name {
+        Token::Word(n) => extra.matches(n),
+        Token::Quoted(q) => extra.matches(q.trim_matches('"')),
+        _ => false,
+    }
 }
 
 /// One statement.
 fn statement(stmt: &str, extra: &PrimaryFunctions) -> Class {
+    if plain_select(stmt, extra).is_some() {
+        return Class::new(Route::Read);
+    }
+    by_rules(stmt, extra)
+}
+
+/// One statement, by the lexical rules, then sqlparser.
+pub(super) fn by_rules(stmt: &str, extra: &PrimaryFunctions) -> Class {
     let tokens = spanned_tokens(stmt);
-    let w: Vec<&str> = words(&tokens).take(3).collect();
-    let first = w.first().copied().unwrap_or("");
-    let second = w.get(1).copied().unwrap_or("");
+    let mut w = words(&tokens);
+    let first = w.next().unwrap_or("");
+    let second = w.next().unwrap_or("");
     match first {
         "begin" | "start" => {
             let all: Vec<&str> = words(&tokens).collect();

@@ -338,3 +338,34 @@ fn reasons_name_the_rule() {
         "a long plain SELECT needs no parse"
     );
 }
+
+/// The one-pass plain-SELECT check says Read only where the rules do, on
+/// every corpus statement and on variants of each (case, a locking clause,
+/// a write function, a quoted name, a trailing clause cut off).
+#[test]
+fn the_plain_select_shortcut_agrees_with_the_rules() {
+    use super::classify::{by_rules, plain_select};
+    let extra = PrimaryFunctions(vec!["audit_write".into()]);
+    let mut checked = 0;
+    for (sql, _) in CORPUS {
+        for stmt in crate::sql::lex::statements(sql) {
+            let cut = &stmt[..stmt.floor_char_boundary(stmt.len() / 2)];
+            for v in [
+                stmt.to_string(),
+                stmt.to_uppercase(),
+                stmt.to_lowercase(),
+                format!("{stmt} FOR UPDATE"),
+                format!("{stmt} WHERE nextval ('s') > 0"),
+                format!("{stmt} AND \"audit_write\"(1)"),
+                format!("SELECT 1 FROM ({stmt}) s"),
+                cut.to_string(),
+            ] {
+                if plain_select(&v, &extra).is_some() {
+                    checked += 1;
+                    assert_eq!(by_rules(&v, &extra).route, Route::Read, "{v}");
+                }
+            }
+        }
+    }
+    assert!(checked > 50, "only {checked} statements took the shortcut");
+}

@@ -53,8 +53,8 @@ impl Classifier {
         if let Some(c) = self.cache.get(sql) {
             return c;
         }
-        let c = classify::classify(sql, &self.extra);
-        if sql.len() <= classify::MAX_PARSED_LEN {
+        let (c, worth_caching) = classify::classify_noting(sql, &self.extra);
+        if worth_caching && sql.len() <= classify::MAX_PARSED_LEN {
             self.cache.insert(sql.to_string(), c);
         }
         c
@@ -129,5 +129,39 @@ impl Routes {
     pub fn all(&self) -> Vec<Arc<Topology>> {
         let t = self.topologies.lock().unwrap_or_else(|p| p.into_inner());
         t.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_written_into_a_plain_select_are_not_cached() {
+        let c = Classifier::new(PrimaryFunctions::default());
+        for aid in 0..100 {
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            assert!(c.classify(&sql).is_read());
+        }
+        assert_eq!(c.cache.len(), 0, "one-off texts churned the cache");
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "/* sluice:replica */ SELECT 1",
+            "UPDATE t SET x = 1",
+            "SELECT 1; SELECT 2",
+        ] {
+            let first = c.classify(sql);
+            assert_eq!(c.classify(sql), first);
+        }
+        assert_eq!(
+            c.cache.len(),
+            3,
+            "the parameterized SELECT, the write and the pair, not `SELECT 1`"
+        );
+        assert_eq!(
+            c.classify("/* sluice:replica */ SELECT 1").hint,
+            Hint::Replica,
+            "the shortcut keeps the hint"
+        );
     }
 }

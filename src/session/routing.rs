@@ -55,6 +55,10 @@ pub struct ClientRouting {
     force_primary: bool,
     /// Reused for every decision: no allocation per checkout.
     views: Vec<crate::route::replicas::ReplicaView>,
+    /// The class `decide` found for the request at the front of the
+    /// client's buffer, and its length: the first `check` on the replica it
+    /// chose is about that same request, and need not classify it again.
+    decided: Option<(Class, usize)>,
 }
 
 impl std::fmt::Debug for ClientRouting {
@@ -87,6 +91,33 @@ fn sql_of(body: &[u8]) -> Option<&str> {
     take_cstr(body).and_then(|(q, _)| std::str::from_utf8(q).ok())
 }
 
+/// Statements a batch parses before binding them, which the client's
+/// statement list does not hold yet. The unnamed one, much the commonest,
+/// needs no map (nor its hashing and allocation).
+#[derive(Default)]
+struct BatchParsed<'b> {
+    unnamed: Option<Class>,
+    named: HashMap<&'b [u8], Class>,
+}
+
+impl<'b> BatchParsed<'b> {
+    fn insert(&mut self, name: &'b [u8], c: Class) {
+        if name.is_empty() {
+            self.unnamed = Some(c);
+        } else {
+            self.named.insert(name, c);
+        }
+    }
+
+    fn get(&self, name: &[u8]) -> Option<Class> {
+        if name.is_empty() {
+            self.unnamed
+        } else {
+            self.named.get(name).copied()
+        }
+    }
+}
+
 impl ClientRouting {
     pub fn new(topo: Arc<Topology>, classifier: Arc<Classifier>) -> Self {
         Self {
@@ -101,6 +132,7 @@ impl ClientRouting {
             forwarded: false,
             force_primary: false,
             views: Vec::new(),
+            decided: None,
         }
     }
 
@@ -111,7 +143,7 @@ impl ClientRouting {
         tag: FrontendTag,
         body: &[u8],
         statements: Option<&ClientStatements>,
-        parsed: &HashMap<&[u8], Class>,
+        parsed: &BatchParsed<'_>,
     ) -> Option<Class> {
         match tag {
             FrontendTag::Query => {
@@ -129,7 +161,7 @@ impl ClientRouting {
                     return Some(UNKNOWN);
                 };
                 if let Some(c) = parsed.get(name) {
-                    return Some(*c);
+                    return Some(c);
                 }
                 let def = statements.and_then(|s| {
                     if name.is_empty() {
@@ -153,8 +185,13 @@ impl ClientRouting {
 
     /// The combined class of the request at the start of `buf`: a Query,
     /// or an extended batch up to Sync or Flush. None: incomplete.
-    fn request_class(&self, buf: &[u8], statements: Option<&ClientStatements>) -> Option<Class> {
-        let mut parsed: HashMap<&[u8], Class> = HashMap::new();
+    /// Also its length in bytes.
+    fn request_class(
+        &self,
+        buf: &[u8],
+        statements: Option<&ClientStatements>,
+    ) -> Option<(Class, usize)> {
+        let mut parsed = BatchParsed::default();
         let mut out = Class {
             route: Route::Neutral,
             ..UNKNOWN
@@ -193,7 +230,7 @@ impl ClientRouting {
                     | FrontendTag::Flush
                     | FrontendTag::FunctionCall
             ) {
-                return Some(out);
+                return Some((out, off));
             }
         }
     }
@@ -205,13 +242,15 @@ impl ClientRouting {
         statements: Option<&ClientStatements>,
         session: SessionRoute,
     ) -> Decision {
+        self.decided = None;
         if std::mem::take(&mut self.force_primary) {
             return Decision {
                 target: Target::Primary,
                 reason: "reroute",
             };
         }
-        let class = self.request_class(buf, statements).unwrap_or(UNKNOWN);
+        self.decided = self.request_class(buf, statements);
+        let class = self.decided.map_or(UNKNOWN, |(c, _)| c);
         self.need.resolve(&self.topo);
         let s = &self.topo.settings;
         let views = &mut self.views;
@@ -230,6 +269,9 @@ impl ClientRouting {
 
     /// A server of role `on` was checked out.
     pub fn checked_out(&mut self, on: Target) {
+        if !matches!(on, Target::Replica(_)) {
+            self.decided = None;
+        }
         self.on = on;
         self.wrote = false;
         self.ro_open = false;
@@ -256,7 +298,7 @@ impl ClientRouting {
         statements: Option<&ClientStatements>,
         session: SessionRoute,
     ) -> Step {
-        let none = HashMap::new();
+        let none = BatchParsed::default();
         if self.on == Target::Primary {
             if !self.wrote
                 && let Some(c) = self.class_of(tag, body, statements, &none)
@@ -274,20 +316,28 @@ impl ClientRouting {
             return self.forward(tag);
         }
         let extended = !matches!(tag, FrontendTag::Query | FrontendTag::FunctionCall);
+        // What `decide` found, when this is the request it decided on.
+        let decided = self
+            .decided
+            .take()
+            .filter(|(_, len)| !self.forwarded && *len <= rest.len());
         // The class is computed once: for a batch, at its first message.
         let (ok, class) = if extended && self.batch_ok {
             (true, None)
         } else if extended && !self.mid_batch {
-            match self.request_class(rest, statements) {
+            match decided.or_else(|| self.request_class(rest, statements)) {
                 None if rest.len() < MAX_SCAN => return Step::Wait,
                 None => (false, None),
-                Some(c) => {
+                Some((c, _)) => {
                     self.batch_ok = ok_on_replica(&c, session);
                     (self.batch_ok, Some(c))
                 }
             }
         } else {
-            let c = self.class_of(tag, body, statements, &none);
+            let c = match decided {
+                Some((c, _)) if tag == FrontendTag::Query => Some(c),
+                _ => self.class_of(tag, body, statements, &none),
+            };
             (c.is_none_or(|c| ok_on_replica(&c, session)), c)
         };
         if !ok {
@@ -359,7 +409,7 @@ pub fn quote_route_setting(sql: &[u8]) -> Option<String> {
     };
     let t = spanned_tokens(stmt);
     let w = |i: usize| match t.get(i) {
-        Some((Token::Word(w), _)) => w.as_str(),
+        Some((Token::Word(w), _)) => w.as_ref(),
         Some((Token::Punct('='), _)) => "=",
         Some((Token::Punct('.'), _)) => ".",
         _ => "",

@@ -3,6 +3,8 @@
 //! understand them. Strings ('..', E'..', $tag$..$tag$), quoted identifiers
 //! and comments are skipped as units, so a ';' inside them does not split.
 
+use std::borrow::Cow;
+
 /// Byte offset just past the quoted construct or comment starting at `i`,
 /// or `None` when `s[i..]` does not start one.
 fn skip_quoted(s: &[u8], i: usize) -> Option<usize> {
@@ -82,6 +84,11 @@ pub fn statements(sql: &str) -> Vec<&str> {
     let s = sql.as_bytes();
     let (mut out, mut start, mut i) = (Vec::new(), 0, 0);
     while i < s.len() {
+        // Only these bytes can start a quote, a comment or a new statement.
+        if !matches!(s[i], b'-' | b'/' | b'\'' | b'"' | b'$' | b';') {
+            i += 1;
+            continue;
+        }
         if let Some(end) = skip_quoted(s, i) {
             i = end.max(i + 1);
         } else if s[i] == b';' {
@@ -136,10 +143,84 @@ pub fn is_space(c: u8) -> bool {
 /// any other single character; strings and dollar-quoted bodies are whole tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Token<'a> {
-    Word(String),
+    /// Borrowed from the statement, or from a keyword table, unless it had
+    /// to be lowercased: every routed query is tokenized.
+    Word(Cow<'a, str>),
     Quoted(&'a str),
     Literal(&'a str),
     Punct(char),
+}
+
+/// `word` in lowercase, allocating only for a word with capitals that is
+/// not a common keyword.
+fn lowercase(word: &str) -> Cow<'_, str> {
+    if !word.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Cow::Borrowed(word);
+    }
+    let mut buf = [0u8; 12];
+    if let Some(b) = buf.get_mut(..word.len()) {
+        b.copy_from_slice(word.as_bytes());
+        b.make_ascii_lowercase();
+        if let Some(k) = keyword(b) {
+            return Cow::Borrowed(k);
+        }
+    }
+    Cow::Owned(word.to_ascii_lowercase())
+}
+
+/// Keywords queries are mostly written with, as static lowercase text.
+fn keyword(w: &[u8]) -> Option<&'static str> {
+    Some(match w {
+        b"select" => "select",
+        b"from" => "from",
+        b"where" => "where",
+        b"and" => "and",
+        b"or" => "or",
+        b"not" => "not",
+        b"in" => "in",
+        b"as" => "as",
+        b"on" => "on",
+        b"is" => "is",
+        b"null" => "null",
+        b"join" => "join",
+        b"left" => "left",
+        b"inner" => "inner",
+        b"order" => "order",
+        b"group" => "group",
+        b"by" => "by",
+        b"limit" => "limit",
+        b"offset" => "offset",
+        b"having" => "having",
+        b"distinct" => "distinct",
+        b"union" => "union",
+        b"all" => "all",
+        b"with" => "with",
+        b"values" => "values",
+        b"insert" => "insert",
+        b"into" => "into",
+        b"update" => "update",
+        b"delete" => "delete",
+        b"set" => "set",
+        b"returning" => "returning",
+        b"for" => "for",
+        b"begin" => "begin",
+        b"commit" => "commit",
+        b"rollback" => "rollback",
+        b"case" => "case",
+        b"when" => "when",
+        b"then" => "then",
+        b"else" => "else",
+        b"end" => "end",
+        b"exists" => "exists",
+        b"between" => "between",
+        b"like" => "like",
+        b"asc" => "asc",
+        b"desc" => "desc",
+        b"count" => "count",
+        b"true" => "true",
+        b"false" => "false",
+        _ => return None,
+    })
 }
 
 /// Tokens of one statement (comments dropped).
@@ -149,48 +230,79 @@ pub fn tokens(stmt: &str) -> Vec<Token<'_>> {
 
 /// Tokens with the byte offset where each starts.
 pub fn spanned_tokens(stmt: &str) -> Vec<(Token<'_>, usize)> {
-    let s = stmt.as_bytes();
-    let (mut out, mut i) = (Vec::new(), 0);
-    while i < s.len() {
-        let c = s[i];
-        let at = i;
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            let start = i;
-            while i < s.len()
-                && (s[i].is_ascii_alphanumeric() || s[i] == b'_' || s[i] == b'$' || s[i] >= 0x80)
-            {
-                i += 1;
-            }
-            if i < s.len() && s[i] == b'\'' && i - start == 1 && matches!(c, b'e' | b'E') {
-                let end = skip_quoted(s, i).unwrap_or(s.len());
-                out.push((Token::Literal(&stmt[start..end]), at));
-                i = end;
-            } else {
-                out.push((Token::Word(stmt[start..i].to_ascii_lowercase()), at));
-            }
-        } else if let Some(end) = skip_quoted(s, i) {
-            let text = &stmt[i..end];
-            match c {
-                b'"' => out.push((Token::Quoted(text), at)),
-                b'\'' | b'$' => out.push((Token::Literal(text), at)),
-                _ => {} // comment
-            }
-            i = end.max(i + 1);
-        } else if c.is_ascii_digit() {
-            let start = i;
-            while i < s.len() && (s[i].is_ascii_alphanumeric() || s[i] == b'.') {
-                i += 1;
-            }
-            out.push((Token::Literal(&stmt[start..i]), at));
-        } else {
-            let ch = stmt[i..].chars().next().unwrap_or(' ');
-            out.push((Token::Punct(ch), at));
-            i += ch.len_utf8();
-        }
+    Lexer::new(stmt).collect()
+}
+
+/// Bytes that continue an identifier or keyword.
+static WORD_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+        b += 1;
     }
-    out
+    t
+};
+
+/// The tokens of a statement, one at a time, with the byte offset where
+/// each starts: a caller that can decide early stops early, and needs no
+/// list of them.
+pub struct Lexer<'a> {
+    stmt: &'a str,
+    i: usize,
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(stmt: &'a str) -> Self {
+        Self { stmt, i: 0 }
+    }
+}
+
+impl<'a> Iterator for Lexer<'a> {
+    type Item = (Token<'a>, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (stmt, s) = (self.stmt, self.stmt.as_bytes());
+        while self.i < s.len() {
+            let c = s[self.i];
+            let at = self.i;
+            if c.is_ascii_whitespace() {
+                self.i += 1;
+            } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+                let end = s[at..]
+                    .iter()
+                    .position(|b| !WORD_BYTE[*b as usize])
+                    .map_or(s.len(), |n| at + n);
+                if end - at == 1 && matches!(c, b'e' | b'E') && s.get(end) == Some(&b'\'') {
+                    self.i = skip_quoted(s, end).unwrap_or(s.len());
+                    return Some((Token::Literal(&stmt[at..self.i]), at));
+                }
+                self.i = end;
+                return Some((Token::Word(lowercase(&stmt[at..end])), at));
+            } else if let Some(end) = skip_quoted(s, self.i) {
+                self.i = end.max(at + 1);
+                let text = &stmt[at..end];
+                match c {
+                    b'"' => return Some((Token::Quoted(text), at)),
+                    b'\'' | b'$' => return Some((Token::Literal(text), at)),
+                    _ => {} // comment
+                }
+            } else if c.is_ascii_digit() {
+                let end = s[at..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'.'))
+                    .map_or(s.len(), |n| at + n);
+                self.i = end;
+                return Some((Token::Literal(&stmt[at..end]), at));
+            } else {
+                let ch = stmt[at..].chars().next().unwrap_or(' ');
+                self.i += ch.len_utf8();
+                return Some((Token::Punct(ch), at));
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +350,20 @@ mod tests {
                 Token::Punct(','),
                 Token::Literal("E'x'"),
             ]
+        );
+    }
+
+    #[test]
+    fn words_are_lowercased_without_allocating_where_they_can() {
+        let t = tokens("SELECT Abalance FROM x WHERE ÄB = 1");
+        assert!(matches!(&t[0], Token::Word(Cow::Borrowed("select"))));
+        assert!(matches!(&t[1], Token::Word(Cow::Owned(w)) if w == "abalance"));
+        assert!(matches!(&t[2], Token::Word(Cow::Borrowed("from"))));
+        assert!(matches!(&t[3], Token::Word(Cow::Borrowed("x"))));
+        assert_eq!(t[5], Token::Word("Äb".into()), "only ASCII is folded");
+        assert_eq!(
+            tokens("A_VERY_LONG_NAME")[0],
+            Token::Word("a_very_long_name".into())
         );
     }
 

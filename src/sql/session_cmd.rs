@@ -193,7 +193,7 @@ fn advisory(toks: &[(Token<'_>, usize)]) -> Option<Effect> {
     let mut lock = None;
     for t in toks {
         if let (Token::Word(w), _) = t {
-            match w.as_str() {
+            match w.as_ref() {
                 "pg_advisory_unlock_all" => lock = Some(Effect::AdvisoryUnlockAll),
                 "pg_advisory_lock"
                 | "pg_advisory_lock_shared"
