@@ -1,4 +1,5 @@
-//! Routing costs: statement classification cold (parsed) and cached, and
+//! Routing costs: statement classification cold (parsed), cached, and of a
+//! one-off SELECT (not cached), and
 //! the per-checkout routing decision.
 //! Run: cargo bench --bench route
 
@@ -40,6 +41,11 @@ fn bench_classify(c: &mut Criterion) {
     cached.classify(TYPICAL);
     g.bench_function("cached_typical_select", |b| {
         b.iter(|| cached.classify(black_box(TYPICAL)))
+    });
+    // Values written in and no parameters: not cached, decided in one pass.
+    let one_off = "SELECT abalance FROM pgbench_accounts WHERE aid = 81234;";
+    g.bench_function("one_off_simple_protocol_select", |b| {
+        b.iter(|| cached.classify(black_box(one_off)))
     });
     g.finish();
 }

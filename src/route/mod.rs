@@ -145,7 +145,7 @@ mod tests {
         }
         assert_eq!(c.cache.len(), 0, "one-off texts churned the cache");
         for sql in [
-            "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = $1 LIMIT 50",
             "/* sluice:replica */ SELECT 1",
             "UPDATE t SET x = 1",
             "SELECT 1; SELECT 2",
@@ -156,7 +156,7 @@ mod tests {
         assert_eq!(
             c.cache.len(),
             3,
-            "the parameterized SELECT, the write and the pair, not `SELECT 1`"
+            "the parameterized SELECT (its LIMIT 50 notwithstanding), the write and the pair, not `SELECT 1`"
         );
         assert_eq!(
             c.classify("/* sluice:replica */ SELECT 1").hint,
