@@ -116,7 +116,11 @@ impl ServerManager {
         if conn.generation != self.generation.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(RecycleError::message("RECONNECT: closing an older server"));
         }
-        if !self.lifetime.is_zero() && conn.created.elapsed() > self.lifetime {
+        // Its age when it last finished a request, so that checkout reads
+        // no clock; the janitor closes idle servers that aged since.
+        if !self.lifetime.is_zero()
+            && conn.idle_since.saturating_duration_since(conn.created) > self.lifetime
+        {
             return Err(RecycleError::message("server_lifetime reached"));
         }
         Ok(())

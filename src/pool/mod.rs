@@ -496,11 +496,10 @@ impl Checkout {
         self.obj.as_mut().expect("checkout holds a server")
     }
 
-    /// Returns a clean server to its pool. The caller has reset it.
+    /// Returns a clean server to its pool. The caller has reset it. (Its
+    /// idle_since is the time of its last ReadyForQuery, already read.)
     pub fn release(mut self) {
-        if let Some(mut o) = self.obj.take() {
-            o.idle_since = Instant::now();
-        }
+        drop(self.obj.take());
     }
 
     /// Closes the server connection instead of returning it.

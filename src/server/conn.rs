@@ -97,7 +97,8 @@ pub struct ServerConn {
     /// Statements transaction pooling prepared here under sluice-wide names.
     pub statements: crate::session::prepared::ServerStatements,
     pub created: Instant,
-    /// When the server last went back to its pool (server_idle_timeout).
+    /// When the server last finished a request (its last ReadyForQuery):
+    /// in the pool, since when it has been idle (server_idle_timeout).
     pub idle_since: Instant,
     /// Held for the connection's life: max_db/max_user_connections.
     pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
@@ -181,6 +182,7 @@ impl ServerConn {
                     if let Some(s) = inspect::ready_status(f.body()) {
                         self.state.on_backend(BackendTag::ReadyForQuery, Some(s));
                     }
+                    self.idle_since = Instant::now();
                     return match first_error {
                         None => Ok(row),
                         Some(fields) => Err(ServerError::Refused {

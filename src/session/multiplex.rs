@@ -308,10 +308,18 @@ impl Multiplex {
 
     /// Replies sluice owes the client that are due now.
     #[inline]
+    /// Whether replies sluice made up are due now (checked first: most
+    /// server frames leave none, and then no list is built or dropped).
+    pub fn injection_due(&self) -> bool {
+        self.statements
+            .as_ref()
+            .is_some_and(|s| s.expect.injection_due())
+    }
+
     pub fn due_injections(&mut self) -> Vec<bytes::Bytes> {
         match self.statements.as_mut() {
-            Some(s) if s.expect.injection_due() => s.expect.due_injections(),
-            _ => Vec::new(),
+            Some(s) => s.expect.due_injections(),
+            None => Vec::new(),
         }
     }
 

@@ -153,6 +153,7 @@ pub struct Pipe {
     sent: u64,
     /// The client's signals; this side acts on the graceful shutdown.
     pub signals: Option<Arc<Signals>>,
+    drain_watch: crate::signal::Watch,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -236,6 +237,7 @@ impl Pipe {
             received: 0,
             sent: 0,
             signals: None,
+            drain_watch: Default::default(),
         }
     }
 
@@ -288,15 +290,16 @@ impl Pipe {
             }
             // Nothing goes to a server while the client holds none.
             self.to_server.release_if_empty();
-            let (client, q, rbuf, signals) = (
+            let (client, q, rbuf, signals, watch) = (
                 &mut self.client.stream,
                 &mut self.to_client,
                 &mut self.client.rbuf,
                 &self.signals,
+                &mut self.drain_watch,
             );
             let read = poll_fn(|cx| {
                 if let Some(s) = signals
-                    && s.poll_raised(Signal::Drain, cx).is_ready()
+                    && s.poll_raised(Signal::Drain, cx, watch).is_ready()
                 {
                     return Poll::Ready(Err(Waited::Shutdown));
                 }
@@ -480,7 +483,8 @@ impl Pipe {
     ) -> Poll<Event> {
         if watch_drain
             && let Some(s) = &self.signals
-            && s.poll_raised(Signal::Drain, cx).is_ready()
+            && s.poll_raised(Signal::Drain, cx, &mut self.drain_watch)
+                .is_ready()
         {
             return Poll::Ready(Event::Draining);
         }
@@ -633,9 +637,7 @@ impl Pipe {
         }
         self.forward_client(off);
         if let Some(m) = mux {
-            for b in m.due_injections() {
-                self.to_client.push(b);
-            }
+            self.push_due(m);
         }
         Ok(())
     }
@@ -772,7 +774,12 @@ impl Pipe {
                 BackendTag::ReadyForQuery => {
                     let status = inspect::ready_status(body);
                     server.state.on_backend(tag, status);
-                    self.request_done(server, status);
+                    self.request_done(
+                        server.stats.as_ref(),
+                        server.state.is_idle(),
+                        &mut server.idle_since,
+                        status,
+                    );
                 }
                 BackendTag::ParameterStatus => {
                     if let Some((k, v)) = inspect::parameter_status(body) {
@@ -803,20 +810,26 @@ impl Pipe {
             } else {
                 self.server_skip = h.total;
             }
-            let due = m.due_injections();
-            if !due.is_empty() {
+            if m.injection_due() {
                 // The frame that completed a request is whole (needs_body above).
                 off += self.server_skip;
                 self.server_skip = 0;
                 self.forward_server(server, off);
                 off = 0;
-                for b in due {
-                    self.to_client.push(b);
-                }
+                self.push_due(m);
             }
         }
         self.forward_server(server, off);
         Ok(())
+    }
+
+    /// Queues for the client the replies sluice made up that are due.
+    fn push_due(&mut self, m: &mut Multiplex) {
+        if m.injection_due() {
+            for b in m.due_injections() {
+                self.to_client.push(b);
+            }
+        }
     }
 
     /// Starts timing a request (and a transaction) when none is in flight.
@@ -829,23 +842,32 @@ impl Pipe {
     }
 
     /// A ReadyForQuery: one request done, and a transaction when idle.
-    fn request_done(&mut self, server: &ServerConn, status: Option<TxnStatus>) {
-        let Some(st) = &server.stats else {
+    /// (The server's fields one by one: its read buffer is borrowed.)
+    fn request_done(
+        &mut self,
+        stats: Option<&Arc<crate::pool::stats::PoolStats>>,
+        server_idle: bool,
+        idle_since: &mut std::time::Instant,
+        status: Option<TxnStatus>,
+    ) {
+        let Some(st) = stats else {
             return;
         };
         let now = Instant::now();
         if let Some(q) = self.query_start.take() {
             st.query(now - q);
         }
-        if !server.state.is_idle() {
+        if !server_idle {
             self.query_start = Some(now); // a pipelined request is next
         }
-        if status == Some(TxnStatus::Idle)
-            && let Some(x) = self.xact_start.take()
-        {
-            st.xact(now - x);
-            if self.query_start.is_some() {
-                self.xact_start = Some(now);
+        if status == Some(TxnStatus::Idle) {
+            // The clock read the pool would make when the server goes back.
+            *idle_since = now.into_std();
+            if let Some(x) = self.xact_start.take() {
+                st.xact(now - x);
+                if self.query_start.is_some() {
+                    self.xact_start = Some(now);
+                }
             }
         }
         st.bytes(
