@@ -69,11 +69,10 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
             pipe.client.stream.is_tls(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let mut watch = crate::signal::Watch::default();
         let result = tokio::select! {
             r = serve(&mut pipe, &shared, arrival, client) => r,
             // Dropping `serve` discards any server it holds.
-            _ = std::future::poll_fn(|cx| client.signals.poll_raised(Signal::Kill, cx, &mut watch)) => Err(Error::refuse(
+            _ = std::future::poll_fn(|cx| client.signals.poll_raised(Signal::Kill, cx)) => Err(Error::refuse(
                 sqlstate::ADMIN_SHUTDOWN,
                 "terminating connection due to administrator command (KILL)",
             )),

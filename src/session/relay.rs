@@ -153,7 +153,6 @@ pub struct Pipe {
     sent: u64,
     /// The client's signals; this side acts on the graceful shutdown.
     pub signals: Option<Arc<Signals>>,
-    drain_watch: crate::signal::Watch,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -237,7 +236,6 @@ impl Pipe {
             received: 0,
             sent: 0,
             signals: None,
-            drain_watch: Default::default(),
         }
     }
 
@@ -290,16 +288,15 @@ impl Pipe {
             }
             // Nothing goes to a server while the client holds none.
             self.to_server.release_if_empty();
-            let (client, q, rbuf, signals, watch) = (
+            let (client, q, rbuf, signals) = (
                 &mut self.client.stream,
                 &mut self.to_client,
                 &mut self.client.rbuf,
                 &self.signals,
-                &mut self.drain_watch,
             );
             let read = poll_fn(|cx| {
                 if let Some(s) = signals
-                    && s.poll_raised(Signal::Drain, cx, watch).is_ready()
+                    && s.poll_raised(Signal::Drain, cx).is_ready()
                 {
                     return Poll::Ready(Err(Waited::Shutdown));
                 }
@@ -483,8 +480,7 @@ impl Pipe {
     ) -> Poll<Event> {
         if watch_drain
             && let Some(s) = &self.signals
-            && s.poll_raised(Signal::Drain, cx, &mut self.drain_watch)
-                .is_ready()
+            && s.poll_raised(Signal::Drain, cx).is_ready()
         {
             return Poll::Ready(Event::Draining);
         }
