@@ -306,16 +306,16 @@ impl Multiplex {
             .is_some_and(|s| !s.expect.is_empty())
     }
 
-    /// Replies sluice owes the client that are due now.
-    #[inline]
     /// Whether replies sluice made up are due now (checked first: most
     /// server frames leave none, and then no list is built or dropped).
+    #[inline]
     pub fn injection_due(&self) -> bool {
         self.statements
             .as_ref()
             .is_some_and(|s| s.expect.injection_due())
     }
 
+    /// Replies sluice owes the client that are due now.
     pub fn due_injections(&mut self) -> Vec<bytes::Bytes> {
         match self.statements.as_mut() {
             Some(s) => s.expect.due_injections(),

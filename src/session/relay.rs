@@ -632,7 +632,7 @@ impl Pipe {
             self.client_skip = h.total;
         }
         self.forward_client(off);
-        if let Some(m) = mux {
+        if let Some(m) = mux.filter(|m| m.injection_due()) {
             self.push_due(m);
         }
         Ok(())
@@ -819,12 +819,11 @@ impl Pipe {
         Ok(())
     }
 
-    /// Queues for the client the replies sluice made up that are due.
+    /// Queues for the client the replies sluice made up that are due
+    /// (callers check `injection_due` first).
     fn push_due(&mut self, m: &mut Multiplex) {
-        if m.injection_due() {
-            for b in m.due_injections() {
-                self.to_client.push(b);
-            }
+        for b in m.due_injections() {
+            self.to_client.push(b);
         }
     }
 
@@ -837,7 +836,8 @@ impl Pipe {
         }
     }
 
-    /// A ReadyForQuery: one request done, and a transaction when idle.
+    /// A ReadyForQuery: one request done, and a transaction when idle; an
+    /// idle server's `idle_since` is now, whether or not it keeps stats.
     /// (The server's fields one by one: its read buffer is borrowed.)
     fn request_done(
         &mut self,
@@ -846,24 +846,26 @@ impl Pipe {
         idle_since: &mut std::time::Instant,
         status: Option<TxnStatus>,
     ) {
+        let now = Instant::now();
+        if status == Some(TxnStatus::Idle) {
+            // The time the pool would read when the server goes back.
+            *idle_since = now.into_std();
+        }
         let Some(st) = stats else {
             return;
         };
-        let now = Instant::now();
         if let Some(q) = self.query_start.take() {
             st.query(now - q);
         }
         if !server_idle {
             self.query_start = Some(now); // a pipelined request is next
         }
-        if status == Some(TxnStatus::Idle) {
-            // The clock read the pool would make when the server goes back.
-            *idle_since = now.into_std();
-            if let Some(x) = self.xact_start.take() {
-                st.xact(now - x);
-                if self.query_start.is_some() {
-                    self.xact_start = Some(now);
-                }
+        if status == Some(TxnStatus::Idle)
+            && let Some(x) = self.xact_start.take()
+        {
+            st.xact(now - x);
+            if self.query_start.is_some() {
+                self.xact_start = Some(now);
             }
         }
         st.bytes(
