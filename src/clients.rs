@@ -67,8 +67,9 @@ pub struct ClientEntry {
     /// The server it holds: pid (0: none) and its role ("primary"/"replica").
     server_pid: AtomicI32,
     pub server_addr: Mutex<String>,
-    /// KILL and graceful shutdown, for the session to act on.
-    pub signals: Arc<Signals>,
+    /// KILL and graceful shutdown, for the session to act on. Inline: one
+    /// allocation less per client.
+    pub signals: Signals,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -178,7 +179,7 @@ impl Clients {
             wait_since: AtomicU64::new(0),
             server_pid: AtomicI32::new(0),
             server_addr: Mutex::default(),
-            signals: Arc::default(),
+            signals: Signals::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(id, entry.clone());

@@ -3,6 +3,7 @@
 //! task, so they cost an atomic load there, where a CancellationToken or a
 //! watch channel takes a lock.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
@@ -52,6 +53,42 @@ impl Signals {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// `future`, unless `signal` is raised first: then None, and the future
+    /// is dropped unfinished. Its own state is one reference and the signal,
+    /// where `select!` keeps a second future and its bookkeeping (this wraps
+    /// a client's whole session, the state every idle client keeps).
+    pub struct Unless<'a, F> {
+        #[pin]
+        future: F,
+        signals: &'a Signals,
+        signal: Signal,
+    }
+}
+
+impl<F: Future> Future for Unless<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.signals.poll_raised(*this.signal, cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        this.future.poll(cx).map(Some)
+    }
+}
+
+impl Signals {
+    /// Runs `future` until it ends or `signal` is raised.
+    pub fn unless<F: Future>(&self, signal: Signal, future: F) -> Unless<'_, F> {
+        Unless {
+            future,
+            signals: self,
+            signal,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +109,20 @@ mod tests {
         assert!(!waiter.is_finished(), "Kill does not end a wait for Drain");
         sig.raise(Signal::Drain);
         assert!(waiter.await.expect("the waiter ran"));
+    }
+
+    #[tokio::test]
+    async fn unless_ends_a_future_when_its_signal_is_raised() {
+        let sig = Signals::default();
+        assert_eq!(sig.unless(Signal::Kill, async { 7 }).await, Some(7));
+
+        let mut waiting = std::pin::pin!(sig.unless(Signal::Kill, std::future::pending::<()>()));
+        sig.raise(Signal::Drain);
+        assert!(
+            futures_util::poll!(waiting.as_mut()).is_pending(),
+            "Drain does not end a wait unless Kill"
+        );
+        sig.raise(Signal::Kill);
+        assert_eq!(waiting.await, None);
     }
 }

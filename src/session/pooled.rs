@@ -75,24 +75,24 @@ pub(crate) fn run<'a>(
     let mut first = first.map(Box::new);
     // The loop is this block itself (not an async fn it calls), so that
     // nothing it is given is kept twice in the idle client's task.
+    // Nothing but `s`, the references and `read_more` lives across the wait.
     async move {
-        let g = &ctx.config.general;
-        let client_idle = (!g.client_idle_timeout.is_zero()).then_some(g.client_idle_timeout);
         let mut read_more = false;
         loop {
-            let given = match first.take() {
-                Some(c) => Some(*c),
-                None => match pipe
-                    .wait_client(client_idle, std::mem::take(&mut read_more))
-                    .await
-                {
+            let given = if let Some(c) = first.take() {
+                Some(*c)
+            } else {
+                let wait = {
+                    let idle = ctx.config.general.client_idle_timeout;
+                    let idle = (!idle.is_zero()).then_some(idle);
+                    pipe.wait_client(idle, std::mem::take(&mut read_more))
+                };
+                match wait.await {
                     Waited::Request => {
                         // Preparing a statement some server already parsed needs
                         // no server: a client blocked on that must not wait for one.
-                        match s
-                            .mux
-                            .answer_without_server(pipe.client_buffer(), g.max_packet_size)
-                        {
+                        let max = ctx.config.general.max_packet_size;
+                        match s.mux.answer_without_server(pipe.client_buffer(), max) {
                             Answer::Reply(reply) => {
                                 tracing::trace!("answered without a server");
                                 pipe.send_client(reply.freeze());
@@ -119,7 +119,7 @@ pub(crate) fn run<'a>(
                             "sluice is shutting down",
                         ));
                     }
-                },
+                }
             };
             // One allocation per transaction, for everything it needs.
             if let Some(end) = Box::pin(s.transaction(pipe, given, ctx)).await {

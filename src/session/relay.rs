@@ -24,6 +24,7 @@ use tokio_util::io::poll_read_buf;
 use super::multiplex::{Action, Multiplex};
 use super::outq::OutQueue;
 use super::routing::Step;
+use crate::clients::ClientEntry;
 use crate::error::{Error, ServerError};
 use crate::net::{Conn, PgStream};
 use crate::protocol::build::{self, Severity};
@@ -32,7 +33,7 @@ use crate::protocol::inspect::{self, ErrorFields};
 use crate::protocol::sqlstate;
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
 use crate::server::ServerConn;
-use crate::signal::{Signal, Signals};
+use crate::signal::Signal;
 
 /// Bytes queued towards one peer before sluice stops reading the other.
 const HIGH_WATER: usize = 256 * 1024;
@@ -134,12 +135,14 @@ enum Event {
 
 pub struct Pipe {
     pub client: Conn,
-    max_packet: usize,
+    /// u32 here and in the skips (frames are at most 2^31 bytes): the pipe
+    /// is in every idle client's task.
+    max_packet: u32,
     to_client: OutQueue,
     to_server: OutQueue,
     /// Bytes of the current client frame still to forward.
-    client_skip: usize,
-    server_skip: usize,
+    client_skip: u32,
+    server_skip: u32,
     server_said_fatal: bool,
     /// After a refused Parse: the client's batch is dropped up to its Sync.
     skip_batch: bool,
@@ -151,8 +154,9 @@ pub struct Pipe {
     /// Bytes forwarded since the last flush into the pool's stats.
     received: u64,
     sent: u64,
-    /// The client's signals; this side acts on the graceful shutdown.
-    pub signals: Option<Arc<Signals>>,
+    /// The client's registry entry; the relay acts on its graceful-shutdown
+    /// signal.
+    pub client_entry: Option<Arc<ClientEntry>>,
 }
 
 fn poll_read<S: tokio::io::AsyncRead + Unpin>(
@@ -223,7 +227,7 @@ impl Pipe {
     pub fn new(client: Conn, max_packet: usize) -> Self {
         Self {
             client,
-            max_packet,
+            max_packet: u32::try_from(max_packet).unwrap_or(u32::MAX),
             to_client: OutQueue::default(),
             to_server: OutQueue::default(),
             client_skip: 0,
@@ -235,7 +239,7 @@ impl Pipe {
             xact_start: None,
             received: 0,
             sent: 0,
-            signals: None,
+            client_entry: None,
         }
     }
 
@@ -260,70 +264,70 @@ impl Pipe {
     }
 
     /// Without a server: flushes replies and waits for the client's next request.
-    /// Kept small, as it is most of an idle client's state: one poll function,
-    /// and a timer on the heap only when client_idle_timeout is set. With
-    /// `read_more`, a whole first message is not enough: the pool loop wants
-    /// the rest of its batch, so at least one more read comes first.
-    pub async fn wait_client(
+    /// Kept small, as it is most of an idle client's state: a poll function
+    /// over the pipe (not an async fn, whose state would keep its arguments
+    /// and locals besides), and a timer on the heap only when
+    /// client_idle_timeout is set. With `read_more`, a whole first message is
+    /// not enough: the pool loop wants the rest of its batch, so at least one
+    /// more read comes first.
+    pub fn wait_client(
         &mut self,
         idle_timeout: Option<Duration>,
         mut read_more: bool,
-    ) -> Waited {
+    ) -> impl Future<Output = Waited> + '_ {
         let mut idle = idle_timeout.map(|d| Box::pin(tokio::time::sleep(d)));
+        poll_fn(move |cx| self.poll_wait_client(&mut idle, &mut read_more, cx))
+    }
+
+    fn poll_wait_client(
+        &mut self,
+        idle: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        read_more: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Waited> {
         loop {
             if self.draining() {
-                return Waited::Shutdown;
+                return Poll::Ready(Waited::Shutdown);
             }
-            match peek_header(&self.client.rbuf, self.max_packet) {
-                Err(e) => return Waited::Malformed(e),
+            match peek_header(&self.client.rbuf, self.max_packet as usize) {
+                Err(e) => return Poll::Ready(Waited::Malformed(e)),
                 Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
-                    return Waited::Terminated;
+                    return Poll::Ready(Waited::Terminated);
                 }
                 // Whole first message: the pool loop may answer it without a server.
-                Ok(Some(h)) if self.client.rbuf.len() >= h.total && !read_more => {
-                    return Waited::Request;
+                Ok(Some(h)) if self.client.rbuf.len() >= h.total && !*read_more => {
+                    return Poll::Ready(Waited::Request);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {}
             }
             // Nothing goes to a server while the client holds none.
             self.to_server.release_if_empty();
-            let (client, q, rbuf, signals) = (
-                &mut self.client.stream,
-                &mut self.to_client,
-                &mut self.client.rbuf,
-                &self.signals,
-            );
-            let read = poll_fn(|cx| {
-                if let Some(s) = signals
-                    && s.poll_raised(Signal::Drain, cx).is_ready()
-                {
-                    return Poll::Ready(Err(Waited::Shutdown));
-                }
-                if let Some(t) = idle.as_mut()
-                    && t.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(Waited::IdleTimeout));
-                }
-                match q.poll_flush(client, cx) {
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Waited::Gone)),
-                    // A client that does not read its replies is not read either.
-                    Poll::Pending if q.len() >= HIGH_WATER => return Poll::Pending,
-                    _ => {}
-                }
-                let read = poll_read_idle(client, rbuf, cx);
-                if read.is_pending() {
-                    q.release_if_empty();
-                }
-                read.map(|r| match r {
-                    Ok(0) | Err(_) => Err(Waited::Gone),
-                    Ok(_) => Ok(()),
-                })
-            });
-            if let Err(end) = read.await {
-                return end;
+            if let Some(c) = &self.client_entry
+                && c.signals.poll_raised(Signal::Drain, cx).is_ready()
+            {
+                return Poll::Ready(Waited::Shutdown);
             }
-            read_more = false;
+            if let Some(t) = idle.as_mut()
+                && t.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Waited::IdleTimeout);
+            }
+            let q = &mut self.to_client;
+            match q.poll_flush(&mut self.client.stream, cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Waited::Gone),
+                // A client that does not read its replies is not read either.
+                Poll::Pending if q.len() >= HIGH_WATER => return Poll::Pending,
+                _ => {}
+            }
+            match poll_read_idle(&mut self.client.stream, &mut self.client.rbuf, cx) {
+                Poll::Pending => {
+                    self.to_client.release_if_empty();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Waited::Gone),
+                Poll::Ready(Ok(_)) => *read_more = false,
+            }
         }
     }
 
@@ -393,9 +397,9 @@ impl Pipe {
     }
 
     fn draining(&self) -> bool {
-        self.signals
+        self.client_entry
             .as_ref()
-            .is_some_and(|s| s.is_raised(Signal::Drain))
+            .is_some_and(|c| c.signals.is_raised(Signal::Drain))
     }
 
     /// In transaction/statement mode: whether the server may go back now.
@@ -479,8 +483,8 @@ impl Pipe {
         cx: &mut Context<'_>,
     ) -> Poll<Event> {
         if watch_drain
-            && let Some(s) = &self.signals
-            && s.poll_raised(Signal::Drain, cx).is_ready()
+            && let Some(c) = &self.client_entry
+            && c.signals.poll_raised(Signal::Drain, cx).is_ready()
         {
             return Poll::Ready(Event::Draining);
         }
@@ -547,14 +551,14 @@ impl Pipe {
             }
             let buf = &self.client.rbuf;
             if self.client_skip > 0 {
-                let n = self.client_skip.min(buf.len() - off);
+                let n = (self.client_skip as usize).min(buf.len() - off);
                 off += n;
-                self.client_skip -= n;
+                self.client_skip -= n as u32;
                 if self.client_skip > 0 {
                     break;
                 }
             }
-            let h = match peek_header(&buf[off..], self.max_packet) {
+            let h = match peek_header(&buf[off..], self.max_packet as usize) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
@@ -629,7 +633,7 @@ impl Pipe {
             }
             self.request_started(tag);
             server.state.on_frontend(tag);
-            self.client_skip = h.total;
+            self.client_skip = h.total as u32;
         }
         self.forward_client(off);
         if let Some(m) = mux.filter(|m| m.injection_due()) {
@@ -642,7 +646,7 @@ impl Pipe {
     /// answers that with ReadyForQuery, as a server skips after an error.
     /// Returns false when more bytes are needed.
     fn skip_to_sync(&mut self, server: &ServerConn) -> bool {
-        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet) {
+        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet as usize) {
             if self.client.rbuf.len() < h.total {
                 return false;
             }
@@ -715,14 +719,14 @@ impl Pipe {
         loop {
             let buf = &server.conn.rbuf;
             if self.server_skip > 0 {
-                let n = self.server_skip.min(buf.len() - off);
+                let n = (self.server_skip as usize).min(buf.len() - off);
                 off += n;
-                self.server_skip -= n;
+                self.server_skip -= n as u32;
                 if self.server_skip > 0 {
                     break;
                 }
             }
-            let h = match peek_header(&buf[off..], self.max_packet) {
+            let h = match peek_header(&buf[off..], self.max_packet as usize) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -738,13 +742,13 @@ impl Pipe {
             // many there are.
             if matches!(h.tag, b'D' | b'd') {
                 if off + h.total > buf.len() {
-                    self.server_skip = h.total;
+                    self.server_skip = h.total as u32;
                     continue;
                 }
                 off += h.total;
                 // The whole rows that follow, without the loop's other checks
                 // (a bad header is left for the loop to report).
-                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet)
+                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet as usize)
                     && matches!(h.tag, b'D' | b'd')
                     && off + h.total <= buf.len()
                 {
@@ -794,7 +798,7 @@ impl Pipe {
             }
             // (Rows and COPY data took the short path above.)
             let Some(m) = mux.as_deref_mut() else {
-                self.server_skip = h.total;
+                self.server_skip = h.total as u32;
                 continue;
             };
             let act = m.on_server(tag, h.tag, body, &mut server.extra, &mut server.statements);
@@ -804,11 +808,11 @@ impl Pipe {
                 self.to_client.extend(act.replace);
                 off = 0;
             } else {
-                self.server_skip = h.total;
+                self.server_skip = h.total as u32;
             }
             if m.injection_due() {
                 // The frame that completed a request is whole (needs_body above).
-                off += self.server_skip;
+                off += self.server_skip as usize;
                 self.server_skip = 0;
                 self.forward_server(server, off);
                 off = 0;
