@@ -156,6 +156,9 @@ struct Login {
     client_key: Option<Vec<u8>>,
     /// A user found with auth_query rather than in [users].
     looked_up: Option<crate::config::User>,
+    /// What authentication still owes the client (SCRAM's final message),
+    /// to go out with AuthenticationOk.
+    owed: BytesMut,
 }
 
 /// What the pool-mode loops need besides the pipe: the logged-in client,
@@ -315,6 +318,26 @@ pub(crate) struct Entry {
 /// A client's place under max_client_conn.
 type ClientSlot = tokio::sync::OwnedSemaphorePermit;
 
+/// A console login: the client is told what authentication still owed it
+/// (the console sends the rest) and listed as active.
+async fn console_login(
+    pipe: &mut Pipe,
+    client: &crate::clients::ClientEntry,
+    login: &Login,
+    application_name: String,
+) -> Result<(), Error> {
+    if !login.owed.is_empty() {
+        pipe.client.write_all(&login.owed).await?;
+    }
+    client.logged_in(crate::clients::Identity {
+        user: login.user.as_str().into(),
+        database: login.database.as_str().into(),
+        application_name,
+    });
+    client.set_state(crate::clients::ClientState::Active);
+    Ok(())
+}
+
 fn client_slot(shared: &Shared) -> Result<ClientSlot, Error> {
     shared.clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
@@ -356,12 +379,7 @@ async fn start<'a>(
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(config, &login.user)
     {
-        client.logged_in(crate::clients::Identity {
-            user: login.user.as_str().into(),
-            database: login.database.as_str().into(),
-            application_name,
-        });
-        client.set_state(crate::clients::ClientState::Active);
+        console_login(pipe, client, &login, application_name).await?;
         return Ok(Started::Console(role, slot));
     }
     let Login {
@@ -370,6 +388,7 @@ async fn start<'a>(
         settings,
         client_key,
         looked_up,
+        owed,
     } = login;
     let pool_place = shared
         .client_counts
@@ -417,7 +436,7 @@ async fn start<'a>(
             (Some(checkout), role, greeting, vars)
         }
     };
-    let greeting = greeting(&notices, &vars);
+    let greeting = greeting(owed, &notices, &vars);
     tracing::info!(user = %user_name, database = %database, ?mode, "client logged in");
     let ctx = Box::new(Ctx {
         shared,
@@ -442,11 +461,13 @@ async fn start<'a>(
     Ok(Started::Pooled(ctx, entry))
 }
 
-/// What a pooled client is told after its credentials: AuthenticationOk,
-/// the NOTICEs its settings drew, and the server's ParameterStatus. Sent
-/// with BackendKeyData and ReadyForQuery, in one write.
-fn greeting(notices: &[u8], vars: &SessionVars) -> BytesMut {
-    let mut out = BytesMut::with_capacity(512 + notices.len());
+/// What a pooled client is told after its credentials: what authentication
+/// still owed it, AuthenticationOk, the NOTICEs its settings drew, and the
+/// server's ParameterStatus. Sent with BackendKeyData and ReadyForQuery, in
+/// one write.
+fn greeting(owed: BytesMut, notices: &[u8], vars: &SessionVars) -> BytesMut {
+    let mut out = owed;
+    out.reserve(512 + notices.len());
     build::authentication(&mut out, 0, &[]);
     out.extend_from_slice(notices);
     for (k, v) in vars.reported.iter() {
@@ -703,7 +724,9 @@ async fn authenticate(
         false => auth::query::lookup(&shared.auth_cache, config, &database, &user).await?,
     };
     let user_cfg = config.users.get(&user).or(looked_up.as_ref());
-    let client_key = auth::client::authenticate(conn, &user, user_cfg, auth_type).await?;
+    let mut owed = BytesMut::new();
+    let client_key =
+        auth::client::authenticate(conn, &user, user_cfg, auth_type, &mut owed).await?;
     let console = crate::admin::DATABASES.contains(&database.as_str())
         && crate::admin::role(config, &user).is_some();
     if !console && !config.databases.contains_key(&database) {
@@ -719,6 +742,7 @@ async fn authenticate(
         settings,
         client_key,
         looked_up,
+        owed,
     })
 }
 
