@@ -243,6 +243,12 @@ impl Pipe {
         }
     }
 
+    /// The frame size cap (stored as u32 to keep the pipe small).
+    #[inline]
+    fn max_packet(&self) -> usize {
+        self.max_packet as usize
+    }
+
     /// The client's buffered bytes, for answering without a server.
     pub fn client_buffer(&mut self) -> &mut BytesMut {
         &mut self.client.rbuf
@@ -289,7 +295,7 @@ impl Pipe {
             if self.draining() {
                 return Poll::Ready(Waited::Shutdown);
             }
-            match peek_header(&self.client.rbuf, self.max_packet as usize) {
+            match peek_header(&self.client.rbuf, self.max_packet()) {
                 Err(e) => return Poll::Ready(Waited::Malformed(e)),
                 Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
                     return Poll::Ready(Waited::Terminated);
@@ -558,7 +564,7 @@ impl Pipe {
                     break;
                 }
             }
-            let h = match peek_header(&buf[off..], self.max_packet as usize) {
+            let h = match peek_header(&buf[off..], self.max_packet()) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
@@ -646,7 +652,7 @@ impl Pipe {
     /// answers that with ReadyForQuery, as a server skips after an error.
     /// Returns false when more bytes are needed.
     fn skip_to_sync(&mut self, server: &ServerConn) -> bool {
-        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet as usize) {
+        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet()) {
             if self.client.rbuf.len() < h.total {
                 return false;
             }
@@ -726,7 +732,7 @@ impl Pipe {
                     break;
                 }
             }
-            let h = match peek_header(&buf[off..], self.max_packet as usize) {
+            let h = match peek_header(&buf[off..], self.max_packet()) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => {
@@ -748,7 +754,7 @@ impl Pipe {
                 off += h.total;
                 // The whole rows that follow, without the loop's other checks
                 // (a bad header is left for the loop to report).
-                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet as usize)
+                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet())
                     && matches!(h.tag, b'D' | b'd')
                     && off + h.total <= buf.len()
                 {
