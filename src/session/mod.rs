@@ -321,13 +321,13 @@ type ClientSlot = tokio::sync::OwnedSemaphorePermit;
 /// A console login: the client is told what authentication still owed it
 /// (the console sends the rest) and listed as active.
 async fn console_login(
-    pipe: &mut Pipe,
+    conn: &mut Conn,
     client: &crate::clients::ClientEntry,
     login: &Login,
     application_name: String,
 ) -> Result<(), Error> {
     if !login.owed.is_empty() {
-        pipe.client.write_all(&login.owed).await?;
+        conn.write_all(&login.owed).await?;
     }
     client.logged_in(crate::clients::Identity {
         user: login.user.as_str().into(),
@@ -379,7 +379,7 @@ async fn start<'a>(
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(config, &login.user)
     {
-        console_login(pipe, client, &login, application_name).await?;
+        console_login(&mut pipe.client, client, &login, application_name).await?;
         return Ok(Started::Console(role, slot));
     }
     let Login {
