@@ -32,6 +32,17 @@ impl PgStream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, PgStream::Plain(_))
     }
+
+    /// Whether tokio has seen nothing to read on a plaintext socket since
+    /// its readiness was last cleared: a peek at one atomic, which neither
+    /// reads nor registers a waker. Always false for TLS.
+    #[inline]
+    pub fn nothing_to_read(&self) -> bool {
+        match self {
+            PgStream::Plain(s) => s.try_io(tokio::io::Interest::READABLE, || Ok(())).is_err(),
+            _ => false,
+        }
+    }
 }
 
 impl AsyncRead for PgStream {

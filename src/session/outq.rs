@@ -50,6 +50,21 @@ impl OutQueue {
         }
     }
 
+    /// `poll_flush` towards a connection, for the relay, which calls it for
+    /// both peers on every wake-up: an empty queue towards a plaintext
+    /// socket has nothing to do. (TLS may still hold records back.)
+    #[inline]
+    pub fn poll_send(
+        &mut self,
+        w: &mut crate::net::PgStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.len == 0 && !w.is_tls() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_flush(w, cx)
+    }
+
     /// Writes as much as the peer accepts. Ready(Ok) once empty.
     pub fn poll_flush<W: AsyncWrite + Unpin>(
         &mut self,
