@@ -4,6 +4,11 @@
 //! statements prepared on it.
 
 use std::collections::HashMap;
+
+/// Looked up on every Bind: foldhash's seeded hash costs less than the
+/// standard SipHash on these short names, and its random seed still keeps
+/// a client from choosing names that collide.
+type Hasher = foldhash::quality::RandomState;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -41,14 +46,14 @@ pub fn define(rest: &[u8], search_path: Option<&str>) -> Arc<StmtDef> {
 /// A client's view: its statement names and its unnamed statement.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    pub named: HashMap<Vec<u8>, Arc<StmtDef>>,
+    pub named: HashMap<Vec<u8>, Arc<StmtDef>, Hasher>,
     pub unnamed: Option<Arc<StmtDef>>,
 }
 
 /// What one server has prepared, least recently used first out.
 #[derive(Debug, Default)]
 pub struct ServerStatements {
-    used: HashMap<String, u64>,
+    used: HashMap<String, u64, Hasher>,
     tick: u64,
     /// The client statement currently in the server's unnamed slot, if known.
     pub unnamed: Option<Arc<StmtDef>>,

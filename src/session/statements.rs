@@ -51,6 +51,22 @@ pub struct Statements {
     pub known: Option<Arc<KnownStatements>>,
 }
 
+/// Where a client's statement lives on servers: the unnamed slot, or a
+/// named statement under its global name.
+enum Global {
+    Unnamed,
+    Named(Arc<StmtDef>),
+}
+
+impl Global {
+    fn name(&self) -> &[u8] {
+        match self {
+            Global::Unnamed => b"",
+            Global::Named(def) => def.global.as_bytes(),
+        }
+    }
+}
+
 /// Global statement names that parsed successfully on some server of a pool.
 #[derive(Debug, Default)]
 pub struct KnownStatements(std::sync::Mutex<std::collections::HashSet<String>>);
@@ -142,13 +158,14 @@ impl Statements {
     }
 
     /// The client's statement for a Bind/Describe name, prepared on the
-    /// server, and its server-side name. None: pass the message through.
+    /// server; `Global::name` is its server-side name. None: pass the
+    /// message through.
     fn resolve(
         &mut self,
         name: &[u8],
         server: &mut ServerStatements,
         out: &mut BytesMut,
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Global> {
         if name.is_empty() {
             let def = self.client.unnamed.clone()?;
             if server.unnamed.as_ref().is_none_or(|s| s.rest != def.rest) {
@@ -161,11 +178,11 @@ impl Statements {
                 server.unnamed = Some(def);
                 self.reprepares += 1;
             }
-            return Some(Vec::new());
+            return Some(Global::Unnamed);
         }
         let def = self.client.named.get(name)?.clone();
         self.ensure(&def, server, out);
-        Some(def.global.clone().into_bytes())
+        Some(Global::Named(def))
     }
 
     /// Handles one client message of the extended protocol (and Query's
@@ -188,8 +205,8 @@ impl Statements {
                 let mut out = BytesMut::new();
                 // resolve() queues any Parse it inserts ahead of the Bind's own entry.
                 let action = match self.resolve(v.statement, server, &mut out) {
-                    Some(name) if name != v.statement || !out.is_empty() => {
-                        ext::build_bind(&mut out, v.portal, &name, v.rest);
+                    Some(g) if g.name() != v.statement || !out.is_empty() => {
+                        ext::build_bind(&mut out, v.portal, g.name(), v.rest);
                         ClientAction::Replace(out)
                     }
                     _ => ClientAction::Forward,
@@ -201,8 +218,8 @@ impl Statements {
                 Some((b'S', name)) => {
                     let mut out = BytesMut::new();
                     let action = match self.resolve(name, server, &mut out) {
-                        Some(global) if global != name || !out.is_empty() => {
-                            ext::build_describe(&mut out, b'S', &global);
+                        Some(g) if g.name() != name || !out.is_empty() => {
+                            ext::build_describe(&mut out, b'S', g.name());
                             ClientAction::Replace(out)
                         }
                         _ => ClientAction::Forward,
