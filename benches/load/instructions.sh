@@ -7,13 +7,16 @@
 #
 # Each pooler runs under callgrind in transaction pooling with a pool of 16;
 # pgbench -S warms it up, counting is zeroed, then `-c 16 -t TX` runs and the
-# count is dumped. Modes: select-only `-M simple` and `-M extended`;
+# count is dumped. Modes: select-only `-M simple`, `-M extended` and
+# `-M prepared` (sluice only: PgBouncer 1.18 cannot pool prepared statements
+# in transaction mode);
 # `simple-64`, select-only with 64 clients (so 48 wait for a server at any
 # time, as in run.sh); `connect`, select-only with a SCRAM login per
-# transaction (`-C`); and `rows`, a 1,000-row SELECT in extended mode (the
-# cost per forwarded row).
+# transaction (`-C`); `rows`, a 1,000-row SELECT in extended mode (the
+# cost per forwarded row); and `tpcb`, pgbench's default TPC-B-like script
+# (seven statements a transaction, so the relay's cost per round trip).
 # Knobs: TX (transactions per client, 1000), MODES ("simple extended
-# simple-64 connect rows"),
+# prepared simple-64 connect rows tpcb"),
 # TARGETS ("sluice pgbouncer"), SLUICE (binary, ./target/release/sluice).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,7 +29,7 @@ fi
 PRIMARY_PORT=${PRIMARY_PORT:-26452}
 PORT=${PORT:-26453}
 TX=${TX:-1000}
-MODES=${MODES:-"simple extended simple-64 connect rows"}
+MODES=${MODES:-"simple extended prepared simple-64 connect rows tpcb"}
 TARGETS=${TARGETS:-"sluice pgbouncer"}
 SLUICE=${SLUICE:-./target/release/sluice}
 
@@ -79,12 +82,14 @@ stop_target() {
 printf '%-10s %-9s %8s %14s %10s\n' mode target tx instructions "per tx"
 for mode in $MODES; do
     for target in $TARGETS; do
+        if [ "$mode" = prepared ] && [ "$target" = pgbouncer ]; then continue; fi
         under_callgrind "$target"
         clients=16 per=$TX warm=200
         case $mode in
             rows) script=(-f "$DIR/rows.sql" -M extended) ;;
             simple-64) script=(-S -M simple) clients=64 per=$((TX / 4)) ;;
             connect) script=(-S -C) per=$((TX / 10)) warm=20 ;;
+            tpcb) script=(-M simple) per=$((TX / 4)) ;;
             *) script=(-S -M "$mode") ;;
         esac
         bench=("$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app "${script[@]}" -c "$clients" app)
