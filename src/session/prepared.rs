@@ -4,16 +4,16 @@
 //! statements prepared on it.
 
 use std::collections::HashMap;
-
-/// Looked up on every Bind: foldhash's seeded hash costs less than the
-/// standard SipHash on these short names, and its random seed still keeps
-/// a client from choosing names that collide.
-type Hasher = foldhash::quality::RandomState;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+
+/// Looked up on every Bind: foldhash's seeded hash costs less than the
+/// standard SipHash on these short names, and its random seed still keeps
+/// a client from choosing names that collide.
+type Hasher = foldhash::quality::RandomState;
 
 /// One distinct statement.
 #[derive(Debug, PartialEq, Eq)]
