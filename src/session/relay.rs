@@ -1000,11 +1000,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_plaintext_client_holds_no_read_buffer() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let mut stream = PgStream::Plain(listener.accept().await.unwrap().0);
+        let (mut peer, mut stream) = socket_pair().await;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
 
         // Nothing to read: the wait is pending and the buffer is given back.
