@@ -336,9 +336,7 @@ impl Pipe {
             }
             // Nothing goes to a server while the client holds none.
             self.to_server.release_if_empty();
-            if let Some(c) = &self.client_entry
-                && c.signals.poll_raised(Signal::Drain, cx).is_ready()
-            {
+            if self.poll_draining(cx) {
                 return Poll::Ready(Waited::Shutdown);
             }
             if let Some(t) = idle.as_mut()
@@ -438,6 +436,13 @@ impl Pipe {
             .is_some_and(|c| c.signals.is_raised(Signal::Drain))
     }
 
+    /// `draining`, and otherwise the task is woken when a shutdown starts.
+    fn poll_draining(&self, cx: &mut Context<'_>) -> bool {
+        self.client_entry
+            .as_ref()
+            .is_some_and(|c| c.signals.poll_raised(Signal::Drain, cx).is_ready())
+    }
+
     /// In transaction/statement mode: whether the server may go back now.
     fn release_point(&self, server: &ServerConn, mux: Option<&Multiplex>) -> Option<RelayEnd> {
         let mux = mux?;
@@ -518,10 +523,7 @@ impl Pipe {
         watch_drain: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Event> {
-        if watch_drain
-            && let Some(c) = &self.client_entry
-            && c.signals.poll_raised(Signal::Drain, cx).is_ready()
-        {
+        if watch_drain && self.poll_draining(cx) {
             return Poll::Ready(Event::Draining);
         }
         if let Poll::Ready(Err(e)) = self.to_server.poll_send(&mut server.conn.stream, cx) {
