@@ -51,6 +51,15 @@ impl Signals {
             Poll::Pending
         }
     }
+
+    /// Runs `future` until it ends or `signal` is raised.
+    pub fn unless<F: Future>(&self, signal: Signal, future: F) -> Unless<'_, F> {
+        Unless {
+            future,
+            signals: self,
+            signal,
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -75,17 +84,6 @@ impl<F: Future> Future for Unless<'_, F> {
             return Poll::Ready(None);
         }
         this.future.poll(cx).map(Some)
-    }
-}
-
-impl Signals {
-    /// Runs `future` until it ends or `signal` is raised.
-    pub fn unless<F: Future>(&self, signal: Signal, future: F) -> Unless<'_, F> {
-        Unless {
-            future,
-            signals: self,
-            signal,
-        }
     }
 }
 
