@@ -13,7 +13,8 @@
 # 6), ROUNDS (4), POOL (16), GENERAL (extra [general] lines for every
 # sluice, e.g. "worker_threads = 0"), OUT (benches/load/results).
 # Prints one line per run and a table of medians, and appends the runs to
-# $OUT/ab.jsonl.
+# $OUT/ab.jsonl. With -r in ARGS it also prints each statement's mean latency
+# (pgbench's per-statement report), medians over rounds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -112,12 +113,19 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "  ${NAMES[$i]} failed: $(tail -2 <<<"$out")" >&2
             continue
         fi
-        python3 - "$round" "${NAMES[$i]}" "$tps" "$tx" $((u1 - u0)) $((s1 - s0)) "$TICKS" "$ARGS" <<'PY' | tee -a "$RAW"
-import json, sys
+        PGBENCH_OUT=$out python3 - "$round" "${NAMES[$i]}" "$tps" "$tx" $((u1 - u0)) $((s1 - s0)) "$TICKS" "$ARGS" <<'PY' | tee -a "$RAW"
+import json, os, re, sys
 r, name, tps, tx, u, s, hz, args = sys.argv[1:]
 us = lambda t: round(int(t) / int(hz) / int(tx) * 1e6, 2)
-print(json.dumps({"round": int(r), "build": name, "args": args, "tps": float(tps),
-                  "user_us": us(u), "sys_us": us(s), "cpu_us": us(int(u) + int(s))}))
+run = {"round": int(r), "build": name, "args": args, "tps": float(tps),
+       "user_us": us(u), "sys_us": us(s), "cpu_us": us(int(u) + int(s))}
+# With -r in ARGS, pgbench reports each SQL statement's mean latency (ms).
+stmts = [(m[2].strip(), float(m[1])) for m in
+         (re.match(r"^\s+([0-9.]+)\s+[0-9]+\s+(.*)$", l) for l in os.environ["PGBENCH_OUT"].splitlines())
+         if m and not m[2].lstrip().startswith("\\")]
+if stmts:
+    run["stmt_ms"] = stmts
+print(json.dumps(run))
 PY
     done
 done
@@ -137,4 +145,14 @@ for n in names:
     m = med[n]
     print(f"{n[:24]:<24} {m['tps']:>9.0f} {m['user_us']:>11.2f} {m['sys_us']:>10.2f} {m['cpu_us']:>10.2f}"
           f" {m['cpu_us'] / med[base]['cpu_us']:>5.2f}x {m['tps'] / med[base]['tps']:>5.2f}x")
+# Per-statement mean latency (pgbench -r), medians over rounds, in µs.
+stmts = list(dict.fromkeys(st for r in runs for st, _ in r.get("stmt_ms", [])))
+if stmts:
+    lat = {n: {st: statistics.median(ms for r in runs if r["build"] == n
+                                     for s2, ms in r.get("stmt_ms", []) if s2 == st)
+               for st in stmts} for n in names}
+    print(f"\nstatement latency, µs (pgbench -r; medians over rounds)")
+    print(f"{'statement':<40}" + "".join(f" {n[-12:]:>12}" for n in names))
+    for st in stmts:
+        print(f"{st[:40]:<40}" + "".join(f" {lat[n][st] * 1000:>12.0f}" for n in names))
 PY
