@@ -148,6 +148,8 @@ pub struct Pipe {
     /// come since (see `poll_read_armed`); reset when a relay begins.
     client_armed: bool,
     server_armed: bool,
+    /// Whether sockets may be armed in this relay (`arming_is_safe`).
+    may_arm: bool,
     /// After a refused Parse: the client's batch is dropped up to its Sync.
     skip_batch: bool,
     /// Routing: the next client message waits for another server.
@@ -205,10 +207,12 @@ fn renew(buf: &mut BytesMut) {
 /// arrives, and readiness stays set until a read clears it. So while
 /// nothing is readable, the waker is still there and registering it again
 /// (a lock and a waker comparison, ~200 instructions) can be skipped.
+/// Only when `may_arm` (see `arming_is_safe`) does a poll arm the socket.
 fn poll_read_armed(
     s: &mut PgStream,
     buf: &mut BytesMut,
     armed: &mut bool,
+    may_arm: bool,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
     if *armed && s.nothing_to_read() {
@@ -216,8 +220,21 @@ fn poll_read_armed(
     }
     let r = poll_read(s, buf, cx);
     // Out of coop budget, tokio returns Pending without registering.
-    *armed = r.is_pending() && tokio::task::coop::has_budget_remaining();
+    *armed = may_arm && r.is_pending() && tokio::task::coop::has_budget_remaining();
     r
+}
+
+/// Whether an armed socket's registration is sure to stand: only on the
+/// current-thread runtime, where the I/O driver runs between task polls.
+/// The driver sets a socket's readiness, then takes its waker. On a
+/// multi-thread runtime another worker can do so while this task runs: the
+/// task reads the new bytes and registers again in between, and the late
+/// wake then takes that fresh registration. An armed socket would be only
+/// peeked at from then on, and its next bytes would wake nobody (clients
+/// hung mid-transaction with `worker_threads = 0`).
+fn arming_is_safe() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }
 
 /// `poll_read` for a client between requests. An idle client holds no read
@@ -260,6 +277,7 @@ impl Pipe {
             server_said_fatal: false,
             client_armed: false,
             server_armed: false,
+            may_arm: false,
             skip_batch: false,
             hold: false,
             query_start: None,
@@ -375,6 +393,7 @@ impl Pipe {
         // Another task may have read either socket since.
         self.client_armed = false;
         self.server_armed = false;
+        self.may_arm = arming_is_safe();
         // Bytes the client sent while it held no server.
         if let Err(end) = self.take_client(server, mux.as_deref_mut()) {
             return self.finish(end).await;
@@ -537,7 +556,7 @@ impl Pipe {
         // need not be polled again.
         if self.to_client.len() < HIGH_WATER {
             let (s, buf) = (&mut server.conn.stream, &mut server.conn.rbuf);
-            match poll_read_armed(s, buf, &mut self.server_armed, cx) {
+            match poll_read_armed(s, buf, &mut self.server_armed, self.may_arm, cx) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Event::ServerClosed(None)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Event::ServerClosed(Some(e))),
                 Poll::Ready(Ok(_)) => return Poll::Ready(Event::ServerData),
@@ -548,7 +567,7 @@ impl Pipe {
         // that stops reading is not read either.
         if !self.hold && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
             let (s, buf) = (&mut self.client.stream, &mut self.client.rbuf);
-            match poll_read_armed(s, buf, &mut self.client_armed, cx) {
+            match poll_read_armed(s, buf, &mut self.client_armed, self.may_arm, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     return Poll::Ready(Event::ClientClosed);
                 }
@@ -966,8 +985,8 @@ mod tests {
 
         // Both quiet: each poll registers the task and arms its socket.
         poll_fn(|cx| {
-            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, cx).is_pending());
-            assert!(poll_read_armed(&mut b, &mut bbuf, &mut b_armed, cx).is_pending());
+            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx).is_pending());
+            assert!(poll_read_armed(&mut b, &mut bbuf, &mut b_armed, true, cx).is_pending());
             Poll::Ready(())
         })
         .await;
@@ -976,8 +995,8 @@ mod tests {
         // B wakes the task; A, armed with nothing to read, is only peeked at.
         b_peer.write_all(b"b").await.unwrap();
         let read_b = poll_fn(|cx| {
-            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, cx).is_pending());
-            poll_read_armed(&mut b, &mut bbuf, &mut b_armed, cx)
+            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx).is_pending());
+            poll_read_armed(&mut b, &mut bbuf, &mut b_armed, true, cx)
         });
         let n = tokio::time::timeout(Duration::from_secs(5), read_b)
             .await
@@ -993,11 +1012,35 @@ mod tests {
         a_peer.write_all(b"a").await.unwrap();
         let woke = tokio::time::timeout(
             Duration::from_secs(5),
-            poll_fn(|cx| poll_read_armed(&mut a, &mut abuf, &mut a_armed, cx)),
+            poll_fn(|cx| poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx)),
         )
         .await;
         assert_eq!(woke.expect("A's bytes woke the task").unwrap(), 1);
         assert_eq!((&abuf[..], a_armed), (&b"a"[..], false));
+    }
+
+    #[tokio::test]
+    async fn sockets_are_armed_only_on_the_current_thread_runtime() {
+        assert!(arming_is_safe());
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let on_multi = multi.spawn(async {
+            let (_peer, mut s) = socket_pair().await;
+            let (mut buf, mut armed) = (BytesMut::new(), false);
+            let may_arm = arming_is_safe();
+            let pending = poll_fn(|cx| {
+                Poll::Ready(poll_read_armed(&mut s, &mut buf, &mut armed, may_arm, cx).is_pending())
+            })
+            .await;
+            (may_arm, pending, armed)
+        });
+        let got = on_multi.await.unwrap();
+        multi.shutdown_background();
+        // Quiet socket, registered, but never armed: every poll registers.
+        assert_eq!(got, (false, true, false));
     }
 
     #[tokio::test]
