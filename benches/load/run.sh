@@ -177,8 +177,14 @@ run() {
     # shellcheck disable=SC2046
     local user=app
     if [ "$scenario" = connect-md5 ]; then user=app_md5; fi
+    local rc=0
     out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n -j 2 \
-        --log --log-prefix="$logs" $(args_of "$scenario") app 2>&1) || failed=true
+        --log --log-prefix="$logs" $(args_of "$scenario") app 2>&1) || rc=$?
+    if [ "$rc" = 124 ]; then
+        # pgbench outlived -T by two minutes: a client never got its reply.
+        out+=$'\n'"ERROR: timed out: a client hung (see benches/load/hang_check.sh)"
+    fi
+    if [ "$rc" != 0 ]; then failed=true; fi
     if [ -n "$pid" ]; then
         cpu1=$(cpu_ticks "$pid")
         kill "$sampler" 2>/dev/null || true
