@@ -148,7 +148,8 @@ pub struct Pipe {
     /// come since (see `poll_read_armed`); reset when a relay begins.
     client_armed: bool,
     server_armed: bool,
-    /// Whether sockets may be armed in this relay (`arming_is_safe`).
+    /// Whether sockets may be armed (`arming_is_safe`): fixed for the
+    /// client's task, which never leaves the runtime it was opened on.
     may_arm: bool,
     /// After a refused Parse: the client's batch is dropped up to its Sync.
     skip_batch: bool,
@@ -277,7 +278,7 @@ impl Pipe {
             server_said_fatal: false,
             client_armed: false,
             server_armed: false,
-            may_arm: false,
+            may_arm: arming_is_safe(),
             skip_batch: false,
             hold: false,
             query_start: None,
@@ -393,7 +394,6 @@ impl Pipe {
         // Another task may have read either socket since.
         self.client_armed = false;
         self.server_armed = false;
-        self.may_arm = arming_is_safe();
         // Bytes the client sent while it held no server.
         if let Err(end) = self.take_client(server, mux.as_deref_mut()) {
             return self.finish(end).await;
