@@ -100,7 +100,7 @@ async fn pgbench_every_query_mode_has_no_failed_transactions() {
 /// 11's relay hung about one such 4-second run in ten with a separate
 /// sluice process (`benches/load/hang_check.sh`), but in-process it did not
 /// show in 18 runs of variants of this test, so the unit test
-/// `sockets_are_armed_only_on_the_current_thread_runtime` pins the cause
+/// `sockets_are_never_armed_on_a_multi_thread_runtime` pins the cause
 /// down and this one guards the path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpcb_in_transaction_pooling_on_two_runtime_threads_finishes() {
