@@ -97,8 +97,8 @@ async fn pgbench_every_query_mode_has_no_failed_transactions() {
 /// Transaction pooling under TPC-B on a multi-thread runtime (this test's,
 /// which also runs sluice: two workers), bounded in time: a client hung
 /// mid-transaction keeps pgbench past -T until `timeout` kills it. Session
-/// 11's relay hung about one such 4-second run in ten with a separate
-/// sluice process (`benches/load/hang_check.sh`), but in-process it did not
+/// 11's relay hung 2 of 56 such 4-second runs with a separate sluice
+/// process (`benches/load/hang_check.sh`), but in-process it did not
 /// show in 18 runs of variants of this test, so the unit test
 /// `sockets_are_never_armed_on_a_multi_thread_runtime` pins the cause
 /// down and this one guards the path.
