@@ -174,10 +174,10 @@ run() {
         sampler=$!
     fi
     local out failed=false
-    # shellcheck disable=SC2046
     local user=app
     if [ "$scenario" = connect-md5 ]; then user=app_md5; fi
     local rc=0
+    # shellcheck disable=SC2046
     out=$(timeout $((DURATION + 120)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U "$user" -n -j 2 \
         --log --log-prefix="$logs" $(args_of "$scenario") app 2>&1) || rc=$?
     if [ "$rc" = 124 ]; then
