@@ -21,23 +21,17 @@ ROUNDS=${ROUNDS:-40}
 T=${T:-4}
 POOL=${POOL:-16}
 WT=${WT:-0}
-BIN=${1:-}
-if [ -z "$BIN" ]; then
-    cargo build --release --quiet --bin sluice
-    BIN=./target/release/sluice
-fi
+SLUICE_BIN=${1:-}
+if [ -z "$SLUICE_BIN" ]; then cargo build --release --quiet --bin sluice; fi
 
 cluster_dir hang
-SP=""
-trap '[ -n "$SP" ] && kill "$SP" 2>/dev/null; stop_cluster' EXIT
+trap stop_all EXIT
 start_primary "$PRIMARY_PORT" 300
 export PGPASSWORD=secret
 "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PRIMARY_PORT" -U app -i -q -s 10 app >/dev/null 2>&1
 REPLICA_PORT="" sluice_toml "$PORT" "$POOL" "worker_threads = $WT
 admin_users = [\"app\"]" > "$DIR/pooler.toml"
-"$BIN" --config "$DIR/pooler.toml" --log-level warn > "$DIR/sluice.log" 2>&1 &
-SP=$!
-wait_for_port "$PORT"
+start_sluice "$PORT"
 for i in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2086
     out=$(timeout $((T + 20)) "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U app -n -j 2 \
@@ -50,7 +44,7 @@ for i in $(seq 1 "$ROUNDS"); do
             "SELECT pid, state, wait_event, left(query, 50) AS query FROM pg_stat_activity WHERE datname = 'app' AND state <> 'idle'"
         "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PORT" -U app -d sluice -c "SHOW CLIENTS" -c "SHOW SERVERS"
         echo "sluice's sockets with unread or unsent bytes:"
-        ss -tnp | grep "pid=$SP," | awk '$2 != 0 || $3 != 0'
+        ss -tnp | grep "pid=$SLUICE_PID," | awk '$2 != 0 || $3 != 0'
         exit 1
     fi
 done

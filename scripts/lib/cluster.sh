@@ -79,10 +79,10 @@ ${5:-}
 TOML
 }
 
-# start_sluice PORT: runs the release build on $DIR/pooler.toml (listening
-# on PORT) in the background; sets SLUICE_PID.
+# start_sluice PORT: runs the release build (or the binary $SLUICE_BIN) on
+# $DIR/pooler.toml (listening on PORT) in the background; sets SLUICE_PID.
 start_sluice() {
-    ./target/release/sluice --config "$DIR/pooler.toml" --log-level warn &
+    "${SLUICE_BIN:-./target/release/sluice}" --config "$DIR/pooler.toml" --log-level warn &
     SLUICE_PID=$!
     wait_for_port "$1"
 }
