@@ -82,6 +82,9 @@ pub struct General {
     pub query_timeout: Duration,
     /// Transaction pooling: refuse session-scoped features instead of pinning.
     pub reject_session_state: bool,
+    /// Transaction pooling: calls of functions sluice does not know are
+    /// trusted not to change session settings (no check after them).
+    pub trust_functions: bool,
     /// Extra servers a pool may open once a client waited reserve_pool_timeout.
     pub reserve_pool_size: usize,
     pub reserve_pool_timeout: Duration,

@@ -166,6 +166,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         idle_transaction_timeout: idle_transaction_timeout?,
         query_timeout: query_timeout?,
         reject_session_state: reject_session_state?,
+        trust_functions: g.trust_functions,
         reserve_pool_size: g.reserve_pool_size as usize,
         reserve_pool_timeout: reserve_pool_timeout?,
         max_db_connections: g.max_db_connections as usize,

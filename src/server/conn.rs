@@ -167,10 +167,21 @@ impl ServerConn {
     async fn exchange(
         &mut self,
         out: &[u8],
-        mut notices: Option<&mut Vec<Bytes>>,
+        notices: Option<&mut Vec<Bytes>>,
     ) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        let rows = self.exchange_rows(out, notices, 1).await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// `exchange`, keeping up to `max_rows` rows.
+    async fn exchange_rows(
+        &mut self,
+        out: &[u8],
+        mut notices: Option<&mut Vec<Bytes>>,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         self.conn.write_all(out).await.map_err(|e| self.io_err(e))?;
-        let (mut first_error, mut row) = (None, None);
+        let (mut first_error, mut rows) = (None, Vec::new());
         loop {
             let f = self
                 .conn
@@ -184,14 +195,16 @@ impl ServerConn {
                     }
                     self.idle_since = Instant::now();
                     return match first_error {
-                        None => Ok(row),
+                        None => Ok(rows),
                         Some(fields) => Err(ServerError::Refused {
                             addr: self.addr.clone(),
                             fields,
                         }),
                     };
                 }
-                BackendTag::Other(b'D') if row.is_none() => row = Some(decode_text_row(f.body())),
+                BackendTag::Other(b'D') if rows.len() < max_rows => {
+                    rows.push(decode_text_row(f.body()));
+                }
                 BackendTag::ErrorResponse if first_error.is_none() => {
                     first_error = Some(ErrorFields::parse(f.body()));
                 }
@@ -225,6 +238,16 @@ impl ServerConn {
         self.state
             .on_frontend(crate::protocol::tags::FrontendTag::Query);
         self.exchange(&out, None).await.map(|_| ())
+    }
+
+    /// Runs one simple query of sluice's own and returns its rows (at most
+    /// 10,000) as text columns.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        build::query(&mut out, sql);
+        self.state
+            .on_frontend(crate::protocol::tags::FrontendTag::Query);
+        self.exchange_rows(&out, None, 10_000).await
     }
 
     /// Runs one parameterized query of sluice's own and returns its first row

@@ -56,6 +56,44 @@ pub struct Multiplex {
     pub statements: Option<Box<Statements>>,
     /// Read/write routing, for a database with replicas.
     pub routing: Option<Box<ClientRouting>>,
+    /// Whether the server held may have session settings sluice did not
+    /// follow from the text: read them before it goes back.
+    pub watch: SettingsWatch,
+}
+
+/// What the server held ran that may change session settings, from the
+/// time it was checked out until it goes back.
+#[derive(Debug, Default)]
+pub struct SettingsWatch {
+    /// A statement sluice cannot follow ran: an unrecognised SET spelling,
+    /// set_config, a DO block, a function sluice does not know.
+    pub dirty: bool,
+    /// `trust_functions`: calls of unknown functions are not checked.
+    pub trust_functions: bool,
+    /// SET/RESET statements sluice followed from the text, and the `SET`
+    /// and `RESET` command tags the server sent: more tags than followed
+    /// statements means a change came some other way.
+    understood: u16,
+    tags: u16,
+    /// Custom (dotted) settings named in set_config calls, which
+    /// pg_settings does not list. Boxed: every idle client holds a watch.
+    pub custom: Option<Box<Vec<String>>>,
+}
+
+impl SettingsWatch {
+    /// Whether the server's settings must be read before it goes back.
+    pub fn needs_check(&self) -> bool {
+        self.dirty || self.tags > self.understood
+    }
+
+    /// The server went back: a new hold starts clean.
+    pub fn reset(&mut self) {
+        let trust = self.trust_functions;
+        *self = Self {
+            trust_functions: trust,
+            ..Self::default()
+        };
+    }
 }
 
 impl Drop for Multiplex {
@@ -91,7 +129,7 @@ fn session_route_of(vars: &SessionVars) -> SessionRoute {
 
 /// Cheap pre-check so ordinary queries are not tokenized, nor even checked
 /// as UTF-8: a trigger word first, `pg_advisory`, or a second statement.
-fn might_matter(sql: &[u8]) -> bool {
+pub(crate) fn might_matter(sql: &[u8]) -> bool {
     let first = crate::sql::lex::strip_leading_comments_bytes(sql);
     let word_end = first
         .iter()
@@ -144,6 +182,7 @@ impl Multiplex {
             stats: None,
             statements: None,
             routing: None,
+            watch: SettingsWatch::default(),
         }
     }
 
@@ -212,6 +251,11 @@ impl Multiplex {
         if let Some(stats) = &self.stats {
             stats.prepared(st.reprepares - before.0, st.evictions - before.1);
         }
+        // A statement that may change session state runs now: its effects
+        // count as a Query's would (a cached Parse was never scanned).
+        if let Some(def) = st.bound.take() {
+            self.scan_text(def.text(), false, true);
+        }
         match action {
             ClientAction::Forward => Action::Forward,
             ClientAction::Replace(b) => Action::Replace(b),
@@ -234,8 +278,25 @@ impl Multiplex {
             _ => None,
         };
         let Some(text) = text else {
+            if tag == FrontendTag::FunctionCall {
+                self.watch.dirty = true; // a function sluice cannot see
+            }
             return (Verdict::Forward, Vec::new(), 0);
         };
+        self.scan_text(text, at_boundary, tag == FrontendTag::Query)
+    }
+
+    /// `scan_sql` for a statement text; `executes` when it runs now (a
+    /// Query, or the Bind of a prepared statement) rather than is parsed.
+    fn scan_text(
+        &mut self,
+        text: &[u8],
+        at_boundary: bool,
+        executes: bool,
+    ) -> (Verdict, Vec<Effect>, usize) {
+        if executes {
+            self.watch_functions(text);
+        }
         if !might_matter(text) {
             return (Verdict::Forward, Vec::new(), 1);
         }
@@ -244,7 +305,14 @@ impl Multiplex {
         };
         let stmts = statements(sql);
         let count = stmts.len();
-        let found: Vec<Effect> = stmts.into_iter().flat_map(effects).collect();
+        let mut found: Vec<Effect> = Vec::new();
+        for stmt in stmts {
+            let before = found.len();
+            found.extend(effects(stmt));
+            if executes {
+                self.watch_set(stmt, &found[before..]);
+            }
+        }
         if self.reject_pins
             && at_boundary
             && let Some(what) = found.iter().find_map(Pins::pins)
@@ -272,6 +340,51 @@ impl Multiplex {
             }
         }
         (Verdict::Forward, found, count)
+    }
+
+    /// Set_config calls, DO blocks and unknown functions in a statement
+    /// that runs now.
+    fn watch_functions(&mut self, text: &[u8]) {
+        let Ok(sql) = std::str::from_utf8(text) else {
+            return;
+        };
+        if crate::sql::functions::may_change_settings(sql, self.watch.trust_functions) {
+            self.watch.dirty = true;
+            for name in crate::sql::functions::set_config_names(sql) {
+                let custom = self.watch.custom.get_or_insert_default();
+                if name.contains('.') && !custom.contains(&name) {
+                    custom.push(name);
+                }
+            }
+        }
+    }
+
+    /// A SET or RESET statement sluice follows counts against the server's
+    /// tags; one it does not understand (SET SCHEMA, SET SESSION
+    /// CHARACTERISTICS, ...) needs the settings read back.
+    fn watch_set(&mut self, stmt: &str, found: &[Effect]) {
+        let followed = found
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll | Effect::LocalSet
+                )
+            })
+            .count();
+        self.watch.understood = self
+            .watch
+            .understood
+            .saturating_add(u16::try_from(followed).unwrap_or(u16::MAX));
+        let first = crate::sql::lex::strip_leading_comments(stmt);
+        let word = first
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .next()
+            .unwrap_or("");
+        if followed == 0 && (word.eq_ignore_ascii_case("set") || word.eq_ignore_ascii_case("reset"))
+        {
+            self.watch.dirty = true;
+        }
     }
 
     pub fn on_server(
@@ -336,7 +449,12 @@ impl Multiplex {
                 }
             }
             BackendTag::ErrorResponse => self.failed = true,
-            BackendTag::Other(b'C') => self.rolled_back = body.starts_with(b"ROLLBACK"),
+            BackendTag::Other(b'C') => {
+                self.rolled_back = body.starts_with(b"ROLLBACK");
+                if body == b"SET\0" || body == b"RESET\0" {
+                    self.watch.tags = self.watch.tags.saturating_add(1);
+                }
+            }
             BackendTag::ReadyForQuery => match inspect::ready_status(body) {
                 Some(TxnStatus::Idle) => {
                     if !self.failed && !self.rolled_back {

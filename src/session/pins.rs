@@ -59,7 +59,7 @@ impl Pins {
             }
             Effect::DeallocateAll => p.prepared.clear(),
             Effect::DiscardAll => self.0 = None,
-            Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll => {}
+            Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll | Effect::LocalSet => {}
         }
         if !self.is_pinned() {
             self.0 = None;
@@ -71,7 +71,7 @@ impl Pins {
         match e {
             Effect::Listen(_) => Some("LISTEN"),
             Effect::AdvisoryLock => Some("session advisory locks"),
-            Effect::CreateTemp(_) => Some("temporary tables"),
+            Effect::CreateTemp(_) => Some("temporary objects"),
             Effect::DeclareHold(_) => Some("WITH HOLD cursors"),
             Effect::Prepare(_) => Some("SQL PREPARE"),
             _ => None,

@@ -13,7 +13,7 @@ use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
 use super::statements::{Answer, Statements};
-use super::vars::{SessionVars, sync_sql};
+use super::vars::{SessionVars, custom_names, learn_sql, learned, sync_sql};
 use super::{Ctx, Entry, finish};
 use crate::clients::ClientState;
 use crate::config::PoolMode;
@@ -22,6 +22,7 @@ use crate::pool::Checkout;
 use crate::protocol::build;
 use crate::protocol::tags::TxnStatus;
 use crate::route::{Decision, Target};
+use crate::server::ServerConn;
 
 /// Client-facing backend pids for transaction pooling, where a client has
 /// no one server. Kept apart from real pids' usual range.
@@ -57,6 +58,7 @@ pub(crate) fn run<'a>(
     let g = &ctx.config.general;
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
     mux.stats = Some(ctx.shared.stats.clone());
+    mux.watch.trust_functions = g.trust_functions;
     let cap = g.max_prepared_statements;
     mux.statements = (cap > 0).then(|| {
         Box::new(Statements {
@@ -172,10 +174,21 @@ impl Pooled<'_> {
         self.key.slot.disarm();
         match end {
             RelayEnd::Release => {
+                // Rare, so boxed: the usual transaction's future stays small.
+                let learnt = !self.mux.watch.needs_check()
+                    || Box::pin(learn_settings(checkout.server(), &mut self.mux))
+                        .await
+                        .inspect_err(|e| tracing::warn!(error = %e, "could not read a server's session settings: discarding it"))
+                        .is_ok();
+                self.mux.watch.reset();
                 if let Some(r) = self.mux.routing.as_mut() {
                     r.released();
                 }
-                checkout.release();
+                if learnt {
+                    checkout.release();
+                } else {
+                    checkout.discard();
+                }
                 ctx.client.set_state(ClientState::Idle);
                 ctx.client.hold(0, "");
                 None
@@ -184,6 +197,39 @@ impl Pooled<'_> {
             other => Some(Box::pin(finish(checkout, other, ctx.config)).await),
         }
     }
+}
+
+/// After a transaction that may have changed session settings in ways the
+/// text did not show (`SettingsWatch`): reads the server's session-level
+/// settings, makes them the client's (they follow it to other servers)
+/// and records them as the server's (the next client's checkout resets
+/// what differs from its own), so no setting crosses clients.
+async fn learn_settings(server: &mut ServerConn, mux: &mut Multiplex) -> Result<(), ServerError> {
+    let sql = learn_sql(
+        custom_names(
+            &mux.vars.extra,
+            &server.extra,
+            mux.watch.custom.as_deref().map_or(&[], Vec::as_slice),
+        )
+        .into_iter(),
+    );
+    let rows = server
+        .query_rows(&sql)
+        .await?
+        .into_iter()
+        .filter_map(|r| match <[_; 2]>::try_from(r) {
+            Ok([Some(n), Some(v)]) => Some((n, v)),
+            _ => None,
+        })
+        .collect();
+    let extra = learned(rows, &mux.vars.reported, &mux.vars.extra);
+    tracing::debug!(
+        settings = extra.len(),
+        "session settings read back from the server"
+    );
+    server.extra = extra.clone();
+    mux.vars.extra = extra;
+    Ok(())
 }
 
 /// Brings a server back to how it was at its own login, so a new client's

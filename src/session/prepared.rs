@@ -22,6 +22,35 @@ pub struct StmtDef {
     pub global: String,
     /// The Parse body after the name: query text and parameter types.
     pub rest: Bytes,
+    /// Its text may change session state (`touches_session`): each
+    /// execution is scanned like a Query is.
+    pub session: bool,
+}
+
+impl StmtDef {
+    /// A statement that lives only in a client's unnamed slot.
+    pub fn unnamed(rest: &[u8]) -> Arc<Self> {
+        Arc::new(StmtDef {
+            global: String::new(),
+            rest: Bytes::copy_from_slice(rest),
+            session: touches_session(rest),
+        })
+    }
+
+    /// The query text.
+    pub fn text(&self) -> &[u8] {
+        crate::protocol::inspect::take_cstr(&self.rest).map_or(&[][..], |(q, _)| q)
+    }
+}
+
+/// Whether executing the statement whose Parse body is `rest` may pin the
+/// client or change its settings: a session command, or a call that may
+/// set a GUC (checked once, when the statement is defined).
+fn touches_session(rest: &[u8]) -> bool {
+    let text = crate::protocol::inspect::take_cstr(rest).map_or(&[][..], |(q, _)| q);
+    super::multiplex::might_matter(text)
+        || std::str::from_utf8(text)
+            .is_ok_and(|t| crate::sql::functions::may_change_settings(t, false))
 }
 
 /// The definition for a Parse body `rest` under `search_path` (statements
@@ -40,6 +69,7 @@ pub fn define(rest: &[u8], search_path: Option<&str>) -> Arc<StmtDef> {
     Arc::new(StmtDef {
         global,
         rest: Bytes::copy_from_slice(rest),
+        session: touches_session(rest),
     })
 }
 

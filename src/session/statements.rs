@@ -49,6 +49,9 @@ pub struct Statements {
     /// Statements of this pool known to parse: a client's Parse of one can
     /// be answered without a server.
     pub known: Option<Arc<KnownStatements>>,
+    /// The statement the last Bind executes, when its text may change
+    /// session state (`StmtDef::session`): the caller scans it.
+    pub bound: Option<Arc<StmtDef>>,
 }
 
 /// Where a client's statement lives on servers: the unnamed slot, or a
@@ -204,7 +207,13 @@ impl Statements {
                 };
                 let mut out = BytesMut::new();
                 // resolve() queues any Parse it inserts ahead of the Bind's own entry.
-                let action = match self.resolve(v.statement, server, &mut out) {
+                let global = self.resolve(v.statement, server, &mut out);
+                self.bound = match &global {
+                    Some(Global::Named(def)) if def.session => Some(def.clone()),
+                    Some(Global::Unnamed) => self.client.unnamed.clone().filter(|d| d.session),
+                    _ => None,
+                };
+                let action = match global {
                     Some(g) if g.name() != v.statement || !out.is_empty() => {
                         ext::build_bind(&mut out, v.portal, g.name(), v.rest);
                         ClientAction::Replace(out)
@@ -289,10 +298,7 @@ impl Statements {
             // keep the copy already held when the text has not changed.
             let def = match &self.client.unnamed {
                 Some(d) if d.rest == v.rest => d.clone(),
-                _ => Arc::new(StmtDef {
-                    global: String::new(),
-                    rest: Bytes::copy_from_slice(v.rest),
-                }),
+                _ => StmtDef::unnamed(v.rest),
             };
             self.client.unnamed = Some(def.clone());
             server.unnamed = Some(def);

@@ -20,7 +20,6 @@ const READ_ONLY: &[&str] = &[
     "server_encoding",
     "integer_datetimes",
     "is_superuser",
-    "session_authorization",
     "in_hot_standby",
     "scram_iterations",
 ];
@@ -70,6 +69,70 @@ fn apply_sql(out: &mut Vec<String>, name: &str, s: &Setting) {
         Setting::Sql(v) if safe_name(name) => out.push(format!("SET {name} TO {v}")),
         Setting::Sql(_) => {}
     }
+}
+
+/// The query that reads a server's session-level settings after a
+/// transaction that may have changed them in ways sluice could not follow
+/// (`SettingsWatch`): pg_settings' session rows, the role (which
+/// pg_settings does not list), and the custom settings `custom` names
+/// (nor those). One round trip, and only after such a transaction.
+pub fn learn_sql<'a>(custom: impl Iterator<Item = &'a str>) -> String {
+    let mut sql = String::from(
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' \
+         UNION ALL SELECT 'role', r FROM pg_catalog.current_setting('role') AS r WHERE r <> 'none'",
+    );
+    for name in custom {
+        let n = literal(name);
+        sql.push_str(&format!(
+            " UNION ALL SELECT {n}, v FROM pg_catalog.current_setting({n}, true) AS v WHERE v <> ''"
+        ));
+    }
+    sql
+}
+
+/// Custom settings whose value `learn_sql` must ask for by name: the
+/// client's own and the server's, and those set_config calls named.
+/// sluice's own (`sluice.route`) never reach the server as such.
+pub fn custom_names<'a>(
+    client: &'a BTreeMap<String, Setting>,
+    server: &'a BTreeMap<String, Setting>,
+    named: &'a [String],
+) -> Vec<&'a str> {
+    let mut names: Vec<&str> = client
+        .keys()
+        .chain(server.keys())
+        .chain(named)
+        .map(String::as_str)
+        .filter(|n| n.contains('.') && !n.starts_with("sluice."))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The client's settings beyond the reported parameters as the server
+/// holds them (`rows` from `learn_sql`): what transaction pooling applies
+/// for it on other servers, and what the server must be brought back from.
+/// Reported parameters are left out (ParameterStatus follows them), and
+/// sluice's own settings are kept from `before`.
+pub fn learned(
+    rows: Vec<(String, String)>,
+    reported: &crate::server::Params,
+    before: &BTreeMap<String, Setting>,
+) -> BTreeMap<String, Setting> {
+    let mut out: BTreeMap<String, Setting> = before
+        .iter()
+        .filter(|(k, _)| k.starts_with("sluice."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (name, value) in rows {
+        let name = name.to_ascii_lowercase();
+        if reported.keys().any(|k| k.eq_ignore_ascii_case(&name)) || !safe_name(&name) {
+            continue;
+        }
+        out.insert(name, Setting::Text(value));
+    }
+    out
 }
 
 /// The statements that make a server whose state is (`params`, `extra`)
@@ -150,6 +213,36 @@ mod tests {
             "SELECT pg_catalog.set_config(E'TimeZone', E'Asia/Tokyo', false); SET search_path TO a, public; \
              SELECT pg_catalog.set_config(E'statement_timeout', E'5s', false); RESET work_mem"
         );
+    }
+
+    #[test]
+    fn learnt_settings_leave_reported_ones_and_keep_sluices_own() {
+        let reported = crate::server::params_of(&[("TimeZone", "UTC")]);
+        let mut before = BTreeMap::new();
+        before.insert("sluice.route".to_string(), Setting::Sql("'replica'".into()));
+        before.insert("work_mem".to_string(), Setting::Sql("'8MB'".into()));
+        let rows = vec![
+            ("search_path".to_string(), "s1".to_string()),
+            ("timezone".to_string(), "Asia/Tokyo".to_string()),
+            ("role".to_string(), "app".to_string()),
+            ("MyApp.Id".to_string(), "42".to_string()),
+        ];
+        let got = learned(rows, &reported, &before);
+        let want: BTreeMap<String, Setting> = [
+            ("myapp.id", Setting::Text("42".into())),
+            ("role", Setting::Text("app".into())),
+            ("search_path", Setting::Text("s1".into())),
+            ("sluice.route", Setting::Sql("'replica'".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(got, want, "work_mem was reset on the server: it is gone");
+        assert_eq!(
+            custom_names(&got, &before, &["a.b".to_string(), "plain".to_string()]),
+            vec!["a.b", "myapp.id"]
+        );
+        assert!(learn_sql(["a.b"].into_iter()).contains("current_setting(E'a.b', true)"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub enum Effect {
     /// `RESET name` or `SET name TO DEFAULT`.
     Reset(String),
     ResetAll,
+    /// `SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`: a `SET` tag with
+    /// no effect past the transaction.
+    LocalSet,
     DiscardAll,
     Listen(String),
     Unlisten(String),
@@ -126,7 +129,7 @@ pub fn effects(stmt: &str) -> Vec<Effect> {
 fn set(stmt: &str, toks: &[(Token<'_>, usize)]) -> Option<Effect> {
     let mut i = 1;
     match word(toks.get(1)) {
-        Some("local") | Some("transaction") | Some("constraints") => return None,
+        Some("local") | Some("transaction") | Some("constraints") => return Some(Effect::LocalSet),
         Some("session") => {
             if matches!(word(toks.get(2)), Some("characteristics")) {
                 return None;
@@ -167,8 +170,11 @@ fn create_temp(toks: &[(Token<'_>, usize)]) -> Option<Effect> {
     if word(toks.get(1)) == Some("global") || word(toks.get(1)) == Some("local") {
         i = 2;
     }
+    if word(toks.get(i)) == Some("or") && word(toks.get(i + 1)) == Some("replace") {
+        i += 2;
+    }
     if !matches!(word(toks.get(i)), Some("temp") | Some("temporary")) {
-        return None;
+        return in_pg_temp(toks, i);
     }
     i += 1;
     if word(toks.get(i)) == Some("unlogged") {
@@ -186,6 +192,31 @@ fn create_temp(toks: &[(Token<'_>, usize)]) -> Option<Effect> {
     }
     name(toks, i)
         .map(|(n, _)| Effect::CreateTemp(n.rsplit('.').next().unwrap_or_default().to_string()))
+}
+
+/// `CREATE <kind> pg_temp.name`: types, domains, sequences, views,
+/// functions and tables made in the session's temporary schema, which
+/// vanish with the server connection like temporary tables. `i` is the
+/// token after CREATE [OR REPLACE].
+fn in_pg_temp(toks: &[(Token<'_>, usize)], mut i: usize) -> Option<Effect> {
+    // The object's kind: one or two words (MATERIALIZED VIEW, ...), then
+    // IF NOT EXISTS.
+    for _ in 0..2 {
+        if matches!(toks.get(i + 1), Some((Token::Word(w), _)) if w != "if")
+            && !matches!(toks.get(i + 2), Some((Token::Punct('.'), _)))
+        {
+            i += 1;
+        }
+    }
+    i += 1;
+    if word(toks.get(i)) == Some("if") {
+        i += 3;
+    }
+    let (n, _) = name(toks, i)?;
+    let (schema, object) = n.rsplit_once('.')?;
+    schema
+        .eq_ignore_ascii_case("pg_temp")
+        .then(|| Effect::CreateTemp(object.to_string()))
 }
 
 /// Session-level advisory lock calls anywhere in the statement.
@@ -240,9 +271,14 @@ mod tests {
             effects("SET work_mem TO DEFAULT"),
             vec![Reset("work_mem".into())]
         );
-        assert_eq!(effects("SET LOCAL work_mem = '1MB'"), vec![]);
+        assert_eq!(effects("SET LOCAL work_mem = '1MB'"), vec![LocalSet]);
         assert_eq!(
             effects("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+            vec![LocalSet]
+        );
+        assert_eq!(effects("SET SCHEMA 's1'"), vec![]);
+        assert_eq!(
+            effects("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
             vec![]
         );
         assert_eq!(effects("RESET DateStyle"), vec![Reset("datestyle".into())]);
@@ -280,6 +316,20 @@ mod tests {
             vec![CreateTemp("t2".into())]
         );
         assert_eq!(effects("CREATE TABLE t (x int)"), vec![]);
+        for sql in [
+            "CREATE TYPE pg_temp.mood AS ENUM ('sad', 'ok')",
+            "create domain PG_TEMP.mood as int",
+            "CREATE SEQUENCE IF NOT EXISTS pg_temp.mood",
+            "CREATE OR REPLACE VIEW pg_temp.mood AS SELECT 1",
+            "CREATE MATERIALIZED VIEW pg_temp.mood AS SELECT 1",
+            "CREATE OR REPLACE FUNCTION pg_temp.mood() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+            "CREATE TEMP VIEW mood AS SELECT 1",
+            "CREATE OR REPLACE TEMP VIEW mood AS SELECT 1",
+        ] {
+            assert_eq!(effects(sql), vec![CreateTemp("mood".into())], "{sql}");
+        }
+        assert_eq!(effects("CREATE TYPE public.mood AS ENUM ('a')"), vec![]);
+        assert_eq!(effects("CREATE TYPE mood AS ENUM ('a')"), vec![]);
         assert_eq!(
             effects("DROP TABLE IF EXISTS t, s.u"),
             vec![Drop(vec!["t".into(), "u".into()])]
