@@ -123,8 +123,19 @@ const TRIGGERS: &[&str] = &[
 fn session_route_of(vars: &SessionVars) -> SessionRoute {
     match vars.extra.get("sluice.route") {
         Some(Setting::Text(v) | Setting::Sql(v)) => SessionRoute::parse(v),
+        // A replica cannot run a serializable transaction (0A000): a
+        // client whose transactions default to it reads on the primary.
+        None if serializable_by_default(vars) => SessionRoute::Primary,
         None => SessionRoute::Auto,
     }
+}
+
+fn serializable_by_default(vars: &SessionVars) -> bool {
+    matches!(
+        vars.extra.get("default_transaction_isolation"),
+        Some(Setting::Text(v) | Setting::Sql(v))
+            if v.trim().trim_matches('\'').eq_ignore_ascii_case("serializable")
+    )
 }
 
 /// Cheap pre-check so ordinary queries are not tokenized, nor even checked

@@ -18,6 +18,7 @@ mod pooling;
 mod prepared;
 mod prometheus;
 mod routing;
+mod session_state;
 mod tls;
 mod tools;
 mod txn_pooling;

@@ -1,0 +1,126 @@
+//! Transaction pooling keeps every client's session state its own, however
+//! the state was changed: every SET spelling, set_config in a query, a
+//! function that sets a GUC inside; temporary objects of every kind pin.
+
+use crate::harness::sql::value;
+use crate::harness::{Cluster, DB, Sluice, pooled};
+
+/// `setup` on one client, then 30 rounds in which that client sees `want`
+/// from `probe` and fresh clients (over the same 2 servers) never do.
+async fn stays_with_its_client(s: &Sluice, setup: &str, probe: &str, want: &str) {
+    let a = s.app().await;
+    a.batch_execute(setup)
+        .await
+        .unwrap_or_else(|e| panic!("{setup}: {e}"));
+    let (mut kept, mut leaked) = (0, 0);
+    for _ in 0..30 {
+        let other = s.app().await;
+        if value(&other, probe).await.unwrap() == want {
+            leaked += 1;
+        }
+        if value(&a, probe).await.unwrap() == want {
+            kept += 1;
+        }
+    }
+    assert_eq!(
+        (kept, leaked),
+        (30, 0),
+        "{setup}: the client kept its value {kept} of 30 times, other clients saw it {leaked} times"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_set_spelling_stays_with_its_client() {
+    let s = pooled("transaction", 2, "").await;
+    let path = "SELECT current_setting('search_path')";
+    for (setup, probe, want) in [
+        ("SET SCHEMA 'it23_s1'", path, "it23_s1"),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SELECT current_setting('default_transaction_isolation')",
+            "serializable",
+        ),
+        (
+            "SET XML OPTION DOCUMENT",
+            "SELECT current_setting('xmloption')",
+            "document",
+        ),
+        (
+            "SET SESSION statement_timeout TO 4321",
+            "SELECT current_setting('statement_timeout')",
+            "4321ms",
+        ),
+        (
+            "SET TIME ZONE 'Asia/Tokyo'",
+            "SELECT current_setting('TimeZone')",
+            "Asia/Tokyo",
+        ),
+        (
+            "SET work_mem = '3MB'; RESET work_mem; SET SCHEMA 'it23_s2'",
+            path,
+            "it23_s2",
+        ),
+        (
+            "SELECT set_config('search_path', 'it23_s3', false)",
+            path,
+            "it23_s3",
+        ),
+        (
+            "SELECT pg_catalog.set_config('it23.user_id', '42', false)",
+            "SELECT current_setting('it23.user_id', true)",
+            "42",
+        ),
+        (
+            "DO $$ BEGIN PERFORM set_config('search_path', 'it23_s4', false); END $$",
+            path,
+            "it23_s4",
+        ),
+    ] {
+        stays_with_its_client(&s, setup, probe, want).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_sets_a_setting_does_not_leak_it() {
+    let cluster = Cluster::shared();
+    cluster.primary.psql(
+        DB,
+        "CREATE OR REPLACE FUNCTION it23_set_path() RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN PERFORM set_config('search_path', 'it23_fn', false); RETURN 1; END $$",
+    );
+    let s = pooled("transaction", 2, "").await;
+    // On the primary: the replica may not have replayed the function yet.
+    stays_with_its_client(
+        &s,
+        "/* sluice:primary */ SELECT it23_set_path()",
+        "SELECT current_setting('search_path')",
+        "it23_fn",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_types_domains_and_sequences_pin_their_client() {
+    let s = pooled("transaction", 2, "").await;
+    let a = s.app().await;
+    a.batch_execute(
+        "CREATE TYPE pg_temp.it23_mood AS ENUM ('sad', 'ok'); \
+         CREATE DOMAIN pg_temp.it23_pos AS int CHECK (VALUE > 0); \
+         CREATE SEQUENCE pg_temp.it23_seq",
+    )
+    .await
+    .unwrap();
+    for _ in 0..20 {
+        let other = s.app().await;
+        let seen = value(&other, "SELECT count(*) FROM pg_type WHERE typname IN ('it23_mood', 'it23_pos') AND pg_type_is_visible(oid)")
+            .await
+            .unwrap();
+        assert_eq!(seen, "0", "another client sees the temporary types");
+        assert_eq!(
+            value(&a, "SELECT 'ok'::it23_mood::text || (5::it23_pos)::text || (nextval('it23_seq') > 0)::text")
+                .await
+                .unwrap(),
+            "ok5true"
+        );
+    }
+}
