@@ -111,6 +111,10 @@ pub async fn authenticate(
 /// Reads the client's next 'p' message body.
 async fn read_password_message(conn: &mut Conn) -> Result<bytes::Bytes, Error> {
     let f = conn.read_frame(MAX_AUTH_MESSAGE).await?;
+    // A client may quit in the middle of authenticating: a clean close.
+    if FrontendTag::from_byte(f.tag) == FrontendTag::Terminate {
+        return Err(Error::Eof);
+    }
     if FrontendTag::from_byte(f.tag) != FrontendTag::Password {
         return Err(Error::refuse(
             sqlstate::PROTOCOL_VIOLATION,

@@ -8,6 +8,9 @@ use super::stream::PgStream;
 use crate::error::Error;
 use crate::protocol::frame::{self, Frame};
 
+/// A whole Terminate message.
+pub const TERMINATE: &[u8] = b"X\0\0\0\x04";
+
 /// Initial read buffer; it grows only with traffic.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -46,9 +49,15 @@ impl Conn {
         }
     }
 
-    /// Reads one untyped startup-phase packet (length word included).
+    /// Reads one untyped startup-phase packet (length word included). A
+    /// Terminate instead (a client that quits before its login finished,
+    /// as node-postgres's `connect(); end()` does) is the end of the
+    /// connection, not a startup packet 1.4 GB long.
     pub async fn read_startup_packet(&mut self) -> Result<bytes::Bytes, Error> {
         loop {
+            if self.rbuf.starts_with(TERMINATE) {
+                return Err(Error::Eof);
+            }
             if let Some(len) = frame::peek_startup_len(&self.rbuf)? {
                 if self.rbuf.len() >= len {
                     return Ok(self.rbuf.split_to(len).freeze());
@@ -84,6 +93,16 @@ impl Conn {
             }
         };
         let _ = tokio::time::timeout(LINGER, drain).await;
+    }
+
+    /// Ends a TLS connection with a close_notify alert, as PostgreSQL does
+    /// (libpq 17 reports a TLS error on a connection closed without one,
+    /// its cancel requests included); a plaintext one needs nothing.
+    pub async fn close(&mut self) {
+        if self.stream.is_tls() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown())
+                .await;
+        }
     }
 
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {

@@ -79,9 +79,7 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
                 "terminating connection due to administrator command (KILL)",
             ))
         });
-        if let Err(e) = result {
-            Box::pin(refuse(&mut pipe, e)).await;
-        }
+        Box::pin(end(&mut pipe, result)).await;
     }
     .instrument(span)
 }
@@ -124,12 +122,26 @@ async fn open(
                 peer_ip,
             }),
         )),
-        Ok(Opening::Cancelled) => None,
+        Ok(Opening::Cancelled) => {
+            pipe.client.close().await;
+            None
+        }
         Err(e) => {
             refuse(&mut pipe, e).await;
+            pipe.client.close().await;
             None
         }
     }
+}
+
+/// The session is over: tells the client why, when that is its business,
+/// and closes the connection (boxed by the caller: it takes no room in an
+/// idle client's task).
+async fn end(pipe: &mut Pipe, result: Result<(), Error>) {
+    if let Err(e) = result {
+        refuse(pipe, e).await;
+    }
+    pipe.client.close().await;
 }
 
 /// Tells the client why its session ends, when that is the client's business.

@@ -459,3 +459,37 @@ async fn hostile_server_replies_cost_only_their_client() {
         );
     }
 }
+
+/// A client that quits before its login finished (node-postgres's
+/// `connect(); end()` sends Terminate first) is closed without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_during_startup_or_authentication_closes_cleanly() {
+    let s = Sluice::with(Cluster::shared(), "").await;
+    let terminate = b"X\0\0\0\x04";
+    // Before the startup packet, and right after it (sluice is asking
+    // for a password).
+    let startup = crate::harness::wire::startup_packet(&[("user", SCRAM_USER.0), ("database", DB)]);
+    for first in [&[][..], &startup[..]] {
+        let mut w = Wire::connect(s.port).await;
+        w.send(&[first, &terminate[..]].concat()).await;
+        let mut got = Vec::new();
+        while let Some(m) = w.recv().await {
+            got.push(m.tag);
+        }
+        assert!(
+            !got.contains(&b'E'),
+            "an error before the clean close: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_connect_then_end_a_hundred_times() {
+    let s = Sluice::with(Cluster::shared(), "pool_mode = \"transaction\"").await;
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{DB}",
+        SCRAM_USER.0, SCRAM_USER.1, s.port
+    );
+    crate::harness::drivers::driver("node", "node", "node_connect_end.js", &[url]).await;
+}

@@ -20,5 +20,6 @@ mod prometheus;
 mod routing;
 mod session_state;
 mod tls;
+mod tls_drivers;
 mod tools;
 mod txn_pooling;

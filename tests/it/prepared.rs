@@ -2,9 +2,7 @@
 //! across servers, and the client sees exactly what a direct connection
 //! would send.
 
-use std::process::Command;
-use std::sync::OnceLock;
-
+use crate::harness::drivers::driver;
 use crate::harness::wire::{Msg, message, query};
 use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, Wire};
 
@@ -311,60 +309,6 @@ async fn pgbench_prepared_64_clients_over_8_servers() {
     }
 }
 
-/// Installs a driver once per test process if it is missing.
-fn ensure(kind: &'static str) {
-    static PY: OnceLock<()> = OnceLock::new();
-    static NODE: OnceLock<()> = OnceLock::new();
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    match kind {
-        "python" => PY.get_or_init(|| {
-            let have = Command::new("python3")
-                .args(["-c", "import psycopg, asyncpg"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !have {
-                run(Command::new("python3")
-                    .args(["-m", "pip", "install", "-q", "-r"])
-                    .arg(format!("{dir}/requirements.txt")));
-            }
-        }),
-        _ => NODE.get_or_init(|| {
-            if !std::path::Path::new(&format!("{dir}/node_modules/pg")).exists() {
-                run(Command::new("npm").args([
-                    "install",
-                    "--silent",
-                    "--no-audit",
-                    "--no-fund",
-                    "--prefix",
-                    dir,
-                ]));
-            }
-        }),
-    };
-}
-
-async fn driver(kind: &'static str, program: &str, script: &str, url: String) {
-    tokio::task::spawn_blocking(move || ensure(kind))
-        .await
-        .unwrap();
-    let mut cmd = Command::new(program);
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/").to_string() + script)
-        .arg(url);
-    let (stdout, stderr) = crate::harness::run::run_ok(cmd).await;
-    assert!(
-        stdout.trim_end().ends_with("ok"),
-        "{script}:\n{stdout}{stderr}"
-    );
-}
-
 fn url(s: &Sluice) -> String {
     format!(
         "postgresql://{}:{}@127.0.0.1:{}/{DB}",
@@ -375,19 +319,19 @@ fn url(s: &Sluice) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_with_prepare_threshold_zero() {
     let s = pooled(2, "").await;
-    driver("python", "python3", "psycopg_check.py", url(&s)).await;
+    driver("python", "python3", "psycopg_check.py", &[url(&s)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncpg_statement_cache() {
     let s = pooled(2, "").await;
-    driver("python", "python3", "asyncpg_check.py", url(&s)).await;
+    driver("python", "python3", "asyncpg_check.py", &[url(&s)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_named_queries() {
     let s = pooled(2, "").await;
-    driver("node", "node", "node_pg_check.js", url(&s)).await;
+    driver("node", "node", "node_pg_check.js", &[url(&s)]).await;
 }
 
 /// A pool of one server, and a client that prepared `sql` as "warm" on it,

@@ -112,15 +112,41 @@ async fn temporary_types_domains_and_sequences_pin_their_client() {
     .unwrap();
     for _ in 0..20 {
         let other = s.app().await;
-        let seen = value(&other, "SELECT count(*) FROM pg_type WHERE typname IN ('it23_mood', 'it23_pos') AND pg_type_is_visible(oid)")
+        // On the primary, where the types were made: a replica has none.
+        let seen = value(&other, "/* sluice:primary */ SELECT count(*) FROM pg_type WHERE typname IN ('it23_mood', 'it23_pos') AND pg_type_is_visible(oid)")
             .await
             .unwrap();
         assert_eq!(seen, "0", "another client sees the temporary types");
         assert_eq!(
-            value(&a, "SELECT 'ok'::it23_mood::text || (5::it23_pos)::text || (nextval('it23_seq') > 0)::text")
+            value(&a, "/* sluice:primary */ SELECT 'ok'::it23_mood::text || (5::it23_pos)::text || (nextval('it23_seq') > 0)::text")
                 .await
                 .unwrap(),
             "ok5true"
         );
+    }
+}
+
+/// A statement some server already parsed is answered without a server;
+/// when the client then executes it, a temporary table it creates still
+/// pins the client (tokio-postgres prepares every statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_create_temp_table_still_pins() {
+    let s = pooled("transaction", 2, "").await;
+    let create = "CREATE TEMPORARY TABLE it23_foo (id int)";
+    // The first client makes the statement known, then leaves.
+    let first = s.app().await;
+    first.execute(create, &[]).await.unwrap();
+    drop(first);
+    let a = s.app().await;
+    a.execute(create, &[]).await.unwrap();
+    let probe = "/* sluice:primary */ SELECT count(*) FROM pg_class WHERE relname = 'it23_foo' AND pg_table_is_visible(oid)";
+    for _ in 0..20 {
+        let other = s.app().await;
+        assert_eq!(
+            value(&other, probe).await.unwrap(),
+            "0",
+            "another client sees it23_foo"
+        );
+        assert_eq!(value(&a, probe).await.unwrap(), "1");
     }
 }

@@ -1,5 +1,6 @@
 pub mod certs;
 pub mod cluster;
+pub mod drivers;
 pub mod run;
 pub mod sluice;
 pub mod sql;
