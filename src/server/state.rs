@@ -52,6 +52,12 @@ impl ServerState {
         }
     }
 
+    /// `n` Syncs sent will get no ReadyForQuery (the server ignored them
+    /// during COPY FROM STDIN).
+    pub fn void_syncs(&mut self, n: u32) {
+        self.pending_ready = self.pending_ready.saturating_sub(n);
+    }
+
     /// Nothing in flight in either direction: every request has been answered.
     pub fn at_boundary(&self) -> bool {
         self.pending_ready == 0 && !self.unsynced && !self.copy

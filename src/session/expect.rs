@@ -20,6 +20,9 @@ pub enum Kind {
     Sync,
     /// Query or FunctionCall: ends at ReadyForQuery, errors do not skip.
     Simple,
+    /// No reply: where the client ended a COPY FROM STDIN (CopyDone or
+    /// CopyFail) before the server's CopyInResponse came.
+    CopyEnd,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::DescribeStatement | Kind::DescribePortal => matches!(tag, b'T' | b'n'),
             Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
             Kind::Sync | Kind::Simple => tag == b'Z',
+            Kind::CopyEnd => false,
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct FrameAction {
     pub replace: Option<Bytes>,
     /// Bookkeeping of messages that failed or were skipped.
     pub failed: Vec<OnFail>,
+    /// Syncs sent that the server ignores (they came during COPY FROM
+    /// STDIN): no ReadyForQuery answers them.
+    pub void_syncs: u32,
     /// A statement that just parsed successfully on the server.
     pub parsed: Option<String>,
 }
@@ -91,6 +98,10 @@ pub struct ExpectQueue {
     q: VecDeque<Entry>,
     /// The server hit an error and skips messages until the next Sync.
     skipping: bool,
+    /// The server is in COPY FROM STDIN and the client has not ended it:
+    /// PostgreSQL ignores a Sync then (drivers send one after Execute
+    /// without knowing the statement is a COPY).
+    copy_in: bool,
 }
 
 impl ExpectQueue {
@@ -111,6 +122,55 @@ impl ExpectQueue {
         }
         self.q.push_back(e);
         None
+    }
+
+    /// Whether a client's Sync now would be ignored by the server (it is in
+    /// COPY FROM STDIN): such a Sync is not sent, and owes nothing.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            // Before the CopyInResponse (or with no COPY at all): marks
+            // where the Syncs the server will ignore stop.
+            self.q.push_back(Entry::reply(Kind::CopyEnd));
+        }
+    }
+
+    /// A CopyInResponse: the Syncs sent after the Execute that began the
+    /// COPY and before its end are ignored by the server; they leave the
+    /// queue, and `void_syncs` says how many.
+    fn copy_in_began(&mut self, action: &mut FrameAction) {
+        self.copy_in = true;
+        if self.q.front().is_some_and(|h| h.kind != Kind::Execute) {
+            return;
+        }
+        let mut i = 1;
+        while i < self.q.len() {
+            match self.q[i].kind {
+                Kind::Sync if self.q[i].act == Act::Reply => {
+                    let _ = self.q.remove(i);
+                    action.void_syncs += 1;
+                }
+                Kind::CopyEnd => {
+                    let _ = self.q.remove(i);
+                    self.copy_in = false;
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// Drops COPY-end marks that reached the head: they owe nothing.
+    fn pop_marks(&mut self) {
+        while self.q.front().is_some_and(|e| e.kind == Kind::CopyEnd) {
+            self.q.pop_front();
+        }
     }
 
     /// Injected replies now at the head: everything before them is answered.
@@ -137,9 +197,11 @@ impl ExpectQueue {
     /// not, and skip `on_server`.
     #[inline]
     pub fn cares(&self, tag: u8) -> bool {
-        self.q
-            .front()
-            .is_some_and(|h| tag == b'E' || h.kind.completed_by(tag))
+        self.q.front().is_some_and(|h| {
+            tag == b'E'
+                || h.kind.completed_by(tag)
+                || (tag == b'G' && matches!(h.kind, Kind::Execute | Kind::Simple))
+        })
     }
 
     /// Whether `due_injections` has anything to give.
@@ -160,6 +222,12 @@ impl ExpectQueue {
         let Some(head) = self.q.front() else {
             return action;
         };
+        if tag == b'G' {
+            if matches!(head.kind, Kind::Execute | Kind::Simple) {
+                self.copy_in_began(&mut action);
+            }
+            return action;
+        }
         if tag == b'E' {
             if head.kind == Kind::Simple {
                 return action;
@@ -179,6 +247,9 @@ impl ExpectQueue {
                     action.failed.push(e.on_fail);
                 }
             }
+            // A failed COPY leaves copy-in mode.
+            self.copy_in = false;
+            self.pop_marks();
             self.skipping = self.q.is_empty();
             return action;
         }
@@ -191,6 +262,7 @@ impl ExpectQueue {
                 action.parsed = e.on_fail.unprepare;
             }
         }
+        self.pop_marks();
         action
     }
 }
@@ -319,6 +391,55 @@ mod tests {
         assert!(!q.is_empty());
         q.on_server(b'Z');
         assert!(q.is_empty());
+    }
+
+    /// tokio-postgres's copy_in: Bind, Execute, Sync, then (after the
+    /// CopyInResponse) CopyData, CopyDone, Sync. PostgreSQL ignores the
+    /// first Sync, so one ReadyForQuery answers the two.
+    #[test]
+    fn a_sync_sent_during_copy_in_owes_nothing() {
+        for done_before_g in [false, true] {
+            let mut q = ExpectQueue::default();
+            q.push(Entry::reply(Kind::Bind));
+            q.push(Entry::reply(Kind::Execute));
+            q.push(Entry::reply(Kind::Sync));
+            if done_before_g {
+                q.copy_end();
+                q.push(Entry::reply(Kind::Sync));
+            }
+            q.on_server(b'2');
+            assert!(q.cares(b'G'));
+            assert_eq!(q.on_server(b'G').void_syncs, 1);
+            if !done_before_g {
+                assert!(q.in_copy_in(), "a Sync now is not sent");
+                q.copy_end();
+                q.push(Entry::reply(Kind::Sync));
+            }
+            assert!(!q.in_copy_in());
+            q.on_server(b'C');
+            q.on_server(b'Z');
+            assert!(q.is_empty(), "done before G: {done_before_g}");
+        }
+    }
+
+    #[test]
+    fn a_copy_that_fails_to_start_leaves_no_mark() {
+        let mut q = ExpectQueue::default();
+        q.push(Entry::reply(Kind::Execute));
+        q.push(Entry::reply(Kind::Sync));
+        q.copy_end();
+        q.push(Entry::reply(Kind::Sync));
+        q.on_server(b'E');
+        q.on_server(b'Z');
+        q.on_server(b'Z');
+        assert!(q.is_empty());
+        // A simple-query COPY: the end comes after the CopyInResponse.
+        q.push(Entry::reply(Kind::Simple));
+        assert_eq!(q.on_server(b'G').void_syncs, 0);
+        q.copy_end();
+        q.on_server(b'C');
+        q.on_server(b'Z');
+        assert!(q.is_empty() && !q.in_copy_in());
     }
 
     #[test]

@@ -861,6 +861,7 @@ impl Pipe {
                 continue;
             };
             let act = m.on_server(tag, h.tag, body, &mut server.extra, &mut server.statements);
+            server.state.void_syncs(act.void_syncs);
             if act.drop || act.replace.is_some() {
                 self.forward_server(server, off);
                 let _ = server.conn.rbuf.split_to(h.total);

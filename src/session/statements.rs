@@ -269,8 +269,15 @@ impl Statements {
                 self.push(Entry::reply(Kind::Execute));
                 ClientAction::Forward
             }
+            // PostgreSQL ignores a Sync during COPY FROM STDIN: sluice
+            // does not send it, and no ReadyForQuery is owed for it.
+            FrontendTag::Sync if self.expect.in_copy_in() => ClientAction::Drop,
             FrontendTag::Sync => {
                 self.push(Entry::reply(Kind::Sync));
+                ClientAction::Forward
+            }
+            FrontendTag::CopyDone | FrontendTag::CopyFail => {
+                self.expect.copy_end();
                 ClientAction::Forward
             }
             FrontendTag::Query | FrontendTag::FunctionCall => {

@@ -231,7 +231,15 @@ const NOT_SETTING: &[&str] = &[
 
 /// Words after which `name (` names a table, an index's table or a
 /// column list, not a function.
-const BEFORE_RELATION: &[&str] = &["into", "table", "on", "references", "only", "exists"];
+const BEFORE_RELATION: &[&str] = &[
+    "copy",
+    "exists",
+    "into",
+    "on",
+    "only",
+    "references",
+    "table",
+];
 
 /// Whether running `sql` may change a session setting that sluice cannot
 /// read from its text. With `trust_functions`, only `set_config` and DO
@@ -345,6 +353,7 @@ mod tests {
             "SELECT count(*), max(x), coalesce(y, 0) FROM t WHERE z IN (1, 2) AND EXISTS (SELECT 1)",
             "CREATE TABLE t (id int PRIMARY KEY, b numeric(10, 2) CHECK (b > 0))",
             "CREATE INDEX i ON t (a)",
+            "COPY foo (id, name) FROM STDIN",
             "SELECT now(), pg_catalog.upper('x'), pg_sleep(0.1), row_number() OVER (PARTITION BY a)",
             "SELECT 'my_func(1)'",
             "UPDATE t SET a = a + 1 WHERE id = 3",

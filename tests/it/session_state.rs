@@ -150,3 +150,101 @@ async fn a_cached_create_temp_table_still_pins() {
         assert_eq!(value(&a, probe).await.unwrap(), "1");
     }
 }
+
+/// tokio-postgres's COPY sends Bind, Execute and Sync before the
+/// CopyInResponse; PostgreSQL ignores that Sync, so one ReadyForQuery
+/// answers two Syncs. Text and binary, in and out, pinned (a temporary
+/// table) and not: every client still held by the test while the next
+/// one runs, so a server left held after COPY would starve the pool of 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_copy_in_and_out_through_transaction_pooling() {
+    let s = pooled("transaction", 2, "").await;
+    let c = s.app().await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS it23_copy_plain (id int, name text)")
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for (pinned, binary) in [
+        (true, false),
+        (true, true),
+        (false, false),
+        (false, true),
+        (false, false),
+        (false, true),
+    ] {
+        let c = s.app().await;
+        let table = if pinned {
+            c.batch_execute("CREATE TEMPORARY TABLE it23_copy (id int, name text)")
+                .await
+                .unwrap();
+            "it23_copy"
+        } else {
+            "it23_copy_plain"
+        };
+        let run = copy_round_trip(&c, table, binary);
+        tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .unwrap_or_else(|_| panic!("COPY hung (pinned: {pinned}, binary: {binary})"));
+        if pinned {
+            c.batch_execute("DROP TABLE it23_copy").await.unwrap();
+        }
+        held.push(c);
+    }
+}
+
+/// Copies two rows into `table` (emptied first) and reads them back.
+async fn copy_round_trip(c: &tokio_postgres::Client, table: &str, binary: bool) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+    use tokio_postgres::types::Type;
+    c.batch_execute(&format!("DELETE FROM {table}"))
+        .await
+        .unwrap();
+    let types = [Type::INT4, Type::TEXT];
+    if binary {
+        let sink = c
+            .copy_in(&format!("COPY {table} (id, name) FROM STDIN BINARY"))
+            .await
+            .unwrap();
+        let w = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(w);
+        w.as_mut().write(&[&1i32, &"jim"]).await.unwrap();
+        w.as_mut().write(&[&2i32, &"joe"]).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 2);
+        let out = c
+            .copy_out(&format!("COPY {table} TO STDOUT BINARY"))
+            .await
+            .unwrap();
+        let rows = BinaryCopyOutStream::new(out, &types);
+        futures_util::pin_mut!(rows);
+        let mut got = Vec::new();
+        while let Some(r) = rows.next().await {
+            let r = r.unwrap();
+            got.push((r.get::<i32>(0), r.get::<String>(1)));
+        }
+        got.sort();
+        assert_eq!(got, vec![(1, "jim".to_string()), (2, "joe".to_string())]);
+    } else {
+        let sink = c
+            .copy_in(&format!("COPY {table} (id, name) FROM STDIN"))
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from_static(b"1\tjim\n2\tjoe\n"))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 2);
+        let out = c
+            .copy_out(&format!(
+                "COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT"
+            ))
+            .await
+            .unwrap();
+        futures_util::pin_mut!(out);
+        let mut got = Vec::new();
+        while let Some(chunk) = out.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, b"1\tjim\n2\tjoe\n");
+    }
+}
