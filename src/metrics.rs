@@ -91,6 +91,18 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
     )?;
     pinned.set(shared.stats.pinned_clients());
     r.register(Box::new(pinned))?;
+    counters(&r, shared)?;
+    let clients = IntGauge::new("sluice_clients", "Connected clients")?;
+    let max = shared.config().general.max_client_conn;
+    clients.set(max.saturating_sub(shared.clients.available_permits()) as i64);
+    r.register(Box::new(clients))?;
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The instance-wide counters of `Stats`.
+fn counters(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
     let counters = [
         (
             "sluice_pins_total",
@@ -107,19 +119,18 @@ pub fn render(shared: &Shared) -> prometheus::Result<String> {
             "Statements closed to stay within max_prepared_statements",
             shared.stats.evictions_total(),
         ),
+        (
+            "sluice_database_clears_total",
+            "Statements needing a database free of sessions (DROP DATABASE, ...) before which sluice closed its idle servers to it",
+            shared.stats.database_clears_total(),
+        ),
     ];
     for (name, help, value) in counters {
         let c = IntCounter::new(name, help)?;
         c.inc_by(value);
         r.register(Box::new(c))?;
     }
-    let clients = IntGauge::new("sluice_clients", "Connected clients")?;
-    let max = shared.config().general.max_client_conn;
-    clients.set(max.saturating_sub(shared.clients.available_permits()) as i64);
-    r.register(Box::new(clients))?;
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(())
 }
 
 /// Routing decisions and replica state, per database with replicas.

@@ -12,6 +12,9 @@ pub struct Stats {
     reprepares_total: AtomicU64,
     /// Statements closed to keep a server within max_prepared_statements.
     evictions_total: AtomicU64,
+    /// DROP/CREATE ... TEMPLATE/ALTER ... RENAME DATABASE statements
+    /// before which sluice closed its idle servers to the database.
+    database_clears_total: AtomicU64,
 }
 
 impl Stats {
@@ -32,6 +35,14 @@ impl Stats {
         if evictions > 0 {
             self.evictions_total.fetch_add(evictions, Ordering::Relaxed);
         }
+    }
+
+    pub fn database_cleared(&self) {
+        self.database_clears_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn database_clears_total(&self) -> u64 {
+        self.database_clears_total.load(Ordering::Relaxed)
     }
 
     pub fn reprepares_total(&self) -> u64 {

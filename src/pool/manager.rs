@@ -42,7 +42,8 @@ pub struct ServerManager {
     pub pauses: Arc<super::Pauses>,
     /// RECONNECT bumps it: servers from an older generation are closed
     /// when next checked out or returned.
-    pub generation: std::sync::atomic::AtomicU64,
+    /// Shared with its servers, which check it when returned.
+    pub generation: Arc<std::sync::atomic::AtomicU64>,
     /// The parameters its servers log in with, and what client logins
     /// led to (transaction pooling answers repeated ones from it).
     pub logins: super::welcome::LoginMemory,
@@ -95,6 +96,7 @@ impl ServerManager {
             c.permits = permits;
             c.stats = Some(self.stats.clone());
             c.generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+            c.pool_generation = Some(self.generation.clone());
             c
         });
         match &conn {
@@ -113,7 +115,7 @@ impl ServerManager {
         if conn.is_dead() {
             return Err(RecycleError::message("server connection closed while idle"));
         }
-        if conn.generation != self.generation.load(std::sync::atomic::Ordering::Relaxed) {
+        if conn.is_stale() {
             return Err(RecycleError::message("RECONNECT: closing an older server"));
         }
         // Its age when it last finished a request, so that checkout reads

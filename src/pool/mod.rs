@@ -499,7 +499,12 @@ impl Checkout {
     /// Returns a clean server to its pool. The caller has reset it. (Its
     /// idle_since is the time of its last ReadyForQuery, already read.)
     pub fn release(mut self) {
-        drop(self.obj.take());
+        match self.obj.take() {
+            // After a RECONNECT: closed now, so an idle server of an old
+            // generation never lingers (DROP DATABASE waits for none).
+            Some(o) if o.is_stale() => drop(Object::take(o)),
+            o => drop(o),
+        }
     }
 
     /// Closes the server connection instead of returning it.

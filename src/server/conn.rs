@@ -106,6 +106,8 @@ pub struct ServerConn {
     pub stats: Option<std::sync::Arc<crate::pool::stats::PoolStats>>,
     /// The pool's generation when this server was opened (RECONNECT).
     pub generation: u64,
+    /// The pool's current generation.
+    pub pool_generation: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl ServerConn {
@@ -127,7 +129,16 @@ impl ServerConn {
             permits: Vec::new(),
             stats: None,
             generation: 0,
+            pool_generation: None,
         })
+    }
+
+    /// A RECONNECT (or a statement that needs its database free) came
+    /// after this server was opened: it is closed, not reused.
+    pub fn is_stale(&self) -> bool {
+        self.pool_generation
+            .as_ref()
+            .is_some_and(|g| g.load(std::sync::atomic::Ordering::Relaxed) != self.generation)
     }
 
     pub fn pid(&self) -> i32 {

@@ -4,6 +4,7 @@
 
 pub mod cancel;
 mod cleanup;
+mod database_ddl;
 mod expect;
 mod multiplex;
 mod outq;
@@ -804,13 +805,21 @@ async fn session_mode(pipe: &mut Pipe, entry: Entry, ctx: &Ctx<'_>) -> Result<()
     build::backend_key_data(&mut greeting, pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
-    let end = pipe
-        .relay(
-            checkout.server(),
-            None,
-            Timers::from_config(&ctx.config.general),
-        )
-        .await;
+    let end = loop {
+        let end = pipe
+            .relay(
+                checkout.server(),
+                None,
+                Timers::from_config(&ctx.config.general),
+            )
+            .await;
+        match end {
+            RelayEnd::ClearDatabase(db) => {
+                database_ddl::close_idle(ctx.shared, &ctx.database, &ctx.db.primary, &db);
+            }
+            end => break end,
+        }
+    };
     drop(key);
     finish(checkout, end, ctx.config).await
 }
@@ -824,7 +833,11 @@ pub(crate) async fn finish(
 ) -> Result<(), Error> {
     let reset = &config.general.server_reset_query;
     match end {
-        RelayEnd::Release | RelayEnd::Terminated | RelayEnd::ClientGone => {
+        // (Release and ClearDatabase are handled by the callers.)
+        RelayEnd::Release
+        | RelayEnd::ClearDatabase(_)
+        | RelayEnd::Terminated
+        | RelayEnd::ClientGone => {
             cleanup::check_in(checkout, reset).await;
             Ok(())
         }

@@ -77,8 +77,12 @@ pub struct SettingsWatch {
     tags: u16,
     /// Custom (dotted) settings named in set_config calls, which
     /// pg_settings does not list. Boxed: every idle client holds a watch.
-    pub custom: Option<Box<Vec<String>>>,
+    pub custom: Option<Box<CustomNames>>,
 }
+
+/// Custom setting names, lowercase.
+#[derive(Debug, Default)]
+pub struct CustomNames(pub Vec<String>);
 
 impl SettingsWatch {
     /// Whether the server's settings must be read before it goes back.
@@ -362,7 +366,7 @@ impl Multiplex {
         if crate::sql::functions::may_change_settings(sql, self.watch.trust_functions) {
             self.watch.dirty = true;
             for name in crate::sql::functions::set_config_names(sql) {
-                let custom = self.watch.custom.get_or_insert_default();
+                let custom = &mut self.watch.custom.get_or_insert_default().0;
                 if name.contains('.') && !custom.contains(&name) {
                     custom.push(name);
                 }

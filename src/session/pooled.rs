@@ -141,6 +141,12 @@ impl Pooled<'_> {
         given: Option<Checkout>,
         ctx: &Ctx<'_>,
     ) -> Option<Result<(), Error>> {
+        // Held until the statement is over (the end of this function).
+        let _clearing = given.is_none().then(|| {
+            super::database_ddl::target(pipe.client_buffer()).map(|db| {
+                super::database_ddl::clear(ctx.shared, &ctx.database, &ctx.db.primary, &db)
+            })
+        });
         let (mut checkout, role) = match given {
             Some(c) => (c, Target::Primary),
             None => {
@@ -169,7 +175,17 @@ impl Pooled<'_> {
             client_idle_timeout: None,
             ..Timers::from_config(&ctx.config.general)
         };
-        let end = pipe.relay(checkout.server(), Some(&mut *mux), timers).await;
+        // Held until the server goes back, after the statement it is for.
+        let mut _clearing = None;
+        let end = loop {
+            match pipe.relay(checkout.server(), Some(&mut *mux), timers).await {
+                RelayEnd::ClearDatabase(db) => {
+                    let (own, primary) = (&ctx.database, &ctx.db.primary);
+                    _clearing = Some(super::database_ddl::clear(ctx.shared, own, primary, &db));
+                }
+                end => break end,
+            }
+        };
         tracing::trace!(?end, "server given up");
         self.key.slot.disarm();
         match end {
@@ -209,7 +225,7 @@ async fn learn_settings(server: &mut ServerConn, mux: &mut Multiplex) -> Result<
         custom_names(
             &mux.vars.extra,
             &server.extra,
-            mux.watch.custom.as_deref().map_or(&[], Vec::as_slice),
+            mux.watch.custom.as_deref().map_or(&[], |c| c.0.as_slice()),
         )
         .into_iter(),
     );

@@ -64,6 +64,10 @@ pub enum RelayEnd {
     /// Routing: a write arrived in the middle of an extended-protocol
     /// batch that a replica has begun.
     CannotReroute,
+    /// The client's next request (not yet forwarded) needs this
+    /// server-side database free of other sessions (DROP DATABASE ...):
+    /// the caller closes sluice's idle servers to it and relays on.
+    ClearDatabase(String),
 }
 
 /// Client messages that start a request (and its timing) when none is in flight.
@@ -75,6 +79,19 @@ fn starts_request(tag: FrontendTag) -> bool {
             | FrontendTag::Bind
             | FrontendTag::Execute
             | FrontendTag::Sync
+            | FrontendTag::FunctionCall
+    )
+}
+
+/// Client messages transaction pooling reads whole (their SQL or names).
+fn read_whole(tag: FrontendTag) -> bool {
+    matches!(
+        tag,
+        FrontendTag::Query
+            | FrontendTag::Parse
+            | FrontendTag::Bind
+            | FrontendTag::Describe
+            | FrontendTag::Close
             | FrontendTag::FunctionCall
     )
 }
@@ -155,6 +172,9 @@ pub struct Pipe {
     skip_batch: bool,
     /// Routing: the next client message waits for another server.
     hold: bool,
+    /// The request at the head of the client's buffer was seen by the
+    /// DROP DATABASE check (`RelayEnd::ClearDatabase`).
+    database_checked: bool,
     /// When the request and the transaction in flight began (pool stats).
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -281,6 +301,7 @@ impl Pipe {
             may_arm: arming_is_safe(),
             skip_batch: false,
             hold: false,
+            database_checked: false,
             query_start: None,
             xact_start: None,
             received: 0,
@@ -627,17 +648,12 @@ impl Pipe {
                 self.forward_client(off);
                 return Err(RelayEnd::Terminated);
             }
+            if let Some(end) = self.database_gate(tag, off) {
+                return Err(end);
+            }
             if let Some(m) = mux.as_deref_mut() {
-                let needs_body = matches!(
-                    tag,
-                    FrontendTag::Query
-                        | FrontendTag::Parse
-                        | FrontendTag::Bind
-                        | FrontendTag::Describe
-                        | FrontendTag::Close
-                        | FrontendTag::FunctionCall
-                );
-                if needs_body && buf.len() - off < h.total {
+                let needs_body = read_whole(tag);
+                if needs_body && self.client.rbuf.len() - off < h.total {
                     break; // the message is needed whole
                 }
                 match self.route_gate(m, tag, off, h.total) {
@@ -699,6 +715,22 @@ impl Pipe {
             self.push_due(m);
         }
         Ok(())
+    }
+
+    /// Whether the request at `off` needs a database free of sessions
+    /// (DROP DATABASE ...) and the caller must clear it first; once
+    /// cleared, it goes on.
+    fn database_gate(&mut self, tag: FrontendTag, off: usize) -> Option<RelayEnd> {
+        if !matches!(tag, FrontendTag::Query | FrontendTag::Parse) {
+            return None;
+        }
+        if std::mem::take(&mut self.database_checked) {
+            return None;
+        }
+        let db = super::database_ddl::target(&self.client.rbuf[off..])?;
+        self.forward_client(off);
+        self.database_checked = true;
+        Some(RelayEnd::ClearDatabase(db))
     }
 
     /// After a refused Parse: drops the client's frames up to its Sync and

@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod cancel;
 mod cli;
+mod database_ddl;
 mod faults;
 mod limits;
 mod metrics;
