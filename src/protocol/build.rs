@@ -65,6 +65,26 @@ pub fn error(out: &mut BytesMut, severity: Severity, code: &str, message: &str) 
     error_or_notice(out, severity, code, message)
 }
 
+/// PostgreSQL's own error for a prepared statement whose row shape changed
+/// under it, with the routine field drivers look for (asyncpg re-prepares
+/// on it).
+pub fn stale_plan_error(out: &mut BytesMut) {
+    typed(out, b'E', |b| {
+        for (field, value) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', super::sqlstate::FEATURE_NOT_SUPPORTED),
+            (b'M', "cached plan must not change result type"),
+            (b'F', "plancache.c"),
+            (b'R', "RevalidateCachedQuery"),
+        ] {
+            b.put_u8(field);
+            cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
 pub fn ready_for_query(out: &mut BytesMut, status: TxnStatus) {
     typed(out, b'Z', |b| b.put_u8(status.byte()));
 }
@@ -224,6 +244,10 @@ pub fn execute_unnamed(out: &mut BytesMut) {
 
 pub fn sync(out: &mut BytesMut) {
     typed(out, b'S', |_| {});
+}
+
+pub fn flush(out: &mut BytesMut) {
+    typed(out, b'H', |_| {});
 }
 
 pub fn terminate(out: &mut BytesMut) {

@@ -39,6 +39,29 @@ pub fn backend_key_data(body: &[u8]) -> Option<(i32, i32)> {
     Some((pid, secret))
 }
 
+/// A fingerprint of a statement's result shape from its RowDescription
+/// (`T`) or NoData (`n`) body: each column's name, type and type modifier,
+/// which PostgreSQL compares before it runs a prepared statement again
+/// after a schema change (not the table and column numbers, which a table
+/// made again with the same columns changes).
+pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    tag.hash(&mut h);
+    let mut rest = body.get(2..).unwrap_or(&[]);
+    while let Some((name, tail)) = take_cstr(rest) {
+        // table oid (4), column number (2), type oid (4), size (2), typmod (4), format (2)
+        let Some(f) = tail.get(..18) else {
+            break;
+        };
+        name.hash(&mut h);
+        f[6..10].hash(&mut h);
+        f[12..16].hash(&mut h);
+        rest = &tail[18..];
+    }
+    h.finish()
+}
+
 /// The fields of an ErrorResponse or NoticeResponse that sluice uses.
 /// A server's message may lack any of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -46,6 +69,8 @@ pub struct ErrorFields {
     pub severity: Option<String>,
     pub code: Option<String>,
     pub message: Option<String>,
+    /// The server function that raised it (field R).
+    pub routine: Option<String>,
 }
 
 impl ErrorFields {
@@ -64,11 +89,27 @@ impl ErrorFields {
                 b'S' if f.severity.is_none() => f.severity = value(),
                 b'C' => f.code = value(),
                 b'M' => f.message = value(),
+                b'R' => f.routine = value(),
                 _ => {}
             }
             body = rest;
         }
         f
+    }
+
+    /// A prepared statement the server holds was planned against an older
+    /// schema: "cached plan must not change result type" (known by its
+    /// routine, since the message is translated), or a type it used is
+    /// gone (an untranslated internal error).
+    pub fn is_stale_statement(&self) -> bool {
+        match self.code.as_deref() {
+            Some("0A000") => self.routine.as_deref() == Some("RevalidateCachedQuery"),
+            Some("XX000") => self
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("cache lookup failed for type")),
+            _ => false,
+        }
     }
 
     pub fn code_or_internal(&self) -> &str {
@@ -95,6 +136,35 @@ mod tests {
         assert_eq!(e.code, None);
         assert_eq!(e.message, None);
         assert_eq!(e.code_or_internal(), "XX000");
+    }
+
+    #[test]
+    fn stale_statements_are_known_by_code_and_routine() {
+        let stale = ErrorFields::parse(
+            b"SERROR\0C0A000\0Mcached plan must not change result type\0RRevalidateCachedQuery\0\0",
+        );
+        assert!(stale.is_stale_statement());
+        let other = ErrorFields::parse(b"SERROR\0C0A000\0Mnot supported\0Rsomething_else\0\0");
+        assert!(!other.is_stale_statement());
+        assert!(
+            ErrorFields::parse(b"SERROR\0CXX000\0Mcache lookup failed for type 16390\0\0")
+                .is_stale_statement()
+        );
+    }
+
+    #[test]
+    fn row_shapes_ignore_table_oids_but_not_types() {
+        fn desc(table: u8, ty: u8) -> Vec<u8> {
+            let mut b = vec![0, 1];
+            b.extend_from_slice(b"id\0");
+            b.extend_from_slice(&[
+                0, 0, 0, table, 0, 1, 0, 0, 0, ty, 0, 4, 255, 255, 255, 255, 0, 0,
+            ]);
+            b
+        }
+        assert_eq!(row_shape(b'T', &desc(1, 23)), row_shape(b'T', &desc(2, 23)));
+        assert_ne!(row_shape(b'T', &desc(1, 23)), row_shape(b'T', &desc(1, 25)));
+        assert_ne!(row_shape(b'T', &desc(1, 23)), row_shape(b'n', b""));
     }
 
     #[test]

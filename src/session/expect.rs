@@ -49,6 +49,25 @@ pub enum Act {
     Inject(Bytes),
     /// The server's error for this message is replaced by sluice's.
     ReplaceError(Bytes),
+    /// A client's Describe of this statement: the row shape of its reply
+    /// is noted in the statement (to check it after a schema change).
+    ReplyShape(std::sync::Arc<super::prepared::StmtDef>),
+    /// A Describe sluice added to check a statement prepared before a
+    /// schema change: its replies are dropped, and the row shape compared
+    /// with this one.
+    Verify(u64),
+}
+
+/// What a `Verify` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The statement returns rows of the shape its client was told.
+    Same,
+    /// It does not: the client gets PostgreSQL's "cached plan must not
+    /// change result type", as a direct connection would.
+    Changed,
+    /// Preparing it again failed; the server's error goes to the client.
+    Failed,
 }
 
 /// Bookkeeping to undo when the message fails or the server skips it.
@@ -91,6 +110,8 @@ pub struct FrameAction {
     pub void_syncs: u32,
     /// A statement that just parsed successfully on the server.
     pub parsed: Option<String>,
+    /// A `Verify` ended.
+    pub verdict: Option<Verdict>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -201,6 +222,7 @@ impl ExpectQueue {
             tag == b'E'
                 || h.kind.completed_by(tag)
                 || (tag == b'G' && matches!(h.kind, Kind::Execute | Kind::Simple))
+                || (tag == b't' && matches!(h.act, Act::Verify(_)))
         })
     }
 
@@ -216,12 +238,22 @@ impl ExpectQueue {
         )
     }
 
-    /// Accounts for one server frame with tag `tag`.
-    pub fn on_server(&mut self, tag: u8) -> FrameAction {
+    /// Whether the server skips messages until the next Sync (after an error).
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Accounts for one server frame with tag `tag` (its body is read for
+    /// row descriptions only).
+    pub fn on_server(&mut self, tag: u8, body: &[u8]) -> FrameAction {
         let mut action = FrameAction::default();
         let Some(head) = self.q.front() else {
             return action;
         };
+        if tag == b't' && matches!(head.act, Act::Verify(_)) {
+            action.drop = true; // the ParameterDescription of sluice's Describe
+            return action;
+        }
         if tag == b'G' {
             if matches!(head.kind, Kind::Execute | Kind::Simple) {
                 self.copy_in_began(&mut action);
@@ -233,8 +265,10 @@ impl ExpectQueue {
                 return action;
             }
             if let Some(e) = self.q.pop_front() {
-                if let Act::ReplaceError(b) = e.act {
-                    action.replace = Some(b);
+                match e.act {
+                    Act::ReplaceError(b) => action.replace = Some(b),
+                    Act::Verify(_) => action.verdict = Some(Verdict::Failed),
+                    _ => {}
                 }
                 action.failed.push(e.on_fail);
             }
@@ -244,6 +278,9 @@ impl ExpectQueue {
                     break;
                 }
                 if let Some(e) = self.q.pop_front() {
+                    if matches!(e.act, Act::Verify(_)) {
+                        action.verdict = Some(Verdict::Failed);
+                    }
                     action.failed.push(e.on_fail);
                 }
             }
@@ -260,6 +297,23 @@ impl ExpectQueue {
             action.drop = e.act == Act::Swallow;
             if e.kind == Kind::Parse {
                 action.parsed = e.on_fail.unprepare;
+            }
+            match e.act {
+                Act::ReplyShape(def) => {
+                    let _ = def
+                        .shape
+                        .set(crate::protocol::inspect::row_shape(tag, body));
+                }
+                Act::Verify(shape) => {
+                    action.drop = true;
+                    let same = crate::protocol::inspect::row_shape(tag, body) == shape;
+                    action.verdict = Some(if same {
+                        Verdict::Same
+                    } else {
+                        Verdict::Changed
+                    });
+                }
+                _ => {}
             }
         }
         self.pop_marks();
@@ -307,7 +361,7 @@ mod tests {
                 }
                 let before = q.clone();
                 if !q.cares(tag) {
-                    assert_eq!(q.on_server(tag), FrameAction::default());
+                    assert_eq!(q.on_server(tag, b""), FrameAction::default());
                     assert_eq!(q, before, "tag {}", tag as char);
                 }
                 assert_eq!(q.injection_due(), !q.clone().due_injections().is_empty());
@@ -322,9 +376,9 @@ mod tests {
         q.push(inject(b"1"));
         q.push(Entry::reply(Kind::Sync));
         assert!(q.due_injections().is_empty());
-        assert_eq!(q.on_server(b'2'), FrameAction::default());
+        assert_eq!(q.on_server(b'2', b""), FrameAction::default());
         assert_eq!(q.due_injections(), vec![Bytes::from_static(b"1")]);
-        q.on_server(b'Z');
+        q.on_server(b'Z', b"");
         assert!(q.is_empty());
     }
 
@@ -334,9 +388,9 @@ mod tests {
         q.push(swallow(Kind::Close, "g"));
         q.push(swallow(Kind::Parse, "g"));
         q.push(Entry::reply(Kind::Bind));
-        assert!(q.on_server(b'3').drop);
-        assert!(q.on_server(b'1').drop);
-        assert!(!q.on_server(b'2').drop);
+        assert!(q.on_server(b'3', b"").drop);
+        assert!(q.on_server(b'1', b"").drop);
+        assert!(!q.on_server(b'2', b"").drop);
     }
 
     #[test]
@@ -354,13 +408,13 @@ mod tests {
             },
         });
         q.push(Entry::reply(Kind::Sync));
-        let a = q.on_server(b'E');
+        let a = q.on_server(b'E', b"");
         assert!(!a.drop);
         assert_eq!(a.failed.len(), 4);
         assert_eq!(a.failed[0].unprepare.as_deref(), Some("g1"));
         assert_eq!(a.failed[3].forget_client.as_deref(), Some(&b"s2"[..]));
         assert!(q.due_injections().is_empty());
-        q.on_server(b'Z');
+        q.on_server(b'Z', b"");
         assert!(q.is_empty());
     }
 
@@ -368,7 +422,7 @@ mod tests {
     fn an_error_before_sync_arrives_voids_what_follows() {
         let mut q = ExpectQueue::default();
         q.push(Entry::reply(Kind::Parse));
-        q.on_server(b'E');
+        q.on_server(b'E', b"");
         let void = q.push(Entry {
             kind: Kind::Parse,
             act: Act::Reply,
@@ -379,7 +433,7 @@ mod tests {
         });
         assert_eq!(void.and_then(|f| f.unprepare).as_deref(), Some("g"));
         assert!(q.push(Entry::reply(Kind::Sync)).is_none());
-        q.on_server(b'Z');
+        q.on_server(b'Z', b"");
         assert!(q.is_empty());
     }
 
@@ -387,9 +441,9 @@ mod tests {
     fn simple_queries_end_at_ready_not_at_errors() {
         let mut q = ExpectQueue::default();
         q.push(Entry::reply(Kind::Simple));
-        q.on_server(b'E');
+        q.on_server(b'E', b"");
         assert!(!q.is_empty());
-        q.on_server(b'Z');
+        q.on_server(b'Z', b"");
         assert!(q.is_empty());
     }
 
@@ -407,17 +461,17 @@ mod tests {
                 q.copy_end();
                 q.push(Entry::reply(Kind::Sync));
             }
-            q.on_server(b'2');
+            q.on_server(b'2', b"");
             assert!(q.cares(b'G'));
-            assert_eq!(q.on_server(b'G').void_syncs, 1);
+            assert_eq!(q.on_server(b'G', b"").void_syncs, 1);
             if !done_before_g {
                 assert!(q.in_copy_in(), "a Sync now is not sent");
                 q.copy_end();
                 q.push(Entry::reply(Kind::Sync));
             }
             assert!(!q.in_copy_in());
-            q.on_server(b'C');
-            q.on_server(b'Z');
+            q.on_server(b'C', b"");
+            q.on_server(b'Z', b"");
             assert!(q.is_empty(), "done before G: {done_before_g}");
         }
     }
@@ -429,16 +483,16 @@ mod tests {
         q.push(Entry::reply(Kind::Sync));
         q.copy_end();
         q.push(Entry::reply(Kind::Sync));
-        q.on_server(b'E');
-        q.on_server(b'Z');
-        q.on_server(b'Z');
+        q.on_server(b'E', b"");
+        q.on_server(b'Z', b"");
+        q.on_server(b'Z', b"");
         assert!(q.is_empty());
         // A simple-query COPY: the end comes after the CopyInResponse.
         q.push(Entry::reply(Kind::Simple));
-        assert_eq!(q.on_server(b'G').void_syncs, 0);
+        assert_eq!(q.on_server(b'G', b"").void_syncs, 0);
         q.copy_end();
-        q.on_server(b'C');
-        q.on_server(b'Z');
+        q.on_server(b'C', b"");
+        q.on_server(b'Z', b"");
         assert!(q.is_empty() && !q.in_copy_in());
     }
 
@@ -451,6 +505,9 @@ mod tests {
             on_fail: OnFail::default(),
         });
         q.push(Entry::reply(Kind::Sync));
-        assert_eq!(q.on_server(b'E').replace, Some(Bytes::from_static(b"mine")));
+        assert_eq!(
+            q.on_server(b'E', b"").replace,
+            Some(Bytes::from_static(b"mine"))
+        );
     }
 }

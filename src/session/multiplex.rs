@@ -34,6 +34,9 @@ pub enum Action {
     Drop,
     /// Answer with this error instead of sending the message to the server.
     Reject(String),
+    /// Send these bytes, and hold the message and what follows until the
+    /// server's reply gives a verdict (`Statements::verify_first`).
+    Verify(BytesMut),
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +71,9 @@ pub struct SettingsWatch {
     /// A statement sluice cannot follow ran: an unrecognised SET spelling,
     /// set_config, a DO block, a function sluice does not know.
     pub dirty: bool,
+    /// DDL that may make prepared statements stale ran: at its commit the
+    /// pool's schema generation is bumped.
+    ddl: bool,
     /// `trust_functions`: calls of unknown functions are not checked.
     pub trust_functions: bool,
     /// SET/RESET statements sluice followed from the text, and the `SET`
@@ -111,6 +117,7 @@ impl Drop for Multiplex {
 }
 
 const TRIGGERS: &[&str] = &[
+    "alter",
     "set",
     "reset",
     "discard",
@@ -235,6 +242,7 @@ impl Multiplex {
         &mut self,
         tag: FrontendTag,
         body: &[u8],
+        later: &[u8],
         at_boundary: bool,
         server: &mut ServerStatements,
         txn: TxnStatus,
@@ -262,7 +270,7 @@ impl Multiplex {
         let before = (st.reprepares, st.evictions);
         // Borrowed, and looked up only for a named statement.
         let vars = &self.vars;
-        let action = st.on_client(tag, body, || search_path(vars), server);
+        let action = st.on_client(tag, body, later, || search_path(vars), server);
         if let Some(stats) = &self.stats {
             stats.prepared(st.reprepares - before.0, st.evictions - before.1);
         }
@@ -275,6 +283,7 @@ impl Multiplex {
             ClientAction::Forward => Action::Forward,
             ClientAction::Replace(b) => Action::Replace(b),
             ClientAction::Drop => Action::Drop,
+            ClientAction::Verify(b) => Action::Verify(b),
         }
     }
 
@@ -326,6 +335,7 @@ impl Multiplex {
             found.extend(effects(stmt));
             if executes {
                 self.watch_set(stmt, &found[before..]);
+                self.watch.ddl |= changes_schema(stmt, &found[before..], &self.pins);
             }
         }
         if self.reject_pins
@@ -402,6 +412,67 @@ impl Multiplex {
         }
     }
 
+    /// A client frame about to go to the server, kept for a replay
+    /// (`Replay::record`).
+    pub fn record(
+        &mut self,
+        tag: FrontendTag,
+        frame: Option<&[u8]>,
+        at_boundary: bool,
+        idle: bool,
+    ) {
+        if let Some(st) = self.statements.as_mut() {
+            st.replay.record(tag, frame, at_boundary, idle);
+        }
+    }
+
+    /// The server said a statement it held is stale: every statement of the
+    /// pool is prepared afresh at its next use. Whether the failed batch can
+    /// run again (`replayable`: nothing of its reply reached the client).
+    pub fn stale_statement(&mut self, replayable: bool) -> bool {
+        let Some(st) = self.statements.as_mut() else {
+            return false;
+        };
+        st.schema_changed();
+        replayable && st.replay.ready()
+    }
+
+    /// The client frame of `len` bytes just recorded was answered by sluice.
+    pub fn answered_by_sluice(&mut self, len: usize) {
+        if let Some(st) = self.statements.as_mut() {
+            st.replay.answered_by_sluice(len);
+        }
+    }
+
+    /// A `Verify` ended: what to send the server, if anything.
+    pub fn verdict(&mut self, v: super::expect::Verdict) -> Option<BytesMut> {
+        self.statements.as_mut()?.verdict(v)
+    }
+
+    /// Whether the batch in flight could run again (`Replay::ready`).
+    pub fn replay_ready(&self) -> bool {
+        self.statements.as_ref().is_some_and(|st| st.replay.ready())
+    }
+
+    /// Keeps a reply frame back until the batch's fate is known.
+    pub fn hold_reply(&mut self, frame: bytes::Bytes) {
+        if let Some(st) = self.statements.as_mut() {
+            st.replay.held = Some(frame);
+        }
+    }
+
+    pub fn take_held_reply(&mut self) -> Option<bytes::Bytes> {
+        self.statements.as_mut()?.replay.held.take()
+    }
+
+    /// The failed batch, to run again.
+    pub fn take_replay(&mut self) -> bytes::BytesMut {
+        self.statements
+            .as_mut()
+            .map(|st| st.replay.take())
+            .unwrap_or_default()
+    }
+
     pub fn on_server(
         &mut self,
         tag: BackendTag,
@@ -412,7 +483,7 @@ impl Multiplex {
     ) -> FrameAction {
         self.track_server(tag, body, server_extra);
         match self.statements.as_mut() {
-            Some(st) if st.expect.cares(raw_tag) => st.on_server(raw_tag, server_statements),
+            Some(st) if st.expect.cares(raw_tag) => st.on_server(raw_tag, body, server_statements),
             _ => FrameAction::default(),
         }
     }
@@ -472,6 +543,13 @@ impl Multiplex {
             }
             BackendTag::ReadyForQuery => match inspect::ready_status(body) {
                 Some(TxnStatus::Idle) => {
+                    if std::mem::take(&mut self.watch.ddl)
+                        && !self.failed
+                        && !self.rolled_back
+                        && let Some(st) = &self.statements
+                    {
+                        st.schema_changed();
+                    }
                     if !self.failed && !self.rolled_back {
                         for e in std::mem::take(&mut self.pending) {
                             apply(&mut self.vars.extra, &self.vars.reported, &e);
@@ -487,6 +565,24 @@ impl Multiplex {
             },
             _ => {}
         }
+    }
+}
+
+/// Whether `stmt` (with its `found` effects) may change what prepared
+/// statements return: ALTER, DROP or CREATE OR REPLACE of anything but the
+/// client's own temporary objects.
+fn changes_schema(stmt: &str, found: &[Effect], pins: &Pins) -> bool {
+    let mut words = crate::sql::lex::Lexer::new(stmt).filter_map(|(t, _)| match t {
+        crate::sql::lex::Token::Word(w) => Some(w),
+        _ => None,
+    });
+    match words.next().as_deref() {
+        Some("alter") => true,
+        Some("drop") => !found
+            .iter()
+            .any(|e| matches!(e, Effect::Drop(names) if names.iter().all(|n| pins.is_temp(n)))),
+        Some("create") => words.next().as_deref() == Some("or"),
+        _ => false,
     }
 }
 
@@ -542,6 +638,7 @@ mod tests {
         m.on_client(
             FrontendTag::Query,
             &q(sql),
+            &[],
             true,
             &mut ServerStatements::default(),
             TxnStatus::Idle,

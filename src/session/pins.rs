@@ -78,6 +78,11 @@ impl Pins {
         }
     }
 
+    /// Whether `name` is one of the client's temporary objects.
+    pub fn is_temp(&self, name: &str) -> bool {
+        self.0.as_ref().is_some_and(|p| p.temp.contains(name))
+    }
+
     pub fn is_pinned(&self) -> bool {
         self.0.as_ref().is_some_and(|p| {
             p.advisory

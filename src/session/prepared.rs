@@ -25,6 +25,11 @@ pub struct StmtDef {
     /// Its text may change session state (`touches_session`): each
     /// execution is scanned like a Query is.
     pub session: bool,
+    /// The pool's schema generation it was named in (`KnownStatements`).
+    pub generation: u64,
+    /// Its row shape as its client was told it (`inspect::row_shape` of the
+    /// reply to the client's Describe), once known.
+    pub shape: std::sync::OnceLock<u64>,
 }
 
 impl StmtDef {
@@ -34,6 +39,19 @@ impl StmtDef {
             global: String::new(),
             rest: Bytes::copy_from_slice(rest),
             session: touches_session(rest),
+            generation: 0,
+            shape: Default::default(),
+        })
+    }
+
+    /// The same statement under its name for schema `generation`.
+    pub fn regenerate(&self, generation: u64) -> Arc<Self> {
+        Arc::new(StmtDef {
+            global: global_name(&self.global[..HASHED_LEN], generation),
+            rest: self.rest.clone(),
+            session: self.session,
+            generation,
+            shape: self.shape.clone(),
         })
     }
 
@@ -53,23 +71,39 @@ fn touches_session(rest: &[u8]) -> bool {
             .is_ok_and(|t| crate::sql::functions::may_change_settings(t, false))
 }
 
+/// Length of a global name without its generation: `sluice_` + 32 hex digits.
+const HASHED_LEN: usize = 39;
+
+/// `hashed` (HASHED_LEN long), with the schema generation after it when
+/// there was a schema change.
+fn global_name(hashed: &str, generation: u64) -> String {
+    if generation == 0 {
+        hashed.to_string()
+    } else {
+        format!("{hashed}_{generation}")
+    }
+}
+
 /// The definition for a Parse body `rest` under `search_path` (statements
-/// resolve table names when parsed, so the path is part of their identity).
-pub fn define(rest: &[u8], search_path: Option<&str>) -> Arc<StmtDef> {
+/// resolve table names when parsed, so the path is part of their identity)
+/// in schema `generation`.
+pub fn define(rest: &[u8], search_path: Option<&str>, generation: u64) -> Arc<StmtDef> {
     let mut h = Sha256::new();
     h.update(rest);
     h.update([0]);
     h.update(search_path.unwrap_or("").as_bytes());
     let digest = h.finalize();
-    let mut global = String::with_capacity(39);
-    global.push_str("sluice_");
+    let mut hashed = String::with_capacity(HASHED_LEN);
+    hashed.push_str("sluice_");
     for b in &digest[..16] {
-        let _ = write!(global, "{b:02x}");
+        let _ = write!(hashed, "{b:02x}");
     }
     Arc::new(StmtDef {
-        global,
+        global: global_name(&hashed, generation),
         rest: Bytes::copy_from_slice(rest),
         session: touches_session(rest),
+        generation,
+        shape: Default::default(),
     })
 }
 
@@ -96,6 +130,11 @@ impl ServerStatements {
 
     pub fn is_empty(&self) -> bool {
         self.used.is_empty()
+    }
+
+    /// Whether `global` is prepared here.
+    pub fn contains(&self, global: &str) -> bool {
+        self.used.contains_key(global)
     }
 
     /// True (and marks it used) when `global` is prepared here.
@@ -147,12 +186,19 @@ mod tests {
 
     #[test]
     fn names_depend_on_text_types_and_search_path() {
-        let a = define(b"SELECT 1\0\0\0", None);
+        let a = define(b"SELECT 1\0\0\0", None, 0);
         assert_eq!(a.global.len(), 39);
-        assert_eq!(a, define(b"SELECT 1\0\0\0", None));
-        assert_ne!(a.global, define(b"SELECT 2\0\0\0", None).global);
-        assert_ne!(a.global, define(b"SELECT 1\0\0\x01\0\0\0\x17", None).global);
-        assert_ne!(a.global, define(b"SELECT 1\0\0\0", Some("s")).global);
+        assert_eq!(a, define(b"SELECT 1\0\0\0", None, 0));
+        assert_ne!(a.global, define(b"SELECT 2\0\0\0", None, 0).global);
+        assert_ne!(
+            a.global,
+            define(b"SELECT 1\0\0\x01\0\0\0\x17", None, 0).global
+        );
+        assert_ne!(a.global, define(b"SELECT 1\0\0\0", Some("s"), 0).global);
+        // After a schema change: a new name, and the same as a fresh define.
+        let b = a.regenerate(3);
+        assert_eq!(b.global, format!("{}_3", a.global));
+        assert_eq!(b, define(b"SELECT 1\0\0\0", None, 3));
     }
 
     #[test]

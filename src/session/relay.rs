@@ -19,24 +19,26 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
-use tokio_util::io::poll_read_buf;
 
-use super::multiplex::{Action, Multiplex};
+use super::multiplex::Multiplex;
 use super::outq::OutQueue;
-use super::routing::Step;
 use crate::clients::ClientEntry;
 use crate::error::{Error, ServerError};
-use crate::net::{Conn, PgStream};
-use crate::protocol::build::{self, Severity};
-use crate::protocol::frame::{FrameError, HEADER_LEN, peek_header};
-use crate::protocol::inspect::{self, ErrorFields};
-use crate::protocol::sqlstate;
-use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
+use crate::net::Conn;
+use crate::protocol::frame::{FrameError, peek_header};
+use crate::protocol::tags::FrontendTag;
 use crate::server::ServerConn;
 use crate::signal::Signal;
 
+mod from_client;
+mod from_server;
+mod read;
+
+use read::{arming_is_safe, poll_read_armed, poll_read_idle};
+
 /// Bytes queued towards one peer before sluice stops reading the other.
 const HIGH_WATER: usize = 256 * 1024;
+/// Read buffers hold this much (see `read::renew`).
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Why `relay` returned.
@@ -68,41 +70,6 @@ pub enum RelayEnd {
     /// server-side database free of other sessions (DROP DATABASE ...):
     /// the caller closes sluice's idle servers to it and relays on.
     ClearDatabase(String),
-}
-
-/// Client messages that start a request (and its timing) when none is in flight.
-fn starts_request(tag: FrontendTag) -> bool {
-    matches!(
-        tag,
-        FrontendTag::Query
-            | FrontendTag::Parse
-            | FrontendTag::Bind
-            | FrontendTag::Execute
-            | FrontendTag::Sync
-            | FrontendTag::FunctionCall
-    )
-}
-
-/// Client messages transaction pooling reads whole (their SQL or names).
-fn read_whole(tag: FrontendTag) -> bool {
-    matches!(
-        tag,
-        FrontendTag::Query
-            | FrontendTag::Parse
-            | FrontendTag::Bind
-            | FrontendTag::Describe
-            | FrontendTag::Close
-            | FrontendTag::FunctionCall
-    )
-}
-
-/// What routing lets `take_client` do with a frame.
-enum Gate {
-    Pass,
-    /// The frame was rewritten: scan from the start again.
-    Rescan,
-    Stop,
-    End(RelayEnd),
 }
 
 /// What the client did while it held no server.
@@ -175,6 +142,15 @@ pub struct Pipe {
     /// The request at the head of the client's buffer was seen by the
     /// DROP DATABASE check (`RelayEnd::ClearDatabase`).
     database_checked: bool,
+    /// Some of the reply to the request in flight went to the client.
+    reply_started: bool,
+    /// A batch failed on a stale statement and runs again: its replies
+    /// are dropped up to its ReadyForQuery (`Replay`).
+    swallowing: bool,
+    /// The failed batch is back in the client's buffer, to be sent again.
+    replayed: bool,
+    /// The request in flight is such a batch: it is not run a third time.
+    retrying: bool,
     /// When the request and the transaction in flight began (pool stats).
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
@@ -184,94 +160,6 @@ pub struct Pipe {
     /// The client's registry entry; the relay acts on its graceful-shutdown
     /// signal.
     pub client_entry: Option<Arc<ClientEntry>>,
-}
-
-fn poll_read<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < 1024 {
-        renew(buf);
-    }
-    poll_read_buf(Pin::new(s), cx, buf)
-}
-
-/// Gives a read buffer that is nearly full room again. The unread bytes
-/// (a partial frame, usually short) move to a spare or a new buffer, and the
-/// old one becomes a spare if nothing shares it any more. (`reserve` would
-/// grow a buffer that nothing shares by reallocating it, copying every byte
-/// it ever held: a 1,000-row reply paid ~3,000 instructions of copying.)
-fn renew(buf: &mut BytesMut) {
-    // A long message being gathered whole (a big Query, say) grows in place
-    // by doubling: moving it on every read would copy it over and over.
-    if buf.len() >= READ_CHUNK / 2 {
-        buf.reserve(buf.len().max(READ_CHUNK));
-        return;
-    }
-    // Spares hold READ_CHUNK, more than twice this partial frame; a new
-    // buffer gets a whole chunk of room after it, so reads stay full size.
-    let mut fresh = super::spare::take(READ_CHUNK)
-        .unwrap_or_else(|| BytesMut::with_capacity(buf.len() + READ_CHUNK));
-    fresh.extend_from_slice(buf);
-    let mut old = std::mem::replace(buf, fresh);
-    // Only a buffer that could hold a whole chunk again is worth offering.
-    if old.capacity() + old.len() >= READ_CHUNK {
-        old.clear();
-        super::spare::give(old, READ_CHUNK);
-    }
-}
-
-/// `poll_read` for the relay, which polls both sockets on every wake-up
-/// though only one of them woke it. `armed` says the last poll of this
-/// socket registered this task's waker; tokio keeps it until readiness
-/// arrives, and readiness stays set until a read clears it. So while
-/// nothing is readable, the waker is still there and registering it again
-/// (a lock and a waker comparison, ~200 instructions) can be skipped.
-/// Only when `may_arm` (see `arming_is_safe`) does a poll arm the socket.
-fn poll_read_armed(
-    s: &mut PgStream,
-    buf: &mut BytesMut,
-    armed: &mut bool,
-    may_arm: bool,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if *armed && s.nothing_to_read() {
-        return Poll::Pending;
-    }
-    let r = poll_read(s, buf, cx);
-    // Out of coop budget, tokio returns Pending without registering.
-    *armed = may_arm && r.is_pending() && tokio::task::coop::has_budget_remaining();
-    r
-}
-
-/// Whether an armed socket's registration is sure to stand: only on the
-/// current-thread runtime, where the I/O driver runs between task polls.
-/// The driver sets a socket's readiness, then takes its waker. On a
-/// multi-thread runtime another worker can do so while this task runs: the
-/// task reads the new bytes and registers again in between, and the late
-/// wake then takes that fresh registration. An armed socket would be only
-/// peeked at from then on, and its next bytes would wake nobody (clients
-/// hung mid-transaction with `worker_threads = 0`).
-fn arming_is_safe() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
-}
-
-/// `poll_read` for a client between requests. An idle client holds no read
-/// buffer (it would be most of its memory): a buffer that read nothing goes
-/// back to this thread's spares, and the next read takes one from there.
-/// TLS keeps its buffers, since rustls holds its own anyway.
-fn poll_read_idle(
-    s: &mut PgStream,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    let r = poll_read(s, buf, cx);
-    if r.is_pending() && buf.is_empty() && matches!(s, PgStream::Plain(_)) {
-        super::spare::give(std::mem::take(buf), READ_CHUNK);
-    }
-    r
 }
 
 /// Writes `bytes` to a stream with a time bound; used for last words.
@@ -302,6 +190,10 @@ impl Pipe {
             skip_batch: false,
             hold: false,
             database_checked: false,
+            reply_started: false,
+            swallowing: false,
+            replayed: false,
+            retrying: false,
             query_start: None,
             xact_start: None,
             received: 0,
@@ -458,7 +350,13 @@ impl Pipe {
                     }
                     self.take_client(server, mux.as_deref_mut())
                 }
-                Event::ServerData => self.take_server(server, mux.as_deref_mut()),
+                Event::ServerData => self.take_server(server, mux.as_deref_mut()).and_then(|()| {
+                    if std::mem::take(&mut self.replayed) {
+                        self.take_client(server, mux.as_deref_mut())
+                    } else {
+                        Ok(())
+                    }
+                }),
                 Event::ClientClosed => Err(RelayEnd::ClientGone),
                 Event::ServerClosed(e) => Err(self.server_gone(server, e)),
                 // The check at the top of the loop acts on it.
@@ -597,503 +495,5 @@ impl Pipe {
             }
         }
         Poll::Pending
-    }
-
-    /// Queues `err` and, for a simple Query, the ReadyForQuery after it.
-    fn reject(&mut self, server: &ServerConn, tag: FrontendTag, message: &str) {
-        let mut out = BytesMut::new();
-        build::error(
-            &mut out,
-            Severity::Error,
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            message,
-        );
-        if tag == FrontendTag::Query {
-            build::ready_for_query(&mut out, server.state.txn());
-        }
-        self.to_client.push(out.freeze());
-    }
-
-    /// Scans client bytes, tracks what the server will owe, and queues every
-    /// complete or partial frame for the server.
-    fn take_client(
-        &mut self,
-        server: &mut ServerConn,
-        mut mux: Option<&mut Multiplex>,
-    ) -> Result<(), RelayEnd> {
-        let mut off = 0;
-        loop {
-            if self.hold {
-                break;
-            }
-            if self.skip_batch && (off > 0 || !self.skip_to_sync(server)) {
-                break;
-            }
-            let buf = &self.client.rbuf;
-            if self.client_skip > 0 {
-                let n = (self.client_skip as usize).min(buf.len() - off);
-                off += n;
-                self.client_skip -= n as u32;
-                if self.client_skip > 0 {
-                    break;
-                }
-            }
-            let h = match peek_header(&buf[off..], self.max_packet()) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return Err(RelayEnd::ClientProtocol(e)),
-            };
-            let tag = FrontendTag::from_byte(h.tag);
-            if tag == FrontendTag::Terminate {
-                self.forward_client(off);
-                return Err(RelayEnd::Terminated);
-            }
-            if let Some(end) = self.database_gate(tag, off) {
-                return Err(end);
-            }
-            if let Some(m) = mux.as_deref_mut() {
-                let needs_body = read_whole(tag);
-                if needs_body && self.client.rbuf.len() - off < h.total {
-                    break; // the message is needed whole
-                }
-                match self.route_gate(m, tag, off, h.total) {
-                    Gate::Pass => {}
-                    Gate::Rescan => {
-                        off = 0;
-                        continue;
-                    }
-                    Gate::Stop => break,
-                    Gate::End(end) => return Err(end),
-                }
-                let buf = &self.client.rbuf;
-                let body = if needs_body {
-                    &buf[off + HEADER_LEN..off + h.total]
-                } else {
-                    &[][..]
-                };
-                // Refusals happen only with nothing in flight, so the error
-                // keeps its place in the reply stream.
-                let at_boundary = server.state.at_boundary();
-                match m.on_client(
-                    tag,
-                    body,
-                    at_boundary,
-                    &mut server.statements,
-                    server.state.txn(),
-                ) {
-                    Action::Forward => {}
-                    Action::Replace(bytes) => {
-                        self.forward_client(off);
-                        let _ = self.client.rbuf.split_to(h.total);
-                        self.to_server.push(bytes.freeze());
-                        server.state.on_frontend(tag);
-                        off = 0;
-                        continue;
-                    }
-                    Action::Drop => {
-                        self.forward_client(off);
-                        let _ = self.client.rbuf.split_to(h.total);
-                        off = 0;
-                        continue;
-                    }
-                    Action::Reject(msg) => {
-                        self.forward_client(off);
-                        let _ = self.client.rbuf.split_to(h.total);
-                        self.reject(server, tag, &msg);
-                        off = 0;
-                        self.skip_batch = tag == FrontendTag::Parse;
-                        continue;
-                    }
-                }
-            }
-            self.request_started(tag);
-            server.state.on_frontend(tag);
-            self.client_skip = h.total as u32;
-        }
-        self.forward_client(off);
-        if let Some(m) = mux.filter(|m| m.injection_due()) {
-            self.push_due(m);
-        }
-        Ok(())
-    }
-
-    /// Whether the request at `off` needs a database free of sessions
-    /// (DROP DATABASE ...) and the caller must clear it first; once
-    /// cleared, it goes on.
-    fn database_gate(&mut self, tag: FrontendTag, off: usize) -> Option<RelayEnd> {
-        if !matches!(tag, FrontendTag::Query | FrontendTag::Parse) {
-            return None;
-        }
-        if std::mem::take(&mut self.database_checked) {
-            return None;
-        }
-        let db = super::database_ddl::target(&self.client.rbuf[off..])?;
-        self.forward_client(off);
-        self.database_checked = true;
-        Some(RelayEnd::ClearDatabase(db))
-    }
-
-    /// After a refused Parse: drops the client's frames up to its Sync and
-    /// answers that with ReadyForQuery, as a server skips after an error.
-    /// Returns false when more bytes are needed.
-    fn skip_to_sync(&mut self, server: &ServerConn) -> bool {
-        while let Ok(Some(h)) = peek_header(&self.client.rbuf, self.max_packet()) {
-            if self.client.rbuf.len() < h.total {
-                return false;
-            }
-            let _ = self.client.rbuf.split_to(h.total);
-            if FrontendTag::from_byte(h.tag) == FrontendTag::Sync {
-                let mut out = BytesMut::new();
-                build::ready_for_query(&mut out, server.state.txn());
-                self.to_client.push(out.freeze());
-                self.skip_batch = false;
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Routing's say on the client frame at `off` (`len` bytes, whole when
-    /// it has SQL): forward it, wait, or leave it for another server.
-    fn route_gate(&mut self, m: &mut Multiplex, tag: FrontendTag, off: usize, len: usize) -> Gate {
-        let buf = &self.client.rbuf;
-        let body = buf.get(off + HEADER_LEN..off + len).unwrap_or(&[]);
-        if tag == FrontendTag::Query
-            && let Some(sql) =
-                inspect::take_cstr(body).and_then(|(q, _)| super::routing::quote_route_setting(q))
-        {
-            self.replace_client_frame(off, len, &sql);
-            return Gate::Rescan;
-        }
-        match m.route_step(tag, body, &buf[off..]) {
-            Step::Forward => Gate::Pass,
-            Step::Wait => Gate::Stop,
-            Step::Leave => {
-                // Sent to another server once this one is idle.
-                self.hold = true;
-                Gate::Stop
-            }
-            Step::Stuck => {
-                self.forward_client(off);
-                Gate::End(RelayEnd::CannotReroute)
-            }
-        }
-    }
-
-    /// Replaces the client frame at `off` with a Query of `sql`, after
-    /// queueing the frames before it for the server.
-    fn replace_client_frame(&mut self, off: usize, len: usize, sql: &str) {
-        self.forward_client(off);
-        let _ = self.client.rbuf.split_to(len);
-        let mut b = BytesMut::new();
-        build::query(&mut b, sql);
-        b.extend_from_slice(&self.client.rbuf);
-        self.client.rbuf = b;
-    }
-
-    fn forward_client(&mut self, n: usize) {
-        self.received += n as u64;
-        if n > 0 {
-            let chunk = self.client.rbuf.split_to(n).freeze();
-            self.to_server.push(chunk);
-        }
-    }
-
-    /// Scans server bytes, reading the bodies sluice tracks, and queues them
-    /// for the client.
-    fn take_server(
-        &mut self,
-        server: &mut ServerConn,
-        mut mux: Option<&mut Multiplex>,
-    ) -> Result<(), RelayEnd> {
-        let mut off = 0;
-        loop {
-            let buf = &server.conn.rbuf;
-            if self.server_skip > 0 {
-                let n = (self.server_skip as usize).min(buf.len() - off);
-                off += n;
-                self.server_skip -= n as u32;
-                if self.server_skip > 0 {
-                    break;
-                }
-            }
-            let h = match peek_header(&buf[off..], self.max_packet()) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => {
-                    let error = ServerError::Protocol {
-                        addr: server.addr.clone(),
-                        detail: e.to_string(),
-                    };
-                    return Err(RelayEnd::ServerGone { error, told: false });
-                }
-            };
-            // Rows and COPY data, the bulk of most replies, neither complete
-            // nor fail a request: they pass without any bookkeeping, however
-            // many there are.
-            if matches!(h.tag, b'D' | b'd') {
-                if off + h.total > buf.len() {
-                    self.server_skip = h.total as u32;
-                    continue;
-                }
-                off += h.total;
-                // The whole rows that follow, without the loop's other checks
-                // (a bad header is left for the loop to report).
-                while let Ok(Some(h)) = peek_header(&buf[off..], self.max_packet())
-                    && matches!(h.tag, b'D' | b'd')
-                    && off + h.total <= buf.len()
-                {
-                    off += h.total;
-                }
-                continue;
-            }
-            let tag = BackendTag::from_byte(h.tag);
-            // With a Multiplex, replies that complete a request are read whole:
-            // one may be dropped, replaced, or followed by injected replies.
-            let needs_body = matches!(
-                tag,
-                BackendTag::ReadyForQuery | BackendTag::ParameterStatus | BackendTag::ErrorResponse
-            ) || (mux.is_some()
-                && matches!(h.tag, b'C' | b'1' | b'2' | b'3' | b'T' | b'n' | b'I' | b's'));
-            if needs_body && buf.len() - off < h.total {
-                let want = off + h.total - buf.len();
-                server.conn.rbuf.reserve(want);
-                break;
-            }
-            let body = &buf[off + HEADER_LEN..(off + h.total).min(buf.len())];
-            match tag {
-                BackendTag::ReadyForQuery => {
-                    let status = inspect::ready_status(body);
-                    server.state.on_backend(tag, status);
-                    self.request_done(
-                        server.stats.as_ref(),
-                        server.state.is_idle(),
-                        &mut server.idle_since,
-                        status,
-                    );
-                }
-                BackendTag::ParameterStatus => {
-                    if let Some((k, v)) = inspect::parameter_status(body) {
-                        crate::server::set_param(&mut server.params, k, v);
-                    }
-                }
-                BackendTag::ErrorResponse => {
-                    let fields = ErrorFields::parse(body);
-                    self.server_said_fatal |=
-                        matches!(fields.severity.as_deref(), Some("FATAL") | Some("PANIC"));
-                    if let Some(st) = &server.stats {
-                        st.error(fields.code.as_deref().unwrap_or("XX000"));
-                    }
-                }
-                _ => server.state.on_backend(tag, None),
-            }
-            // (Rows and COPY data took the short path above.)
-            let Some(m) = mux.as_deref_mut() else {
-                self.server_skip = h.total as u32;
-                continue;
-            };
-            let act = m.on_server(tag, h.tag, body, &mut server.extra, &mut server.statements);
-            server.state.void_syncs(act.void_syncs);
-            if act.drop || act.replace.is_some() {
-                self.forward_server(server, off);
-                let _ = server.conn.rbuf.split_to(h.total);
-                self.to_client.extend(act.replace);
-                off = 0;
-            } else {
-                self.server_skip = h.total as u32;
-            }
-            if m.injection_due() {
-                // The frame that completed a request is whole (needs_body above).
-                off += self.server_skip as usize;
-                self.server_skip = 0;
-                self.forward_server(server, off);
-                off = 0;
-                self.push_due(m);
-            }
-        }
-        self.forward_server(server, off);
-        Ok(())
-    }
-
-    /// Queues for the client the replies sluice made up that are due
-    /// (callers check `injection_due` first).
-    fn push_due(&mut self, m: &mut Multiplex) {
-        for b in m.due_injections() {
-            self.to_client.push(b);
-        }
-    }
-
-    /// Starts timing a request (and a transaction) when none is in flight.
-    fn request_started(&mut self, tag: FrontendTag) {
-        if self.query_start.is_none() && starts_request(tag) {
-            let now = Instant::now();
-            self.query_start = Some(now);
-            self.xact_start.get_or_insert(now);
-        }
-    }
-
-    /// A ReadyForQuery: one request done, and a transaction when idle; an
-    /// idle server's `idle_since` is now, whether or not it keeps stats.
-    /// (The server's fields one by one: its read buffer is borrowed.)
-    fn request_done(
-        &mut self,
-        stats: Option<&Arc<crate::pool::stats::PoolStats>>,
-        server_idle: bool,
-        idle_since: &mut std::time::Instant,
-        status: Option<TxnStatus>,
-    ) {
-        let now = Instant::now();
-        if status == Some(TxnStatus::Idle) {
-            // The time the pool would read when the server goes back.
-            *idle_since = now.into_std();
-        }
-        let Some(st) = stats else {
-            return;
-        };
-        if let Some(q) = self.query_start.take() {
-            st.query(now - q);
-        }
-        if !server_idle {
-            self.query_start = Some(now); // a pipelined request is next
-        }
-        if status == Some(TxnStatus::Idle)
-            && let Some(x) = self.xact_start.take()
-        {
-            st.xact(now - x);
-            if self.query_start.is_some() {
-                self.xact_start = Some(now);
-            }
-        }
-        st.bytes(
-            std::mem::take(&mut self.received),
-            std::mem::take(&mut self.sent),
-        );
-    }
-
-    fn forward_server(&mut self, server: &mut ServerConn, n: usize) {
-        self.sent += n as u64;
-        if n > 0 {
-            let chunk = server.conn.rbuf.split_to(n).freeze();
-            self.to_client.push(chunk);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncWriteExt;
-
-    #[test]
-    fn renew_moves_a_short_partial_frame_and_doubles_a_long_one() {
-        let mut short = BytesMut::with_capacity(READ_CHUNK);
-        short.extend_from_slice(&[7u8; READ_CHUNK - 100]);
-        let _sent = short.split_to(READ_CHUNK - 300).freeze();
-        renew(&mut short);
-        assert_eq!(&short[..], &[7u8; 200][..]);
-        assert!(short.capacity() - short.len() >= 1024);
-
-        // A message gathered whole: growing must not copy it per read.
-        let mut long = BytesMut::with_capacity(4 * READ_CHUNK);
-        long.extend_from_slice(&[9u8; 4 * READ_CHUNK - 10]);
-        renew(&mut long);
-        assert!(long.capacity() >= 8 * READ_CHUNK - 10, "doubled");
-        assert!(long.iter().all(|b| *b == 9));
-    }
-
-    async fn socket_pair() -> (tokio::net::TcpStream, PgStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        (peer, PgStream::Plain(listener.accept().await.unwrap().0))
-    }
-
-    #[tokio::test]
-    async fn an_armed_socket_skips_registering_and_still_wakes_the_task() {
-        let (mut a_peer, mut a) = socket_pair().await;
-        let (mut b_peer, mut b) = socket_pair().await;
-        let (mut abuf, mut bbuf) = (BytesMut::new(), BytesMut::new());
-        let (mut a_armed, mut b_armed) = (false, false);
-
-        // Both quiet: each poll registers the task and arms its socket.
-        poll_fn(|cx| {
-            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx).is_pending());
-            assert!(poll_read_armed(&mut b, &mut bbuf, &mut b_armed, true, cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
-        assert!(a_armed && b_armed);
-
-        // B wakes the task; A, armed with nothing to read, is only peeked at.
-        b_peer.write_all(b"b").await.unwrap();
-        let read_b = poll_fn(|cx| {
-            assert!(poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx).is_pending());
-            poll_read_armed(&mut b, &mut bbuf, &mut b_armed, true, cx)
-        });
-        let n = tokio::time::timeout(Duration::from_secs(5), read_b)
-            .await
-            .expect("B's bytes woke the task")
-            .unwrap();
-        assert_eq!(
-            (n, &bbuf[..], a_armed, b_armed),
-            (1, &b"b"[..], true, false)
-        );
-
-        // A's registration from the first poll still stands: bytes on A
-        // wake the task though A was never registered again.
-        a_peer.write_all(b"a").await.unwrap();
-        let woke = tokio::time::timeout(
-            Duration::from_secs(5),
-            poll_fn(|cx| poll_read_armed(&mut a, &mut abuf, &mut a_armed, true, cx)),
-        )
-        .await;
-        assert_eq!(woke.expect("A's bytes woke the task").unwrap(), 1);
-        assert_eq!((&abuf[..], a_armed), (&b"a"[..], false));
-    }
-
-    #[tokio::test]
-    async fn sockets_are_armed_on_the_current_thread_runtime() {
-        assert!(arming_is_safe());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sockets_are_never_armed_on_a_multi_thread_runtime() {
-        let (_peer, mut s) = socket_pair().await;
-        let (mut buf, mut armed) = (BytesMut::new(), false);
-        let may_arm = arming_is_safe();
-        let pending = poll_fn(|cx| {
-            Poll::Ready(poll_read_armed(&mut s, &mut buf, &mut armed, may_arm, cx).is_pending())
-        })
-        .await;
-        // Quiet socket, registered, but never armed: every poll registers.
-        assert_eq!((may_arm, pending, armed), (false, true, false));
-    }
-
-    #[tokio::test]
-    async fn an_idle_plaintext_client_holds_no_read_buffer() {
-        let (mut peer, mut stream) = socket_pair().await;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-
-        // Nothing to read: the wait is pending and the buffer is given back.
-        let first = poll_fn(|cx| Poll::Ready(poll_read_idle(&mut stream, &mut buf, cx))).await;
-        assert!(first.is_pending());
-        assert_eq!(buf.capacity(), 0);
-
-        // Bytes arrive: a buffer is taken and holds them.
-        peer.write_all(b"X\0\0\0\x04").await.unwrap();
-        let n = poll_fn(|cx| poll_read_idle(&mut stream, &mut buf, cx))
-            .await
-            .unwrap();
-        assert_eq!(n, 5);
-        assert_eq!(&buf[..], b"X\0\0\0\x04");
-
-        // The peer closes: end of stream, not a wait.
-        drop(peer);
-        let _ = buf.split();
-        let n = poll_fn(|cx| poll_read_idle(&mut stream, &mut buf, cx))
-            .await
-            .unwrap();
-        assert_eq!(n, 0);
     }
 }

@@ -6,7 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::expect::{Act, Entry, ExpectQueue, FrameAction, Kind, OnFail};
+use super::expect::{Act, Entry, ExpectQueue, FrameAction, Kind, OnFail, Verdict};
 use super::prepared::{ClientStatements, ServerStatements, StmtDef, define};
 use crate::protocol::build::{self, Severity};
 use crate::protocol::extended as ext;
@@ -21,6 +21,10 @@ pub enum ClientAction {
     Replace(BytesMut),
     /// Send nothing; sluice answers (or has answered) it.
     Drop,
+    /// Send these bytes (a statement prepared again and described, to
+    /// check its row shape after a schema change) and hold the message
+    /// and the rest of the client's batch until the verdict.
+    Verify(BytesMut),
 }
 
 /// Bytes of an answerable batch sluice waits for before it takes a server
@@ -52,6 +56,110 @@ pub struct Statements {
     /// The statement the last Bind executes, when its text may change
     /// session state (`StmtDef::session`): the caller scans it.
     pub bound: Option<Arc<StmtDef>>,
+    /// The client's current batch, kept to run it again after a stale
+    /// statement error.
+    pub replay: Replay,
+    /// The client's statement (name, definition in the current schema
+    /// generation) whose row shape a `Verify` checks.
+    pub verifying: Option<(Vec<u8>, Arc<StmtDef>)>,
+}
+
+/// Batches longer than this are not kept for a replay.
+const MAX_REPLAY: usize = 64 * 1024;
+
+/// A copy of the client's batch that began outside a transaction with
+/// nothing in flight, up to its Sync. When the server fails it because a
+/// statement it held was prepared against an older schema, and nothing of
+/// the reply reached the client, sluice runs the batch again under new
+/// statement names: the client sees only the good answer.
+///
+/// Frames sluice answered itself at the batch's start (a Parse of a
+/// statement the server has) are not sent again: their replies went out.
+/// A batch that executes without describing its rows is not run again
+/// either: its client relies on the row shape it was told before, which
+/// the schema change may have changed, so it gets the error, as a direct
+/// connection would give it (asyncpg and libpq's callers re-prepare).
+#[derive(Debug, Default)]
+pub struct Replay {
+    buf: BytesMut,
+    state: ReplayState,
+    /// Bytes at the start of `buf` that sluice answered itself.
+    answered: usize,
+    described: bool,
+    /// An Execute came with no Describe before it.
+    blind: bool,
+    /// A reply frame held back (the ParameterDescription of a Describe
+    /// that a stale statement may fail right after).
+    pub held: Option<Bytes>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ReplayState {
+    #[default]
+    Off,
+    Recording,
+    /// Its Sync was seen.
+    Complete,
+}
+
+impl Replay {
+    /// A client frame (None: not whole in the buffer) about to go to the
+    /// server; `at_boundary` when nothing is in flight, and then `idle`
+    /// outside a transaction: only such a batch is kept.
+    pub fn record(
+        &mut self,
+        tag: FrontendTag,
+        frame: Option<&[u8]>,
+        at_boundary: bool,
+        idle: bool,
+    ) {
+        if at_boundary {
+            self.buf.clear();
+            (self.answered, self.described, self.blind) = (0, false, false);
+            self.state = if idle {
+                ReplayState::Recording
+            } else {
+                ReplayState::Off
+            };
+        }
+        match tag {
+            FrontendTag::Describe => self.described = true,
+            FrontendTag::Execute => self.blind |= !self.described,
+            _ => {}
+        }
+        match (self.state, frame) {
+            (ReplayState::Off, _) => {}
+            (ReplayState::Recording, Some(f)) if self.buf.len() + f.len() <= MAX_REPLAY => {
+                self.buf.extend_from_slice(f);
+                if tag == FrontendTag::Sync {
+                    self.state = ReplayState::Complete;
+                }
+            }
+            // Too long, not whole, or a second batch pipelined after it.
+            _ => self.state = ReplayState::Off,
+        }
+    }
+
+    /// The frame of `len` bytes just recorded was answered by sluice: when
+    /// everything before it was too, it is not sent again.
+    pub fn answered_by_sluice(&mut self, len: usize) {
+        if self.state == ReplayState::Recording && self.answered + len == self.buf.len() {
+            self.answered = self.buf.len();
+        }
+    }
+
+    /// Whether a whole batch up to its Sync is kept, and may run again.
+    pub fn ready(&self) -> bool {
+        self.state == ReplayState::Complete && !self.blind
+    }
+
+    /// The batch (less what sluice answered), to run again; nothing is
+    /// kept after.
+    pub fn take(&mut self) -> BytesMut {
+        self.state = ReplayState::Off;
+        let mut b = std::mem::take(&mut self.buf);
+        b.split_off(self.answered.min(b.len()))
+    }
 }
 
 /// Where a client's statement lives on servers: the unnamed slot, or a
@@ -70,26 +178,61 @@ impl Global {
     }
 }
 
-/// Global statement names that parsed successfully on some server of a pool.
+/// Global statement names that parsed successfully on some server of a
+/// pool, and the pool's schema generation: a schema change (DDL through
+/// sluice, or a server's "cached plan must not change result type") bumps
+/// it, and every statement then gets a new global name, so each server
+/// prepares it afresh at its next use.
 #[derive(Debug, Default)]
-pub struct KnownStatements(std::sync::Mutex<std::collections::HashSet<String>>);
+pub struct KnownStatements {
+    names: std::sync::Mutex<std::collections::HashSet<String>>,
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl KnownStatements {
     pub fn contains(&self, global: &str) -> bool {
-        self.0
+        self.names
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(global)
     }
 
     pub fn insert(&self, global: String) {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.names.lock().unwrap_or_else(|p| p.into_inner());
         // Bounded: forgetting only costs a round trip to a server later.
         if set.len() >= 10_000 {
             set.clear();
         }
         set.insert(global);
     }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The schema changed: statements prepared before are stale everywhere.
+    pub fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!("schema changed: prepared statements are prepared again at their next use");
+    }
+}
+
+/// Whether the client frames in `later`, up to the next Sync, include a
+/// Describe: the client then learns the row shape from the reply.
+fn describes_rows(later: &[u8]) -> bool {
+    let mut off = 0;
+    while let Ok(Some(h)) = crate::protocol::frame::peek_header(&later[off..], usize::MAX) {
+        match FrontendTag::from_byte(h.tag) {
+            FrontendTag::Describe => return true,
+            FrontendTag::Sync => return false,
+            _ => off += h.total,
+        }
+        if off >= later.len() {
+            break;
+        }
+    }
+    false
 }
 
 fn frame(f: impl FnOnce(&mut BytesMut)) -> Bytes {
@@ -99,6 +242,18 @@ fn frame(f: impl FnOnce(&mut BytesMut)) -> Bytes {
 }
 
 impl Statements {
+    /// The pool's schema generation (0 without a shared set).
+    fn generation(&self) -> u64 {
+        self.known.as_ref().map_or(0, |k| k.generation())
+    }
+
+    /// Marks every statement of the pool stale (see `KnownStatements`).
+    pub fn schema_changed(&self) {
+        if let Some(k) = &self.known {
+            k.bump();
+        }
+    }
+
     fn push(&mut self, e: Entry) {
         if let Some(undo) = self.expect.push(e) {
             self.undo(undo, None);
@@ -183,7 +338,15 @@ impl Statements {
             }
             return Some(Global::Unnamed);
         }
-        let def = self.client.named.get(name)?.clone();
+        let mut def = self.client.named.get(name)?.clone();
+        let generation = self.generation();
+        // Prepared before a schema change: a server that still has it
+        // checks it as PostgreSQL does; elsewhere it gets a fresh name
+        // (`verify_first` has dealt with clients that need its shape).
+        if def.generation != generation && !server.contains(&def.global) {
+            def = def.regenerate(generation);
+            self.client.named.insert(name.to_vec(), def.clone());
+        }
         self.ensure(&def, server, out);
         Some(Global::Named(def))
     }
@@ -195,6 +358,7 @@ impl Statements {
         &mut self,
         tag: FrontendTag,
         body: &[u8],
+        later: &[u8],
         search_path: impl Fn() -> Option<&'p str>,
         server: &mut ServerStatements,
     ) -> ClientAction {
@@ -205,6 +369,9 @@ impl Statements {
                     self.push(Entry::reply(Kind::Bind));
                     return ClientAction::Forward;
                 };
+                if let Some(out) = self.verify_first(v.statement, later, server) {
+                    return ClientAction::Verify(out);
+                }
                 let mut out = BytesMut::new();
                 // resolve() queues any Parse it inserts ahead of the Bind's own entry.
                 let global = self.resolve(v.statement, server, &mut out);
@@ -226,14 +393,23 @@ impl Statements {
             FrontendTag::Describe => match ext::target_view(body) {
                 Some((b'S', name)) => {
                     let mut out = BytesMut::new();
-                    let action = match self.resolve(name, server, &mut out) {
+                    let global = self.resolve(name, server, &mut out);
+                    let entry = match &global {
+                        Some(Global::Named(def)) => Entry {
+                            kind: Kind::DescribeStatement,
+                            act: Act::ReplyShape(def.clone()),
+                            on_fail: OnFail::default(),
+                        },
+                        _ => Entry::reply(Kind::DescribeStatement),
+                    };
+                    let action = match global {
                         Some(g) if g.name() != name || !out.is_empty() => {
                             ext::build_describe(&mut out, b'S', g.name());
                             ClientAction::Replace(out)
                         }
                         _ => ClientAction::Forward,
                     };
-                    self.push(Entry::reply(Kind::DescribeStatement));
+                    self.push(entry);
                     action
                 }
                 _ => {
@@ -331,7 +507,7 @@ impl Statements {
             });
             return ClientAction::Replace(out);
         }
-        let def = define(v.rest, search_path());
+        let def = define(v.rest, search_path(), self.generation());
         self.client.named.insert(v.name.to_vec(), def.clone());
         if server.touch(&def.global) {
             let reply = frame(ext::parse_complete);
@@ -351,9 +527,75 @@ impl Statements {
         ClientAction::Replace(out)
     }
 
+    /// A Bind of a statement the client prepared before a schema change,
+    /// on a server that does not have it (where PostgreSQL would check
+    /// it), in a batch that does not describe its rows again: the client
+    /// relies on the row shape it was told. Returns the bytes that prepare
+    /// it again under its new name and describe it (`Act::Verify`); the
+    /// Bind waits for the verdict (`verdict`).
+    fn verify_first(
+        &mut self,
+        name: &[u8],
+        later: &[u8],
+        server: &mut ServerStatements,
+    ) -> Option<BytesMut> {
+        let def = self.client.named.get(name)?;
+        let generation = self.generation();
+        if def.generation == generation
+            || server.contains(&def.global)
+            || self.expect.is_skipping()
+            || describes_rows(later)
+        {
+            return None;
+        }
+        let shape = *def.shape.get()?;
+        let fresh = def.regenerate(generation);
+        let mut out = BytesMut::new();
+        self.prepare_into(&fresh, server, &mut out, Act::Swallow, None);
+        self.reprepares += 1;
+        ext::build_describe(&mut out, b'S', fresh.global.as_bytes());
+        self.push(Entry {
+            kind: Kind::DescribeStatement,
+            act: Act::Verify(shape),
+            on_fail: OnFail::default(),
+        });
+        build::flush(&mut out);
+        self.verifying = Some((name.to_vec(), fresh));
+        Some(out)
+    }
+
+    /// A `Verify` ended. Same shape: the client's statement takes its new
+    /// name. Changed: returns a Sync for the server (its reply swallowed),
+    /// which ends what sluice sent while the client is told the error.
+    pub fn verdict(&mut self, v: Verdict) -> Option<BytesMut> {
+        let (name, fresh) = self.verifying.take()?;
+        match v {
+            Verdict::Same => {
+                self.client.named.insert(name, fresh);
+                None
+            }
+            Verdict::Changed => {
+                let mut out = BytesMut::new();
+                build::sync(&mut out);
+                self.push(Entry {
+                    kind: Kind::Sync,
+                    act: Act::Swallow,
+                    on_fail: OnFail::default(),
+                });
+                Some(out)
+            }
+            Verdict::Failed => None,
+        }
+    }
+
     /// Accounts for a server frame; undoes the bookkeeping of failed or skipped messages.
-    pub fn on_server(&mut self, tag: u8, server: &mut ServerStatements) -> FrameAction {
-        let mut action = self.expect.on_server(tag);
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut ServerStatements,
+    ) -> FrameAction {
+        let mut action = self.expect.on_server(tag, body);
         if let (Some(g), Some(k)) = (action.parsed.take(), &self.known) {
             tracing::trace!(global = %g, "statement known");
             k.insert(g);
@@ -408,7 +650,7 @@ impl Statements {
                     if v.name.is_empty() || self.client.named.contains_key(v.name) {
                         return Answer::NeedServer;
                     }
-                    let def = define(v.rest, search_path());
+                    let def = define(v.rest, search_path(), known.generation());
                     if !known.contains(&def.global) {
                         tracing::trace!(global = %def.global, "not known yet");
                         return Answer::NeedServer;
@@ -495,44 +737,52 @@ mod tests {
     fn first_parse_prepares_under_the_global_name() {
         let (mut s, mut server) = (st(), ServerStatements::default());
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server)
+            s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server)
         else {
             panic!("expected a rewrite")
         };
         let sent = tags(&out);
-        let global = define(b"SELECT 1\0\0\0", None).global.clone();
+        let global = define(b"SELECT 1\0\0\0", None, 0).global.clone();
         assert_eq!(sent.iter().map(|(t, _)| *t).collect::<Vec<_>>(), b"CP");
         assert!(sent[1].1.starts_with(global.as_bytes()));
         // The Close's CloseComplete is swallowed; the ParseComplete reaches the client.
-        assert!(s.on_server(b'3', &mut server).drop);
-        assert!(!s.on_server(b'1', &mut server).drop);
+        assert!(s.on_server(b'3', b"", &mut server).drop);
+        assert!(!s.on_server(b'1', b"", &mut server).drop);
         assert!(s.expect.is_empty());
     }
 
     #[test]
     fn bind_on_another_server_reprepares_and_swallows() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut a);
-        s.on_server(b'3', &mut a);
-        s.on_server(b'1', &mut a);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut a);
+        s.on_server(b'3', b"", &mut a);
+        s.on_server(b'1', b"", &mut a);
         let mut b = ServerStatements::default();
-        let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", || None, &mut b)
-        else {
+        let ClientAction::Replace(out) = s.on_client(
+            FrontendTag::Bind,
+            b"\0s1\0\0\0\0\0\0\0",
+            &[],
+            || None,
+            &mut b,
+        ) else {
             panic!("expected a rewrite")
         };
         assert_eq!(
             tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
             b"CPB"
         );
-        assert!(s.on_server(b'3', &mut b).drop);
-        assert!(s.on_server(b'1', &mut b).drop);
-        assert!(!s.on_server(b'2', &mut b).drop);
+        assert!(s.on_server(b'3', b"", &mut b).drop);
+        assert!(s.on_server(b'1', b"", &mut b).drop);
+        assert!(!s.on_server(b'2', b"", &mut b).drop);
         assert_eq!(s.reprepares, 1);
         // A second Bind on the same server needs nothing inserted.
-        let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", || None, &mut b)
-        else {
+        let ClientAction::Replace(out) = s.on_client(
+            FrontendTag::Bind,
+            b"\0s1\0\0\0\0\0\0\0",
+            &[],
+            || None,
+            &mut b,
+        ) else {
             panic!("expected the name to be rewritten")
         };
         assert_eq!(tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(), b"B");
@@ -541,15 +791,15 @@ mod tests {
     #[test]
     fn parse_of_a_cached_statement_is_answered_by_sluice() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        server.insert(&define(b"SELECT 1\0\0\0", None).global, 10);
+        server.insert(&define(b"SELECT 1\0\0\0", None, 0).global, 10);
         assert!(matches!(
-            s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server),
+            s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
         // Close of the client's name is answered too, and the name is gone.
         assert!(matches!(
-            s.on_client(FrontendTag::Close, b"Ss1\0", || None, &mut server),
+            s.on_client(FrontendTag::Close, b"Ss1\0", &[], || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
@@ -562,13 +812,14 @@ mod tests {
         s.on_client(
             FrontendTag::Parse,
             b"s1\0SELEC 1\0\0\0",
+            &[],
             || None,
             &mut server,
         );
-        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
-        s.on_server(b'3', &mut server);
-        s.on_server(b'E', &mut server);
-        s.on_server(b'Z', &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        s.on_server(b'3', b"", &mut server);
+        s.on_server(b'E', b"", &mut server);
+        s.on_server(b'Z', b"", &mut server);
         assert!(server.is_empty());
         assert!(s.client.named.is_empty());
         assert!(s.expect.is_empty());
@@ -577,14 +828,14 @@ mod tests {
     #[test]
     fn duplicate_names_fail_like_postgres() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
-            s.on_server(t, &mut server);
+            s.on_server(t, b"", &mut server);
         }
-        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", || None, &mut server);
-        let a = s.on_server(b'E', &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        let a = s.on_server(b'E', b"", &mut server);
         let replaced = a.replace.expect("sluice's own error");
         assert!(String::from_utf8_lossy(&replaced).contains("42P05"));
     }
@@ -592,10 +843,16 @@ mod tests {
     #[test]
     fn unnamed_statements_follow_the_client() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, b"\0SELECT 2\0\0\0", || None, &mut a);
+        s.on_client(
+            FrontendTag::Parse,
+            b"\0SELECT 2\0\0\0",
+            &[],
+            || None,
+            &mut a,
+        );
         let mut b = ServerStatements::default();
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", || None, &mut b)
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], || None, &mut b)
         else {
             panic!("expected the unnamed statement to be re-parsed")
         };
@@ -604,9 +861,134 @@ mod tests {
             b"PB"
         );
         assert!(matches!(
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", || None, &mut b),
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], || None, &mut b),
             ClientAction::Forward
         ));
+    }
+
+    #[test]
+    fn a_batch_is_kept_up_to_its_sync_and_only_alone() {
+        let mut r = Replay::default();
+        r.record(FrontendTag::Parse, Some(b"P.."), true, true);
+        r.answered_by_sluice(3);
+        r.record(FrontendTag::Bind, Some(b"B..."), false, true);
+        r.record(FrontendTag::Describe, Some(b"D."), false, true);
+        r.record(FrontendTag::Execute, Some(b"E..."), false, true);
+        r.answered_by_sluice(4); // not at the start: sent again
+        assert!(!r.ready());
+        r.record(FrontendTag::Sync, Some(b"S...."), false, true);
+        assert!(r.ready());
+        assert_eq!(&r.take()[..], b"B...D.E...S....");
+        assert!(!r.ready());
+        // Rows the client was not told the shape of again: no replay.
+        r.record(FrontendTag::Bind, Some(b"B"), true, true);
+        r.record(FrontendTag::Execute, Some(b"E"), false, true);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true);
+        assert!(!r.ready());
+        // A second batch sent before the first's reply: nothing is kept.
+        r.record(FrontendTag::Bind, Some(b"B"), true, true);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true);
+        r.record(FrontendTag::Bind, Some(b"B"), false, true);
+        assert!(!r.ready());
+        // Nor a batch begun inside a transaction (after BEGIN), nor a
+        // partial frame.
+        r.record(FrontendTag::Query, Some(b"Q"), true, true);
+        r.record(FrontendTag::Bind, Some(b"B"), true, false);
+        r.record(FrontendTag::Sync, Some(b"S"), false, false);
+        assert!(!r.ready());
+        r.record(FrontendTag::Bind, None, true, true);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true);
+        assert!(!r.ready());
+    }
+
+    #[test]
+    fn a_schema_change_renames_statements_on_their_next_use() {
+        let known = Arc::new(KnownStatements::default());
+        let mut st = Statements {
+            cap: 10,
+            known: Some(known.clone()),
+            ..Default::default()
+        };
+        let mut first = ServerStatements::default();
+        let mut parse = BytesMut::new();
+        ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
+        st.on_client(FrontendTag::Parse, &parse[5..], &[], || None, &mut first);
+        let before = st.client.named[&b"s1"[..]].global.clone();
+        known.bump();
+        let mut bind = BytesMut::new();
+        ext::build_bind(&mut bind, b"", b"s1", b"\0\0\0\0\0\0");
+        // The server that has it checks it itself: the old name is bound.
+        let bound = |st: &mut Statements, server: &mut ServerStatements| match st.on_client(
+            FrontendTag::Bind,
+            &bind[5..],
+            &[],
+            || None,
+            server,
+        ) {
+            ClientAction::Replace(out) => String::from_utf8_lossy(&out).into_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert!(bound(&mut st, &mut first).contains(&before));
+        // Another server: prepared anew under the new name (its row shape
+        // was never described, so there is nothing to check).
+        let sent = bound(&mut st, &mut ServerStatements::default());
+        let after = st.client.named[&b"s1"[..]].global.clone();
+        assert_eq!(after, format!("{before}_1"));
+        assert!(sent.contains(&after), "{sent}");
+    }
+
+    #[test]
+    fn a_statement_whose_shape_the_client_relies_on_is_checked_first() {
+        let known = Arc::new(KnownStatements::default());
+        let mut st = Statements {
+            cap: 10,
+            known: Some(known.clone()),
+            ..Default::default()
+        };
+        let mut parse = BytesMut::new();
+        ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
+        st.on_client(
+            FrontendTag::Parse,
+            &parse[5..],
+            &[],
+            || None,
+            &mut ServerStatements::default(),
+        );
+        let _ = st.client.named[&b"s1"[..]].shape.set(7);
+        known.bump();
+        let mut bind = BytesMut::new();
+        ext::build_bind(&mut bind, b"", b"s1", b"\0\0\0\0\0\0");
+        let mut server = ServerStatements::default();
+        let mut sync = BytesMut::new();
+        build::sync(&mut sync);
+        // A Describe later in the batch: the client learns the new shape.
+        let mut describe = BytesMut::new();
+        ext::build_describe(&mut describe, b'P', b"");
+        let later = [&describe[..], &sync[..]].concat();
+        let mut probe = Statements {
+            cap: 10,
+            known: Some(known.clone()),
+            client: ClientStatements::default(),
+            ..Default::default()
+        };
+        probe.client.named = st.client.named.clone();
+        assert!(matches!(
+            probe.on_client(FrontendTag::Bind, &bind[5..], &later, || None, &mut server),
+            ClientAction::Replace(_)
+        ));
+        // Blind (Bind, Execute, Sync): prepared again, described, held.
+        let mut server = ServerStatements::default();
+        let ClientAction::Verify(out) =
+            st.on_client(FrontendTag::Bind, &bind[5..], &sync, || None, &mut server)
+        else {
+            panic!("checked first");
+        };
+        assert_eq!(
+            tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            b"CPDH".to_vec()
+        );
+        assert_eq!(st.verdict(Verdict::Same), None);
+        assert!(st.client.named[&b"s1"[..]].global.ends_with("_1"));
     }
 
     #[test]
@@ -618,10 +1000,11 @@ mod tests {
             },
             ServerStatements::default(),
         );
-        s.on_client(FrontendTag::Parse, PARSE_S1, || None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
         let ClientAction::Replace(out) = s.on_client(
             FrontendTag::Parse,
             b"s2\0SELECT 2\0\0\0",
+            &[],
             || None,
             &mut server,
         ) else {
@@ -657,12 +1040,13 @@ mod known_tests {
         a.on_client(
             FrontendTag::Parse,
             b"P_0\0BEGIN;\0\0\0",
+            &[],
             || None,
             &mut server,
         );
-        a.on_client(FrontendTag::Sync, b"", || None, &mut server);
+        a.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
-            a.on_server(t, &mut server);
+            a.on_server(t, b"", &mut server);
         }
         let mut b = sharing(known);
         let mut buf = BytesMut::new();
@@ -689,7 +1073,7 @@ mod known_tests {
     #[test]
     fn an_unfinished_batch_after_a_flush_or_too_long_needs_a_server() {
         let known = Arc::new(KnownStatements::default());
-        known.insert(define(b"BEGIN;\0\0\0", None).global.clone());
+        known.insert(define(b"BEGIN;\0\0\0", None, 0).global.clone());
         let mut b = sharing(known);
         // After a Flush the client may be waiting for the replies so far.
         let mut buf = BytesMut::new();

@@ -19,6 +19,7 @@ mod pooling;
 mod prepared;
 mod prometheus;
 mod routing;
+mod schema_change;
 mod session_state;
 mod tls;
 mod tls_drivers;
