@@ -87,3 +87,13 @@ async fn tokio_postgres_old_and_new_clients_after_a_schema_change() {
         assert_eq!(c.query_one(&again, &[&1i32]).await.unwrap().len(), 3);
     }
 }
+
+/// asyncpg's custom codecs (tuple and text formats) on statements whose
+/// tables and types are dropped and made again, and its isolation-level
+/// transactions, with other clients on the same two servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_codecs_and_isolation_levels() {
+    let s = primary_pool(2).await;
+    let [url, _] = urls(&s);
+    driver("python", "python3", "asyncpg_codecs.py", &[url]).await;
+}
