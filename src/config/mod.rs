@@ -3,6 +3,7 @@
 
 mod raw;
 mod routing;
+pub use routing::PrimaryFunctions;
 pub mod units;
 mod validate;
 
@@ -137,7 +138,7 @@ pub struct Routing {
     pub load_balance: Balance,
     pub consistency: Consistency,
     /// Functions whose call sends a statement to the primary, beyond the built-in list.
-    pub primary_functions: crate::route::PrimaryFunctions,
+    pub primary_functions: PrimaryFunctions,
     /// The [users] entry the monitor logs in as (default: the first with a password).
     pub monitor_user: Option<String>,
 }
@@ -306,24 +307,6 @@ impl Config {
     pub fn max_user_connections(&self, user: Option<&User>) -> usize {
         user.and_then(|u| u.max_user_connections)
             .unwrap_or(self.general.max_user_connections)
-    }
-
-    /// The user the routing monitor logs in as: monitor_user, or else the
-    /// first user with a password sluice can log in with.
-    pub fn monitor_user(&self) -> Option<&str> {
-        if let Some(u) = &self.general.routing.monitor_user {
-            return Some(u);
-        }
-        self.users
-            .iter()
-            .find(|(_, u)| {
-                matches!(
-                    crate::pool::server_password(Some(u)),
-                    crate::server::ServerPassword::Plain(_)
-                        | crate::server::ServerPassword::Md5Hash(_)
-                )
-            })
-            .map(|(n, _)| n.as_str())
     }
 
     /// Pool mode for a (database, user) pair: user beats database beats general.

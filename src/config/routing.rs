@@ -3,7 +3,11 @@
 use super::raw::RawGeneral;
 use super::units::{parse_duration, parse_size};
 use super::{Balance, Consistency, DbRoute, LagBound, Routing};
-use crate::route::PrimaryFunctions;
+
+/// Functions whose call sends a statement to the primary, beyond the
+/// router's built-in list (`primary_functions`, lowercase).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrimaryFunctions(pub Vec<String>);
 
 /// "10s" or "16MB": a number followed by a size unit is an amount of WAL.
 fn lag_bound(s: &str) -> Result<LagBound, String> {

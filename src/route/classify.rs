@@ -101,10 +101,7 @@ impl Class {
     }
 }
 
-/// Functions whose call sends a statement to the primary, beyond the
-/// built-in list (config `primary_functions`, lowercase).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrimaryFunctions(pub Vec<String>);
+pub use crate::config::PrimaryFunctions;
 
 const WRITE_FUNCTIONS: &[&str] = &[
     "nextval",

@@ -26,9 +26,27 @@ const REPLICA_SQL: &str =
 const CHASE_EVERY: Duration = Duration::from_millis(1);
 const MAX_CHASE: u32 = 20;
 
+/// The user the routing monitor logs in as: monitor_user, or else the
+/// first user with a password sluice can log in with.
+pub fn monitor_user(config: &Config) -> Option<&str> {
+    if let Some(u) = &config.general.routing.monitor_user {
+        return Some(u);
+    }
+    config
+        .users
+        .iter()
+        .find(|(_, u)| {
+            matches!(
+                crate::pool::server_password(Some(u)),
+                crate::server::ServerPassword::Plain(_) | crate::server::ServerPassword::Md5Hash(_)
+            )
+        })
+        .map(|(n, _)| n.as_str())
+}
+
 /// How the monitor logs in to `addr`, from monitor_user's [users] entry.
 pub fn target(config: &Config, addr: &HostPort, dbname: &str) -> Option<ServerTarget> {
-    let name = config.monitor_user()?;
+    let name = monitor_user(config)?;
     let user = config.users.get(name);
     Some(ServerTarget {
         addr: addr.clone(),

@@ -37,7 +37,7 @@ impl Settings {
             ban_time: r.replica_ban_time,
             balance: r.load_balance,
             consistency: r.consistency,
-            monitor_user: config.monitor_user().map(str::to_string),
+            monitor_user: super::monitor::monitor_user(config).map(str::to_string),
         }
     }
 }

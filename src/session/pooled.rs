@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use bytes::BytesMut;
 
 use super::cancel::CancelKey;
+use super::login::Entry;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
 use super::routing::Outstanding;
 use super::statements::{Answer, Statements};
 use super::vars::{SessionVars, custom_names, learn_sql, learned, sync_sql};
-use super::{Ctx, Entry, finish};
+use super::{Ctx, finish};
 use crate::clients::ClientState;
 use crate::config::PoolMode;
 use crate::error::{Error, ServerError};
