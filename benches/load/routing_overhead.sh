@@ -43,21 +43,10 @@ wait_for_port "$PLAIN_PORT"
 start_sluice "$ROUTED_PORT"
 sleep 1
 
-TICKS=$(getconf CLK_TCK)
-run() { # pid port mode -> "tps cpu_s_per_10k"
-    local before after out tps tx
-    before=$(cpu_ticks "$1")
-    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$2" -U app -n -S -M "$3" -c "$CLIENTS" -j 2 -T "$DURATION" app 2>&1)
-    after=$(cpu_ticks "$1")
-    tps=$(awk '/^tps/ {print $3}' <<<"$out")
-    tx=$(awk '/actually processed/ {print $6}' <<<"$out" | cut -d/ -f1)
-    awk -v t="$tps" -v c=$((after - before)) -v hz="$TICKS" -v n="$tx" \
-        'BEGIN { printf "%.0f %.3f\n", t, c / hz / n * 10000 }'
-}
 for round in $(seq 1 "$ROUNDS"); do
     for mode in $MODES; do
-        read -r t1 c1 <<<"$(run "$PLAIN_PID" "$PLAIN_PORT" "$mode")"
-        read -r t2 c2 <<<"$(run "$SLUICE_PID" "$ROUTED_PORT" "$mode")"
+        read -r t1 c1 <<<"$(pgbench_cpu "$PLAIN_PID" "$PLAIN_PORT" -S -M "$mode" -c "$CLIENTS" -j 2 -T "$DURATION")"
+        read -r t2 c2 <<<"$(pgbench_cpu "$SLUICE_PID" "$ROUTED_PORT" -S -M "$mode" -c "$CLIENTS" -j 2 -T "$DURATION")"
         echo "round $round -M $mode: no routing $t1 tps, ${c1}s CPU/10k tx | routing $t2 tps, ${c2}s CPU/10k tx"
     done
 done

@@ -142,3 +142,17 @@ cpu_ticks() {
     if [ -z "$1" ]; then echo 0; return; fi
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
+
+# pgbench_cpu PID PORT PGBENCH_ARGS...: runs pgbench as app against PORT and
+# prints "TPS CPU" where CPU is PID's CPU seconds per 10,000 transactions.
+pgbench_cpu() {
+    local pid=$1 port=$2 before after out tps tx
+    shift 2
+    before=$(cpu_ticks "$pid")
+    out=$("$PG_BIN/pgbench" -h 127.0.0.1 -p "$port" -U app -n "$@" app 2>&1)
+    after=$(cpu_ticks "$pid")
+    tps=$(awk '/^tps/ {print $3}' <<<"$out")
+    tx=$(awk '/actually processed/ {print $6}' <<<"$out" | cut -d/ -f1)
+    awk -v t="$tps" -v c=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$tx" \
+        'BEGIN { printf "%.0f %.3f\n", t, c / hz / n * 10000 }'
+}

@@ -901,14 +901,19 @@ mod tests {
         assert!(!r.ready());
     }
 
-    #[test]
-    fn a_schema_change_renames_statements_on_their_next_use() {
-        let known = Arc::new(KnownStatements::default());
-        let mut st = Statements {
+    /// Statements sharing `known`, as clients of one pool do.
+    fn in_pool(known: &Arc<KnownStatements>) -> Statements {
+        Statements {
             cap: 10,
             known: Some(known.clone()),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_schema_change_renames_statements_on_their_next_use() {
+        let known = Arc::new(KnownStatements::default());
+        let mut st = in_pool(&known);
         let mut first = ServerStatements::default();
         let mut parse = BytesMut::new();
         ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
@@ -940,11 +945,7 @@ mod tests {
     #[test]
     fn a_statement_whose_shape_the_client_relies_on_is_checked_first() {
         let known = Arc::new(KnownStatements::default());
-        let mut st = Statements {
-            cap: 10,
-            known: Some(known.clone()),
-            ..Default::default()
-        };
+        let mut st = in_pool(&known);
         let mut parse = BytesMut::new();
         ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
         st.on_client(
@@ -965,12 +966,7 @@ mod tests {
         let mut describe = BytesMut::new();
         ext::build_describe(&mut describe, b'P', b"");
         let later = [&describe[..], &sync[..]].concat();
-        let mut probe = Statements {
-            cap: 10,
-            known: Some(known.clone()),
-            client: ClientStatements::default(),
-            ..Default::default()
-        };
+        let mut probe = in_pool(&known);
         probe.client.named = st.client.named.clone();
         assert!(matches!(
             probe.on_client(FrontendTag::Bind, &bind[5..], &later, || None, &mut server),
