@@ -81,19 +81,55 @@ pub struct SettingsWatch {
     /// statements means a change came some other way.
     understood: u16,
     tags: u16,
-    /// Custom (dotted) settings named in set_config calls, which
-    /// pg_settings does not list. Boxed: every idle client holds a watch.
-    pub custom: Option<Box<CustomNames>>,
+    /// Names it met. Boxed: every idle client holds a watch.
+    names: Option<Box<WatchedNames>>,
 }
 
-/// Custom setting names, lowercase.
 #[derive(Debug, Default)]
-pub struct CustomNames(pub Vec<String>);
+struct WatchedNames {
+    /// Custom (dotted) settings named in set_config calls, which
+    /// pg_settings does not list.
+    custom: Names,
+    /// Functions sluice does not know that ran: unless the pool has learnt
+    /// that none of them can change a setting, the settings are read.
+    functions: Names,
+}
+
+/// Setting or function names.
+#[derive(Debug, Default)]
+struct Names(Vec<String>);
+
+impl Names {
+    fn add(&mut self, name: String) {
+        if !self.0.contains(&name) {
+            self.0.push(name);
+        }
+    }
+}
 
 impl SettingsWatch {
-    /// Whether the server's settings must be read before it goes back.
+    /// Whether the server's settings must be read before it goes back,
+    /// unless only `functions` ask for it and they are known harmless.
     pub fn needs_check(&self) -> bool {
+        !self.function_names().is_empty() || self.needs_settings()
+    }
+
+    /// Whether something besides calls of unknown functions asks for the
+    /// settings to be read.
+    pub fn needs_settings(&self) -> bool {
         self.dirty || self.tags > self.understood
+    }
+
+    /// The unknown functions that ran.
+    pub fn function_names(&self) -> &[String] {
+        self.names
+            .as_deref()
+            .map_or(&[], |n| n.functions.0.as_slice())
+    }
+
+    /// The custom settings set_config calls named.
+    pub fn custom_names(&self) -> &[String] {
+        self.names.as_deref().map_or(&[], |n| n.custom.0.as_slice())
     }
 
     /// The server went back: a new hold starts clean.
@@ -373,13 +409,17 @@ impl Multiplex {
         let Ok(sql) = std::str::from_utf8(text) else {
             return;
         };
-        if crate::sql::functions::may_change_settings(sql, self.watch.trust_functions) {
+        use crate::sql::functions;
+        if functions::sets_settings(sql) {
             self.watch.dirty = true;
-            for name in crate::sql::functions::set_config_names(sql) {
-                let custom = &mut self.watch.custom.get_or_insert_default().0;
-                if name.contains('.') && !custom.contains(&name) {
-                    custom.push(name);
+            for name in functions::set_config_names(sql) {
+                if name.contains('.') {
+                    self.watch.names.get_or_insert_default().custom.add(name);
                 }
+            }
+        } else if !self.watch.trust_functions {
+            for name in functions::unknown_functions(sql) {
+                self.watch.names.get_or_insert_default().functions.add(name);
             }
         }
     }

@@ -192,8 +192,9 @@ impl Pooled<'_> {
         match end {
             RelayEnd::Release => {
                 // Rare, so boxed: the usual transaction's future stays small.
+                let known = &ctx.pool.manager().known;
                 let learnt = !self.mux.watch.needs_check()
-                    || Box::pin(learn_settings(checkout.server(), &mut self.mux))
+                    || Box::pin(check_settings(checkout.server(), &mut self.mux, known))
                         .await
                         .inspect_err(|e| tracing::warn!(error = %e, "could not read a server's session settings: discarding it"))
                         .is_ok();
@@ -217,18 +218,61 @@ impl Pooled<'_> {
 }
 
 /// After a transaction that may have changed session settings in ways the
+/// text did not show: reads them (`learn_settings`), unless all it did was
+/// call functions the pool knows cannot change one. A function not known
+/// yet is looked up in pg_proc (one query, once per pool and name).
+async fn check_settings(
+    server: &mut ServerConn,
+    mux: &mut Multiplex,
+    known: &crate::session::statements::KnownStatements,
+) -> Result<(), ServerError> {
+    if !mux.watch.needs_settings() {
+        let names = mux.watch.function_names();
+        let new: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| known.function_may_set(n).is_none())
+            .collect();
+        if !new.is_empty() {
+            let rows = server.query_rows(&function_lookup_sql(&new)).await?;
+            for name in new {
+                let may_set = rows.iter().any(|r| match r.as_slice() {
+                    [Some(n), Some(lang), Some(body)] if n == name => {
+                        crate::sql::functions::body_may_change_settings(lang, body)
+                    }
+                    _ => false,
+                });
+                known.learn_function(name.to_string(), may_set);
+            }
+        }
+        if names
+            .iter()
+            .all(|n| known.function_may_set(n) == Some(false))
+        {
+            return Ok(());
+        }
+    }
+    learn_settings(server, mux).await
+}
+
+/// The language and body of every function with one of `names`.
+fn function_lookup_sql(names: &[&str]) -> String {
+    let list: Vec<String> = names.iter().map(|n| super::vars::literal(n)).collect();
+    format!(
+        "SELECT p.proname::text, l.lanname::text, p.prosrc FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.proname IN ({})",
+        list.join(", ")
+    )
+}
+
+/// After a transaction that may have changed session settings in ways the
 /// text did not show (`SettingsWatch`): reads the server's session-level
 /// settings, makes them the client's (they follow it to other servers)
 /// and records them as the server's (the next client's checkout resets
 /// what differs from its own), so no setting crosses clients.
 async fn learn_settings(server: &mut ServerConn, mux: &mut Multiplex) -> Result<(), ServerError> {
     let sql = learn_sql(
-        custom_names(
-            &mux.vars.extra,
-            &server.extra,
-            mux.watch.custom.as_deref().map_or(&[], |c| c.0.as_slice()),
-        )
-        .into_iter(),
+        custom_names(&mux.vars.extra, &server.extra, mux.watch.custom_names()).into_iter(),
     );
     let rows = server
         .query_rows(&sql)

@@ -187,6 +187,10 @@ impl Global {
 pub struct KnownStatements {
     names: std::sync::Mutex<std::collections::HashSet<String>>,
     generation: std::sync::atomic::AtomicU64,
+    /// Functions by name: whether calling one may change a session setting
+    /// (read from pg_proc once; see `functions::body_may_change_settings`).
+    /// Forgotten with every schema change sluice sees.
+    functions: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
 
 impl KnownStatements {
@@ -210,8 +214,27 @@ impl KnownStatements {
         self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// What the pool learnt of function `name`: whether it may change a
+    /// setting, if known.
+    pub fn function_may_set(&self, name: &str) -> Option<bool> {
+        let f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(name).copied()
+    }
+
+    pub fn learn_function(&self, name: String, may_set: bool) {
+        let mut f = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() >= 10_000 {
+            f.clear();
+        }
+        f.insert(name, may_set);
+    }
+
     /// The schema changed: statements prepared before are stale everywhere.
     pub fn bump(&self) {
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("schema changed: prepared statements are prepared again at their next use");

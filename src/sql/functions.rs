@@ -242,9 +242,16 @@ const BEFORE_RELATION: &[&str] = &[
 ];
 
 /// Whether running `sql` may change a session setting that sluice cannot
-/// read from its text. With `trust_functions`, only `set_config` and DO
-/// blocks count, not calls of unknown functions.
+/// read from its text: `sets_settings`, or (unless `trust_functions`) a
+/// call of a function sluice does not know.
 pub fn may_change_settings(sql: &str, trust_functions: bool) -> bool {
+    sets_settings(sql)
+        || (!trust_functions && sql.as_bytes().contains(&b'(') && calls_unknown_function(sql))
+}
+
+/// Whether `sql` calls `set_config` or is (or holds) a DO block: it
+/// changes session settings, or may, whatever functions it calls.
+pub fn sets_settings(sql: &str) -> bool {
     // set_config may hide in a DO body or a string passed to EXECUTE: the
     // raw bytes are searched, so a literal mentioning it also counts.
     if contains_ignore_case(sql.as_bytes(), b"set_config") {
@@ -258,13 +265,64 @@ pub fn may_change_settings(sql: &str, trust_functions: bool) -> bool {
                 .get(2)
                 .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
     };
-    if is_do(sql) || (sql.contains(';') && super::lex::statements(sql).into_iter().any(is_do)) {
-        return true;
+    is_do(sql) || (sql.contains(';') && super::lex::statements(sql).into_iter().any(is_do))
+}
+
+/// The functions `sql` calls that sluice does not know, by name (as
+/// pg_proc spells it: unquoted names lowercased, without their schema).
+pub fn unknown_functions(sql: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    if sql.as_bytes().contains(&b'(') {
+        scan_calls(sql, |name| {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+            false
+        });
     }
-    if trust_functions || !sql.as_bytes().contains(&b'(') {
-        return false;
+    names
+}
+
+/// Whether a function of language `lang` whose body is `body` may change
+/// session settings when called: C and internal functions (PostgreSQL's
+/// own and extensions') are trusted not to; SQL and PL/pgSQL bodies are
+/// read (a SET or RESET statement, set_config, dynamic SQL, or a call of a
+/// function sluice does not know means it may); other languages may.
+pub fn body_may_change_settings(lang: &str, body: &str) -> bool {
+    match lang {
+        "c" | "internal" => false,
+        "sql" | "plpgsql" => {
+            may_change_settings(body, false) || has_setting_statement(body) || {
+                let toks = Lexer::new(body).map(|(t, _)| t);
+                toks.into_iter()
+                    .any(|t| matches!(t, Token::Word(w) if w == "execute"))
+            }
+        }
+        _ => true,
     }
-    calls_unknown_function(sql)
+}
+
+/// A `SET` or `RESET` at the start of a statement of a function body.
+fn has_setting_statement(body: &str) -> bool {
+    let mut prev: Option<Token<'_>> = None;
+    for (tok, _) in Lexer::new(body) {
+        if let Token::Word(w) = &tok
+            && (w == "set" || w == "reset")
+        {
+            let starts = match &prev {
+                None | Some(Token::Punct(';')) => true,
+                Some(Token::Word(p)) => {
+                    matches!(p.as_ref(), "begin" | "then" | "else" | "loop" | "do")
+                }
+                _ => false,
+            };
+            if starts {
+                return true;
+            }
+        }
+        prev = Some(tok);
+    }
+    false
 }
 
 /// The setting names that `set_config('name', ...)` calls in `sql` give
@@ -293,6 +351,12 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn calls_unknown_function(sql: &str) -> bool {
+    scan_calls(sql, |_| true)
+}
+
+/// Calls `found` with the name of each call of an unknown function in
+/// `sql`, in order, until it returns true; whether it did.
+fn scan_calls(sql: &str, mut found: impl FnMut(&str) -> bool) -> bool {
     // The three tokens before the current one, nearest last.
     let mut before: [Option<Token<'_>>; 3] = [None, None, None];
     let mut prev: Option<Token<'_>> = None;
@@ -301,7 +365,14 @@ fn calls_unknown_function(sql: &str) -> bool {
             && let Some(name) = &prev
             && is_unknown_call(name, &before)
         {
-            return true;
+            let name = match name {
+                Token::Quoted(q) => q.trim_matches('"'),
+                Token::Word(w) => w.as_ref(),
+                _ => "",
+            };
+            if found(name) {
+                return true;
+            }
         }
         before = [before[1].take(), before[2].take(), prev.take()];
         prev = Some(tok);
@@ -376,6 +447,42 @@ mod tests {
             "SELECT * FROM t WHERE id = lookup_id($1)",
         ] {
             assert!(may_change_settings(sql, false), "{sql}");
+        }
+    }
+
+    #[test]
+    fn unknown_functions_are_named() {
+        assert_eq!(
+            unknown_functions("SELECT app.f(1), count(*), G(2), \"Mixed\"(3), f(4) FROM t"),
+            vec!["f".to_string(), "g".into(), "Mixed".into()]
+        );
+        assert!(unknown_functions("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn function_bodies_are_read_for_settings() {
+        for (lang, body, may) in [
+            ("c", "anything", false),
+            ("internal", "int4pl", false),
+            ("plpgsql", "BEGIN RETURN 1; END", false),
+            ("sql", "SELECT $1 + 1", false),
+            ("plpgsql", "BEGIN UPDATE t SET a = 1; RETURN 1; END", false),
+            (
+                "plpgsql",
+                "BEGIN PERFORM set_config('a.b', '1', false); RETURN 1; END",
+                true,
+            ),
+            (
+                "plpgsql",
+                "BEGIN SET search_path TO s1; RETURN 1; END",
+                true,
+            ),
+            ("plpgsql", "BEGIN IF x THEN RESET ALL; END IF; END", true),
+            ("plpgsql", "BEGIN EXECUTE 'SE' || 'T x = 1'; END", true),
+            ("plpgsql", "BEGIN RETURN other_func(); END", true),
+            ("plpython3u", "return 1", true),
+        ] {
+            assert_eq!(body_may_change_settings(lang, body), may, "{lang}: {body}");
         }
     }
 
