@@ -142,12 +142,6 @@ impl Pooled<'_> {
         given: Option<Checkout>,
         ctx: &Ctx<'_>,
     ) -> Option<Result<(), Error>> {
-        // Held until the statement is over (the end of this function).
-        let _clearing = given.is_none().then(|| {
-            super::database_ddl::target(pipe.client_buffer()).map(|db| {
-                super::database_ddl::clear(ctx.shared, &ctx.database, &ctx.db.primary, &db)
-            })
-        });
         let (mut checkout, role) = match given {
             Some(c) => (c, Target::Primary),
             None => {

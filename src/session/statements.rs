@@ -129,6 +129,9 @@ impl Replay {
         }
         match (self.state, frame) {
             (ReplayState::Off, _) => {}
+            // A simple Query never fails on a stale statement (it is parsed
+            // anew): not kept.
+            _ if tag == FrontendTag::Query => self.state = ReplayState::Off,
             (ReplayState::Recording, Some(f)) if self.buf.len() + f.len() <= MAX_REPLAY => {
                 self.buf.extend_from_slice(f);
                 if tag == FrontendTag::Sync {
