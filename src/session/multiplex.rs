@@ -406,18 +406,23 @@ impl Multiplex {
     /// Set_config calls, DO blocks and unknown functions in a statement
     /// that runs now.
     fn watch_functions(&mut self, text: &[u8]) {
+        use crate::sql::functions;
+        let calls = !self.watch.trust_functions && text.contains(&b'(');
+        let sets = functions::sets_settings(text);
+        if !sets && !calls {
+            return; // most statements, without reading them as text
+        }
         let Ok(sql) = std::str::from_utf8(text) else {
             return;
         };
-        use crate::sql::functions;
-        if functions::sets_settings(sql) {
+        if sets {
             self.watch.dirty = true;
             for name in functions::set_config_names(sql) {
                 if name.contains('.') {
                     self.watch.names.get_or_insert_default().custom.add(name);
                 }
             }
-        } else if !self.watch.trust_functions {
+        } else {
             for name in functions::unknown_functions(sql) {
                 self.watch.names.get_or_insert_default().functions.add(name);
             }

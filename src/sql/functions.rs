@@ -245,16 +245,16 @@ const BEFORE_RELATION: &[&str] = &[
 /// read from its text: `sets_settings`, or (unless `trust_functions`) a
 /// call of a function sluice does not know.
 pub fn may_change_settings(sql: &str, trust_functions: bool) -> bool {
-    sets_settings(sql)
-        || (!trust_functions && sql.as_bytes().contains(&b'(') && calls_unknown_function(sql))
+    sets_settings(sql.as_bytes()) || (!trust_functions && calls_unknown_function(sql))
 }
 
 /// Whether `sql` calls `set_config` or is (or holds) a DO block: it
-/// changes session settings, or may, whatever functions it calls.
-pub fn sets_settings(sql: &str) -> bool {
+/// changes session settings, or may, whatever functions it calls. Read
+/// as bytes: every Query is checked.
+pub fn sets_settings(sql: &[u8]) -> bool {
     // set_config may hide in a DO body or a string passed to EXECUTE: the
     // raw bytes are searched, so a literal mentioning it also counts.
-    if contains_ignore_case(sql.as_bytes(), b"set_config") {
+    if contains_ignore_case(sql, b"set_config") {
         return true;
     }
     let is_do = |stmt: &str| {
@@ -265,14 +265,81 @@ pub fn sets_settings(sql: &str) -> bool {
                 .get(2)
                 .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
     };
-    is_do(sql) || (sql.contains(';') && super::lex::statements(sql).into_iter().any(is_do))
+    // Split into statements only when the word DO occurs at all.
+    has_word_do(sql)
+        && std::str::from_utf8(sql)
+            .is_ok_and(|t| is_do(t) || super::lex::statements(t).into_iter().any(is_do))
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// Whether `do` (any case) stands alone as a word somewhere in `sql`.
+fn has_word_do(sql: &[u8]) -> bool {
+    memchr::memchr2_iter(b'd', b'D', sql).any(|i| {
+        matches!(sql.get(i + 1), Some(b'o' | b'O'))
+            && (i == 0 || !is_word_byte(sql[i - 1]))
+            && !sql.get(i + 2).is_some_and(|b| is_word_byte(*b))
+    })
+}
+
+/// A quick look at each `(` of `sql` without lexing: true when every one
+/// follows a word that is not a call sluice needs to know of (a known
+/// function or keyword, or a relation after INTO, TABLE, ...). Quoting is
+/// not read: a `(` it cannot vouch for sends the statement to the lexer.
+fn no_unknown_call_at_a_glance(sql: &[u8]) -> bool {
+    // (start of the word before `end`, skipping spaces; the word)
+    let word_before = |end: usize| {
+        let mut e = end;
+        while e > 0 && sql[e - 1] == b' ' {
+            e -= 1;
+        }
+        let mut s = e;
+        while s > 0 && is_word_byte(sql[s - 1]) {
+            s -= 1;
+        }
+        (s, &sql[s..e])
+    };
+    memchr::memchr_iter(b'(', sql).all(|i| {
+        let (start, w) = word_before(i);
+        if w.is_empty() {
+            // After an operator or a comma: a grouping, not a call. After
+            // a quote, a comment or anything else: the lexer decides.
+            return start == 0
+                || matches!(
+                    sql[start - 1],
+                    b',' | b'(' | b'=' | b'<' | b'>' | b'+' | b'|' | b'['
+                );
+        }
+        if start > 0 && sql[start - 1] == b'.' {
+            return false; // schema.name(
+        }
+        let mut lower = [0u8; 32];
+        let Some(l) = lower.get_mut(..w.len()) else {
+            return false;
+        };
+        l.copy_from_slice(w);
+        l.make_ascii_lowercase();
+        let known = std::str::from_utf8(l).is_ok_and(|l| NOT_SETTING.binary_search(&l).is_ok());
+        known || {
+            let (_, prev) = word_before(start);
+            let mut p = [0u8; 12];
+            p.get_mut(..prev.len()).is_some_and(|d| {
+                d.copy_from_slice(prev);
+                d.make_ascii_lowercase();
+                std::str::from_utf8(d).is_ok_and(|d| BEFORE_RELATION.contains(&d))
+            })
+        }
+    })
 }
 
 /// The functions `sql` calls that sluice does not know, by name (as
 /// pg_proc spells it: unquoted names lowercased, without their schema).
 pub fn unknown_functions(sql: &str) -> Vec<String> {
     let mut names = Vec::new();
-    if sql.as_bytes().contains(&b'(') {
+    let b = sql.as_bytes();
+    if b.contains(&b'(') && !no_unknown_call_at_a_glance(b) {
         scan_calls(sql, |name| {
             if !names.iter().any(|n| n == name) {
                 names.push(name.to_string());
@@ -351,7 +418,8 @@ fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn calls_unknown_function(sql: &str) -> bool {
-    scan_calls(sql, |_| true)
+    let b = sql.as_bytes();
+    b.contains(&b'(') && !no_unknown_call_at_a_glance(b) && scan_calls(sql, |_| true)
 }
 
 /// Calls `found` with the name of each call of an unknown function in
@@ -448,6 +516,30 @@ mod tests {
         ] {
             assert!(may_change_settings(sql, false), "{sql}");
         }
+    }
+
+    #[test]
+    fn a_glance_vouches_only_for_what_the_lexer_would_pass() {
+        for sql in [
+            "INSERT INTO pgbench_history (tid, bid) VALUES (1, 2)",
+            "SELECT count(*), max(a) FROM t WHERE x IN (1, (2))",
+            "CREATE TABLE t (a numeric(10, 2))",
+        ] {
+            assert!(no_unknown_call_at_a_glance(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT f(1)",
+            "SELECT app.count(1)",
+            "SELECT \"f\"(1)",
+            "SELECT f/**/(1)",
+            "SELECT 'x' || g (2)",
+            "SELECT \"f\" (1)",
+            "SELECT f /* c */ (1)",
+        ] {
+            assert!(!no_unknown_call_at_a_glance(sql.as_bytes()), "{sql}");
+        }
+        assert!(has_word_do(b"x; DO $$ $$") && has_word_do(b"do"));
+        assert!(!has_word_do(b"SELECT random() FROM todo, dot"));
     }
 
     #[test]
