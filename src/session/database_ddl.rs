@@ -19,10 +19,19 @@ pub fn target(buf: &[u8]) -> Option<String> {
     let h = peek_header(buf, usize::MAX).ok()??;
     let body = buf.get(HEADER_LEN..h.total)?;
     let text = match FrontendTag::from_byte(h.tag) {
-        FrontendTag::Query => take_cstr(body)?.0,
-        FrontendTag::Parse => take_cstr(take_cstr(body)?.1)?.0,
+        FrontendTag::Query => body,
+        FrontendTag::Parse => take_cstr(body)?.1,
         _ => return None,
     };
+    // Every request passes here: most leave at their first byte (a
+    // comment or whitespace may come before the word).
+    if !matches!(
+        text.first(),
+        Some(b'd' | b'D' | b'a' | b'A' | b'c' | b'C' | b'/' | b'-' | b' ' | b'\t' | b'\n' | b'\r')
+    ) {
+        return None;
+    }
+    let text = take_cstr(text)?.0;
     let first = crate::sql::lex::strip_leading_comments_bytes(text);
     let word = first.get(
         ..first

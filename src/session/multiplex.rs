@@ -154,6 +154,7 @@ impl Drop for Multiplex {
 
 const TRIGGERS: &[&str] = &[
     "alter",
+    "do",
     "set",
     "reset",
     "discard",
@@ -185,35 +186,67 @@ fn serializable_by_default(vars: &SessionVars) -> bool {
     )
 }
 
-/// Cheap pre-check so ordinary queries are not tokenized, nor even checked
-/// as UTF-8: a trigger word first, `pg_advisory`, or a second statement.
-pub(crate) fn might_matter(sql: &[u8]) -> bool {
+/// What one cheap pass over a statement's bytes finds, so that ordinary
+/// queries are not tokenized, nor even checked as UTF-8.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Glance {
+    /// A trigger word first, `pg_advisory`, or a second statement: the
+    /// statement is read for its session effects.
+    pub matters: bool,
+    /// `set_config` (any case) occurs, even inside a string.
+    pub set_config: bool,
+    /// A `(` occurs: maybe a function call.
+    pub parens: bool,
+}
+
+pub(crate) fn glance(sql: &[u8]) -> Glance {
     let first = crate::sql::lex::strip_leading_comments_bytes(sql);
     let word_end = first
         .iter()
         .position(|c| !c.is_ascii_alphabetic())
         .unwrap_or(first.len());
     let word = &first[..word_end];
-    if TRIGGERS
-        .iter()
-        .any(|t| t.as_bytes().eq_ignore_ascii_case(word))
-    {
-        return true;
-    }
-    // One pass for both. A `;` before the last byte that is neither
+    let mut g = Glance {
+        matters: TRIGGERS
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(word)),
+        ..Glance::default()
+    };
+    // One pass for all. A `;` before the last byte that is neither
     // whitespace nor `;` separates two statements.
     let mut last_text = None;
-    memchr::memchr2_iter(b'_', b';', sql).any(|i| {
-        if sql[i] == b';' {
-            let end = *last_text.get_or_insert_with(|| {
-                sql.iter()
-                    .rposition(|c| !crate::sql::lex::is_space(*c) && *c != b';')
-            });
-            end.is_some_and(|end| i < end)
-        } else {
-            advisory_at(sql, i)
+    for i in memchr::memchr3_iter(b'_', b';', b'(', sql) {
+        match sql[i] {
+            b'(' => g.parens = true,
+            b';' if !g.matters => {
+                let end = *last_text.get_or_insert_with(|| {
+                    sql.iter()
+                        .rposition(|c| !crate::sql::lex::is_space(*c) && *c != b';')
+                });
+                g.matters = end.is_some_and(|end| i < end);
+            }
+            b';' => {}
+            _ => {
+                g.matters |= advisory_at(sql, i);
+                g.set_config |= set_config_at(sql, i);
+            }
         }
-    })
+    }
+    g
+}
+
+/// `glance(sql).matters`.
+pub(crate) fn might_matter(sql: &[u8]) -> bool {
+    glance(sql).matters
+}
+
+/// Whether `set_config` (in any case) has its `_` at `i`.
+fn set_config_at(sql: &[u8], i: usize) -> bool {
+    const NEEDLE: &[u8] = b"set_config";
+    i >= 3
+        && sql
+            .get(i - 3..i - 3 + NEEDLE.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(NEEDLE))
 }
 
 /// Whether `pg_advisory` (in any case) has its `_` at `i`. Every query is
@@ -354,10 +387,11 @@ impl Multiplex {
         at_boundary: bool,
         executes: bool,
     ) -> (Verdict, Vec<Effect>, usize) {
+        let g = glance(text);
         if executes {
-            self.watch_functions(text);
+            self.watch_functions(text, g);
         }
-        if !might_matter(text) {
+        if !g.matters {
             return (Verdict::Forward, Vec::new(), 1);
         }
         let Ok(sql) = std::str::from_utf8(text) else {
@@ -372,6 +406,7 @@ impl Multiplex {
             if executes {
                 self.watch_set(stmt, &found[before..]);
                 self.watch.ddl |= changes_schema(stmt, &found[before..], &self.pins);
+                self.watch.dirty |= first_word_is(stmt, "do");
             }
         }
         if self.reject_pins
@@ -405,17 +440,16 @@ impl Multiplex {
 
     /// Set_config calls, DO blocks and unknown functions in a statement
     /// that runs now.
-    fn watch_functions(&mut self, text: &[u8]) {
+    fn watch_functions(&mut self, text: &[u8], g: Glance) {
         use crate::sql::functions;
-        let calls = !self.watch.trust_functions && text.contains(&b'(');
-        let sets = functions::sets_settings(text);
-        if !sets && !calls {
+        let calls = g.parens && !self.watch.trust_functions;
+        if !g.set_config && !calls {
             return; // most statements, without reading them as text
         }
         let Ok(sql) = std::str::from_utf8(text) else {
             return;
         };
-        if sets {
+        if g.set_config {
             self.watch.dirty = true;
             for name in functions::set_config_names(sql) {
                 if name.contains('.') {
@@ -613,6 +647,15 @@ impl Multiplex {
     }
 }
 
+/// Whether the first word of `stmt` (after comments) is `word`.
+fn first_word_is(stmt: &str, word: &str) -> bool {
+    let first = crate::sql::lex::strip_leading_comments(stmt);
+    first
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .is_some_and(|w| w.eq_ignore_ascii_case(word))
+}
+
 /// Whether `stmt` (with its `found` effects) may change what prepared
 /// statements return: ALTER, DROP or CREATE OR REPLACE of anything but the
 /// client's own temporary objects.
@@ -786,6 +829,13 @@ mod tests {
         assert!(might_matter(b"SELECT 1; SELECT 2"));
         assert!(might_matter(b"SELECT 1;;SELECT 2;;"));
         assert!(might_matter(b"select PG_ADVISORY_LOCK(1)"));
+        assert!(might_matter(b"DO $$ BEGIN NULL; END $$"));
+        let g = glance(b"SELECT Set_Config('a', 'b', false), f(1)");
+        assert!(g.set_config && g.parens && !g.matters);
+        assert_eq!(
+            glance(b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;"),
+            Glance::default()
+        );
         assert!(advisory_at(b"pg_Advisory_unlock_all()", 2));
         // A long run of `;` is scanned once, not once per `;`.
         let mut many = b"SELECT 1".to_vec();

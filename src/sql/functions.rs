@@ -321,14 +321,16 @@ fn no_unknown_call_at_a_glance(sql: &[u8]) -> bool {
         };
         l.copy_from_slice(w);
         l.make_ascii_lowercase();
-        let known = std::str::from_utf8(l).is_ok_and(|l| NOT_SETTING.binary_search(&l).is_ok());
+        let known = NOT_SETTING
+            .binary_search_by(|k| k.as_bytes().cmp(l))
+            .is_ok();
         known || {
             let (_, prev) = word_before(start);
             let mut p = [0u8; 12];
             p.get_mut(..prev.len()).is_some_and(|d| {
                 d.copy_from_slice(prev);
                 d.make_ascii_lowercase();
-                std::str::from_utf8(d).is_ok_and(|d| BEFORE_RELATION.contains(&d))
+                BEFORE_RELATION.iter().any(|r| r.as_bytes() == &d[..])
             })
         }
     })
