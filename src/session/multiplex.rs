@@ -74,6 +74,9 @@ pub struct SettingsWatch {
     /// DDL that may make prepared statements stale ran: at its commit the
     /// pool's schema generation is bumped.
     ddl: bool,
+    /// More custom settings were named than the watch keeps: the server's
+    /// state cannot be read back whole, so it is not reused.
+    pub overflow: bool,
     /// `trust_functions`: calls of unknown functions are not checked.
     pub trust_functions: bool,
     /// SET/RESET statements sluice followed from the text, and the `SET`
@@ -99,11 +102,21 @@ struct WatchedNames {
 #[derive(Debug, Default)]
 struct Names(Vec<String>);
 
+/// Names kept per hold: a client cannot grow the watch (or the lookup
+/// query built from it) without bound.
+const MAX_NAMES: usize = 64;
+
 impl Names {
-    fn add(&mut self, name: String) {
-        if !self.0.contains(&name) {
-            self.0.push(name);
+    /// False when the list is full and `name` was not kept.
+    fn add(&mut self, name: String) -> bool {
+        if self.0.contains(&name) {
+            return true;
         }
+        if self.0.len() >= MAX_NAMES {
+            return false;
+        }
+        self.0.push(name);
+        true
     }
 }
 
@@ -453,12 +466,16 @@ impl Multiplex {
             self.watch.dirty = true;
             for name in functions::set_config_names(sql) {
                 if name.contains('.') {
-                    self.watch.names.get_or_insert_default().custom.add(name);
+                    // Past the bound, custom settings are named nowhere
+                    // (pg_settings does not list them): the server is closed.
+                    self.watch.overflow |=
+                        !self.watch.names.get_or_insert_default().custom.add(name);
                 }
             }
         } else {
             for name in functions::unknown_functions(sql) {
-                self.watch.names.get_or_insert_default().functions.add(name);
+                // Too many to look up: read the settings instead.
+                self.watch.dirty |= !self.watch.names.get_or_insert_default().functions.add(name);
             }
         }
     }
@@ -830,6 +847,14 @@ mod tests {
         assert!(might_matter(b"SELECT 1;;SELECT 2;;"));
         assert!(might_matter(b"select PG_ADVISORY_LOCK(1)"));
         assert!(might_matter(b"DO $$ BEGIN NULL; END $$"));
+        let mut m = Multiplex::default();
+        let many: Vec<String> = (0..100).map(|i| format!("f{i}(1)")).collect();
+        cl(&mut m, &format!("SELECT {}", many.join(", ")));
+        assert_eq!(m.watch.function_names().len(), MAX_NAMES);
+        assert!(
+            m.watch.needs_settings(),
+            "past the bound, the settings are read"
+        );
         let g = glance(b"SELECT Set_Config('a', 'b', false), f(1)");
         assert!(g.set_config && g.parens && !g.matters);
         assert_eq!(

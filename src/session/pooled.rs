@@ -192,6 +192,7 @@ impl Pooled<'_> {
                         .await
                         .inspect_err(|e| tracing::warn!(error = %e, "could not read a server's session settings: discarding it"))
                         .is_ok();
+                let learnt = learnt && !self.mux.watch.overflow;
                 self.mux.watch.reset();
                 if let Some(r) = self.mux.routing.as_mut() {
                     r.released();
