@@ -315,24 +315,24 @@ fn no_unknown_call_at_a_glance(sql: &[u8]) -> bool {
         if start > 0 && sql[start - 1] == b'.' {
             return false; // schema.name(
         }
+        // A relation's column list (INTO t (...)): the commonest case, and
+        // no copy needed to see it.
+        let (_, prev) = word_before(start);
+        if BEFORE_RELATION
+            .iter()
+            .any(|r| r.as_bytes().eq_ignore_ascii_case(prev))
+        {
+            return true;
+        }
         let mut lower = [0u8; 32];
         let Some(l) = lower.get_mut(..w.len()) else {
             return false;
         };
         l.copy_from_slice(w);
         l.make_ascii_lowercase();
-        let known = NOT_SETTING
+        NOT_SETTING
             .binary_search_by(|k| k.as_bytes().cmp(l))
-            .is_ok();
-        known || {
-            let (_, prev) = word_before(start);
-            let mut p = [0u8; 12];
-            p.get_mut(..prev.len()).is_some_and(|d| {
-                d.copy_from_slice(prev);
-                d.make_ascii_lowercase();
-                BEFORE_RELATION.iter().any(|r| r.as_bytes() == &d[..])
-            })
-        }
+            .is_ok()
     })
 }
 
