@@ -47,6 +47,9 @@ impl Error {
     pub fn client_message(&self) -> Option<(String, String)> {
         match self {
             Error::Io(_) | Error::Eof => None,
+            Error::Frame(e @ FrameError::UnknownType(_)) => {
+                Some((sqlstate::PROTOCOL_VIOLATION.into(), e.to_string()))
+            }
             Error::Frame(e) => Some((
                 sqlstate::PROTOCOL_VIOLATION.into(),
                 format!("invalid message: {e}"),

@@ -19,6 +19,10 @@ pub enum FrameError {
     BadLength(u32),
     #[error("message length {len} exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
+    /// A type byte the protocol does not have (or a login-only message)
+    /// after login; PostgreSQL ends the session with the same words.
+    #[error("invalid frontend message type {0}")]
+    UnknownType(u8),
 }
 
 /// The 5-byte header of a typed message.

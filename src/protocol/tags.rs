@@ -40,6 +40,13 @@ impl FrontendTag {
             other => Self::Unknown(other),
         }
     }
+
+    /// Whether a logged-in session may send this message. PostgreSQL's
+    /// list (SocketBackend in postgres.c); a password message is
+    /// login-only. Anything else ends the session with FATAL 08P01.
+    pub fn valid_in_session(self) -> bool {
+        !matches!(self, Self::Unknown(_) | Self::Password)
+    }
 }
 
 /// Messages a server (backend) sends.

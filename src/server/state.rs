@@ -63,6 +63,12 @@ impl ServerState {
         self.pending_ready == 0 && !self.unsynced && !self.copy
     }
 
+    /// The client began an extended-protocol batch (no Sync yet) or a COPY
+    /// that only the client's own messages can end.
+    pub fn left_open(&self) -> bool {
+        self.unsynced || self.copy
+    }
+
     /// At a boundary and outside any transaction block.
     pub fn is_idle(&self) -> bool {
         self.at_boundary() && self.txn == TxnStatus::Idle

@@ -139,6 +139,10 @@ pub struct Pipe {
     skip_batch: bool,
     /// Routing: the next client message waits for another server.
     hold: bool,
+    /// The client sent a message type the protocol does not have (this
+    /// byte): nothing more is read or forwarded, and the session ends with
+    /// FATAL once the server has answered what went before it.
+    refused: Option<u8>,
     /// The request at the head of the client's buffer was seen by the
     /// DROP DATABASE check (`RelayEnd::ClearDatabase`).
     database_checked: bool,
@@ -189,6 +193,7 @@ impl Pipe {
             may_arm: arming_is_safe(),
             skip_batch: false,
             hold: false,
+            refused: None,
             database_checked: false,
             reply_started: false,
             swallowing: false,
@@ -256,6 +261,9 @@ impl Pipe {
             }
             match peek_header(&self.client.rbuf, self.max_packet()) {
                 Err(e) => return Poll::Ready(Waited::Malformed(e)),
+                Ok(Some(h)) if !FrontendTag::from_byte(h.tag).valid_in_session() => {
+                    return Poll::Ready(Waited::Malformed(FrameError::UnknownType(h.tag)));
+                }
                 Ok(Some(h)) if FrontendTag::from_byte(h.tag) == FrontendTag::Terminate => {
                     return Poll::Ready(Waited::Terminated);
                 }
@@ -317,6 +325,9 @@ impl Pipe {
         let mut last_client = client_timers.then(Instant::now);
         let mut busy_since: Option<Instant> = None;
         loop {
+            if let Some(end) = self.refusal_point(server) {
+                return self.finish(end).await;
+            }
             if let Some(end) = self.release_point(server, mux.as_deref()) {
                 return end;
             }
@@ -389,6 +400,16 @@ impl Pipe {
         }
         let free = self.quiet(server) && !mux.pins.is_pinned() && !mux.owes_replies();
         free.then_some(RelayEnd::Release)
+    }
+
+    /// After a message of unknown type: the session ends once the server
+    /// has answered the requests before it, so that it can be reused (a
+    /// client's bytes must not cost a backend). A batch or COPY the client
+    /// left open would never end; that server is not reused.
+    fn refusal_point(&self, server: &ServerConn) -> Option<RelayEnd> {
+        let tag = self.refused?;
+        let settled = server.state.at_boundary() || server.state.left_open();
+        settled.then_some(RelayEnd::ClientProtocol(FrameError::UnknownType(tag)))
     }
 
     /// Nothing in flight: the server is idle and no client frame is half sent.
@@ -484,7 +505,9 @@ impl Pipe {
         }
         // Replies sluice answers itself go straight to the client, so a client
         // that stops reading is not read either.
-        if !self.hold && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
+        if !self.hold
+            && self.refused.is_none()
+            && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
             let (s, buf) = (&mut self.client.stream, &mut self.client.rbuf);
             match poll_read_armed(s, buf, &mut self.client_armed, self.may_arm, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {

@@ -18,7 +18,10 @@ pub enum Opening {
 /// ends up (None when a TLS handshake failed half-way) and the outcome.
 pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Opening, Error>) {
     let tls = shared.config().general.client_tls.clone();
-    let mut negotiations = 0;
+    // As PostgreSQL's ProcessStartupPacket: each kind of encryption is
+    // negotiated once, and TLS once set up rules out GSS. Another request
+    // is then a startup packet of protocol 1234.5679 (or .5680), refused.
+    let (mut ssl_done, mut gss_done) = (false, false);
     if let Some(acceptor) = &tls.acceptor
         && conn.starts_with_tls().await
     {
@@ -34,7 +37,7 @@ pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Open
             );
             return (Some(conn), Err(e));
         }
-        negotiations = 2;
+        (ssl_done, gss_done) = (true, true);
     }
     loop {
         let pkt = match conn.read_startup_packet().await {
@@ -45,18 +48,27 @@ pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Open
             Ok(p) => p,
             Err(e) => return (Some(conn), Err(e.into())),
         };
+        let parsed = match parsed {
+            StartupPacket::SslRequest if ssl_done => StartupPacket::Unsupported {
+                major: 1234,
+                minor: 5679,
+            },
+            StartupPacket::GssEncRequest if gss_done => StartupPacket::Unsupported {
+                major: 1234,
+                minor: 5680,
+            },
+            other => other,
+        };
         match parsed {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest if negotiations >= 2 => {
-                return (
-                    Some(conn),
-                    Err(Error::refuse(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        "too many encryption requests",
-                    )),
-                );
-            }
-            StartupPacket::SslRequest if tls.acceptor.is_some() && !conn.stream.is_tls() => {
-                negotiations += 1;
+            StartupPacket::SslRequest => {
+                ssl_done = true;
+                let Some(acceptor) = tls.acceptor.as_ref().filter(|_| !conn.stream.is_tls())
+                else {
+                    if let Err(e) = conn.write_all(b"N").await {
+                        return (Some(conn), Err(e));
+                    }
+                    continue;
+                };
                 if !conn.rbuf.is_empty() {
                     // CVE-2021-23214: plaintext pipelined after SSLRequest.
                     let e = Error::refuse(
@@ -68,16 +80,14 @@ pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Open
                 if let Err(e) = conn.write_all(b"S").await {
                     return (Some(conn), Err(e));
                 }
-                let Some(acceptor) = &tls.acceptor else {
-                    continue;
-                };
                 match conn.accept_tls(acceptor).await {
                     Ok(c) => conn = c,
                     Err(e) => return (None, Err(e)),
                 }
+                gss_done = true;
             }
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                negotiations += 1;
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
                 if let Err(e) = conn.write_all(b"N").await {
                     return (Some(conn), Err(e));
                 }

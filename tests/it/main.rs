@@ -12,6 +12,7 @@ mod cancel;
 mod cli;
 mod database_ddl;
 mod faults;
+mod hardening;
 mod limits;
 mod metrics;
 mod passthrough;

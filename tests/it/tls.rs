@@ -174,27 +174,39 @@ fn check_config_reports_tls_problems() {
     assert!(joined.contains("general.server_tls_ca"), "{joined}");
 }
 
+/// A client config trusting the test CA.
+fn client_config() -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&certs().ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 /// A TLS client that starts with a ClientHello (PostgreSQL 17's
 /// `sslnegotiation=direct`), offering `alpn`.
 async fn direct_tls(
     port: u16,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(&certs().ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut cfg = client_config();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
+    handshake(tcp, cfg).await
+}
+
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    cfg: rustls::ClientConfig,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
@@ -344,4 +356,68 @@ async fn reload_rereads_certificates_and_keeps_clients() {
     c.simple_query("SELECT 1").await.unwrap();
     // ...while the client connected before the reload carries on.
     old.simple_query("SELECT 1").await.unwrap();
+}
+
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 48];
+
+/// The FATAL PostgreSQL sends for an encryption request it already
+/// negotiated (a startup packet of "protocol" 1234.5679 or 1234.5680).
+fn assert_refused_request(msgs: &[(u8, Vec<u8>)], minor: &str) {
+    let (tag, body) = msgs.last().expect("an error, not a hang");
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(*tag, b'E', "{text}");
+    assert!(text.contains("0A000"), "{text}");
+    assert!(text.contains(&format!("unsupported frontend protocol 1234.{minor}")), "{text}");
+}
+
+/// Each kind of encryption is negotiated once, as PostgreSQL's startup
+/// code allows (GSS may still follow a refused SSLRequest, and the other
+/// way round). Another request is refused at once with PostgreSQL's FATAL
+/// 0A000. Before, an SSLRequest inside TLS was answered 'N' and the login
+/// waited for a startup packet until its timeout; without TLS, 'N' again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_encryption_request_is_refused_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Sluice::with(Cluster::shared(), &client_tls_general("prefer")).await;
+    for (again, minor) in [(SSL_REQUEST, "5679"), (GSSENC_REQUEST, "5680")] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port))
+            .await
+            .unwrap();
+        tcp.write_all(&SSL_REQUEST).await.unwrap();
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"S");
+        let mut tls = handshake(tcp, client_config()).await;
+        tls.write_all(&again).await.unwrap();
+        let msgs = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_tags_until(&mut tls, b'E'),
+        )
+        .await
+        .expect("refused at once, not at the login timeout");
+        assert_refused_request(&msgs, minor);
+    }
+
+    let s = Sluice::with(Cluster::shared(), "").await;
+    // Without TLS every request before the last is answered 'N'.
+    let cases: [(&[[u8; 8]], &str); 3] = [
+        (&[SSL_REQUEST, SSL_REQUEST], "5679"),
+        (&[GSSENC_REQUEST, SSL_REQUEST, GSSENC_REQUEST], "5680"),
+        (&[SSL_REQUEST, GSSENC_REQUEST, SSL_REQUEST], "5679"),
+    ];
+    for (requests, minor) in cases {
+        let mut w = Wire::connect(s.port).await;
+        let (last, first) = requests.split_last().unwrap();
+        for r in first {
+            w.send(r).await;
+            let mut n = [0u8; 1];
+            w.stream.read_exact(&mut n).await.unwrap();
+            assert_eq!(&n, b"N");
+        }
+        w.send(last).await;
+        let m = w.recv().await.expect("an error");
+        assert_refused_request(&[(m.tag, m.body.clone())], minor);
+        assert_eq!(m.field(b'V').as_deref(), Some("FATAL"));
+    }
 }

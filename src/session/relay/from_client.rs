@@ -75,7 +75,7 @@ impl Pipe {
     ) -> Result<(), RelayEnd> {
         let mut off = 0;
         loop {
-            if self.hold {
+            if self.hold || self.refused.is_some() {
                 break;
             }
             if self.skip_batch && (off > 0 || !self.skip_to_sync(server)) {
@@ -96,6 +96,10 @@ impl Pipe {
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
             };
             let tag = FrontendTag::from_byte(h.tag);
+            if !tag.valid_in_session() {
+                self.refused = Some(h.tag);
+                break;
+            }
             if tag == FrontendTag::Terminate {
                 self.forward_client(off);
                 return Err(RelayEnd::Terminated);
