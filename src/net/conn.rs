@@ -75,24 +75,43 @@ impl Conn {
     /// input makes the kernel send a reset, which can reach a client still
     /// writing (an oversized message, a pipelined batch) before it has read
     /// the ErrorResponse that says why.
-    pub async fn linger_close(&mut self) {
-        const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-        const MAX_DRAIN: usize = 16 << 20;
+    ///
+    /// `owed` is the length of a message the client is still sending. It is
+    /// read first, before the end-of-file: libpq writes all of a 300 MB
+    /// query before it looks at replies, and an end-of-file seen while it
+    /// writes is reported as "server closed the connection unexpectedly"
+    /// with the error unread.
+    pub async fn linger_close(&mut self, owed: usize) {
+        use std::time::Duration;
+        /// PostgreSQL's own cap on a message is 1 GB.
+        const MAX_OWED: usize = 1 << 30;
+        let rest = (owed + 1).saturating_sub(self.rbuf.len()).min(MAX_OWED);
+        if owed > 0 {
+            // As long as the bytes keep coming, up to half a minute.
+            self.drain(rest, Duration::from_millis(500), Duration::from_secs(30))
+                .await;
+        }
         let _ = self.stream.shutdown().await;
+        let (gap, total) = (Duration::from_millis(500), Duration::from_millis(500));
+        self.drain(16 << 20, gap, total).await;
+    }
+
+    /// Reads and drops up to `max` bytes, stopping at end-of-file, at a
+    /// pause longer than `gap`, or after `total`.
+    async fn drain(&mut self, max: usize, gap: std::time::Duration, total: std::time::Duration) {
+        const DRAIN_CHUNK: usize = 64 * 1024;
         let drain = async {
             let mut drained = 0;
-            while drained < MAX_DRAIN {
+            self.rbuf = BytesMut::with_capacity(DRAIN_CHUNK);
+            while drained < max {
                 self.rbuf.clear();
-                if self.rbuf.capacity() < READ_CHUNK {
-                    self.rbuf.reserve(READ_CHUNK);
-                }
-                match self.stream.read_buf(&mut self.rbuf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained += n,
+                match tokio::time::timeout(gap, self.stream.read_buf(&mut self.rbuf)).await {
+                    Ok(Ok(0) | Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => drained += n,
                 }
             }
         };
-        let _ = tokio::time::timeout(LINGER, drain).await;
+        let _ = tokio::time::timeout(total, drain).await;
     }
 
     /// Ends a TLS connection with a close_notify alert, as PostgreSQL does

@@ -146,6 +146,10 @@ async fn end(pipe: &mut Pipe, result: Result<(), Error>) {
 
 /// Tells the client why its session ends, when that is the client's business.
 async fn refuse(pipe: &mut Pipe, e: Error) {
+    let owed = match &e {
+        Error::Frame(crate::protocol::frame::FrameError::TooLarge { len, .. }) => *len,
+        _ => 0,
+    };
     match e.client_message() {
         Some((code, msg)) => {
             tracing::info!(%code, error = %msg, "client refused");
@@ -153,7 +157,7 @@ async fn refuse(pipe: &mut Pipe, e: Error) {
             build::error(&mut out, Severity::Fatal, &code, &msg);
             pipe.send_client(out.freeze());
             pipe.flush_client().await;
-            pipe.client.linger_close().await;
+            pipe.client.linger_close(owed).await;
         }
         None => tracing::debug!(error = %e, "client connection ended"),
     }

@@ -82,3 +82,39 @@ async fn unknown_message_types_cost_the_client_and_not_a_server() {
         assert_eq!(first_value(&w.recv_until(b'Z').await), "7");
     }
 }
+
+/// libpq writes all of a query before it reads a reply. Sluice refuses an
+/// oversized one from its header and reads the rest before closing, so
+/// psql prints sluice's 08P01 instead of "server closed the connection
+/// unexpectedly" with no SQLSTATE (the end-of-file reached libpq while it
+/// was still writing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_reads_why_its_oversized_query_was_refused() {
+    let s = Sluice::with(Cluster::shared(), "max_packet_size = \"64kB\"").await;
+    let dir = tempdir();
+    let file = dir.join("big.sql");
+    let mut sql = String::from("SELECT length('");
+    sql.push_str(&"x".repeat(40 << 20));
+    sql.push_str("');\n");
+    std::fs::write(&file, sql).unwrap();
+    let mut psql = std::process::Command::new(crate::harness::cluster::pg_bin("psql"));
+    psql.arg(s.url(SCRAM_USER.0, SCRAM_USER.1, DB))
+        .args(["-X", "-v", "VERBOSITY=verbose", "-f"])
+        .arg(&file);
+    let out = tokio::task::spawn_blocking(move || psql.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("FATAL:  08P01: invalid message: message length"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-hardening-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
