@@ -68,36 +68,129 @@ impl ClientCounts {
     }
 }
 
-/// Failed logins per client address within a sliding window.
+/// Failed logins per client address within a sliding window, and the
+/// logins from it in progress. An attempt counts from when it begins, not
+/// from when it fails: of 250 wrong passwords sent at once with a limit of
+/// 20, only 20 are ever checked. Attempts past the limit's room wait for
+/// those in progress to settle, so a burst of good logins from one address
+/// (an application starting its pool) is only queued, never refused.
 #[derive(Debug, Default)]
 pub struct AuthThrottle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    entries: Mutex<HashMap<IpAddr, Tally>>,
+    /// Woken whenever an attempt ends.
+    settled: tokio::sync::Notify,
+}
+
+#[derive(Debug)]
+struct Tally {
+    failures: u32,
+    since: Instant,
+    in_flight: u32,
+}
+
+/// What `AuthThrottle::begin` says to a new login attempt.
+#[derive(Debug)]
+pub enum Begin<'a> {
+    Go(Attempt<'a>),
+    /// The address has failed `limit` times within the window.
+    Blocked,
+    /// Attempts in progress may still reach the limit.
+    Wait,
+}
+
+/// A login attempt in progress, counted against its address. Dropped, it
+/// counts as nothing; `failed` makes it a failure.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a AuthThrottle,
+    ip: IpAddr,
+}
+
+impl Attempt<'_> {
+    pub fn failed(self, window: Duration) {
+        let mut m = self.throttle.lock();
+        let now = Instant::now();
+        if let Some(t) = m.get_mut(&self.ip) {
+            if now.duration_since(t.since) > window {
+                (t.failures, t.since) = (0, now);
+            }
+            t.failures += 1;
+        }
+        // Keep the table small: forget addresses whose window has passed.
+        if m.len() > 10_000 {
+            m.retain(|_, t| t.in_flight > 0 || now.duration_since(t.since) <= window);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut m = self.throttle.lock();
+        if let Some(t) = m.get_mut(&self.ip) {
+            t.in_flight = t.in_flight.saturating_sub(1);
+            if t.in_flight == 0 && t.failures == 0 {
+                m.remove(&self.ip);
+            }
+        }
+        drop(m);
+        self.throttle.settled.notify_waiters();
+    }
 }
 
 impl AuthThrottle {
-    /// Records a failed login from `ip`.
-    pub fn failed(&self, ip: IpAddr, window: Duration) {
-        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let e = m.entry(ip).or_insert((0, now));
-        if now.duration_since(e.1) > window {
-            *e = (0, now);
-        }
-        e.0 += 1;
-        // Keep the table small: forget addresses whose window has passed.
-        if m.len() > 10_000 {
-            m.retain(|_, (_, start)| now.duration_since(*start) <= window);
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Tally>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `ip` has failed `limit` times (0: never throttle) within `window`.
-    pub fn blocked(&self, ip: IpAddr, limit: u32, window: Duration) -> bool {
-        if limit == 0 {
-            return false;
+    /// Counts a login attempt from `ip` unless it has failed `limit` times
+    /// (`limit` > 0) within `window`, or attempts in progress could get it
+    /// there.
+    pub fn begin(&self, ip: IpAddr, limit: u32, window: Duration) -> Begin<'_> {
+        let mut m = self.lock();
+        let now = Instant::now();
+        let t = m.entry(ip).or_insert(Tally {
+            failures: 0,
+            since: now,
+            in_flight: 0,
+        });
+        if now.duration_since(t.since) > window {
+            (t.failures, t.since) = (0, now);
         }
-        let m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&ip)
-            .is_some_and(|(n, start)| *n >= limit && start.elapsed() <= window)
+        if t.failures >= limit {
+            return Begin::Blocked;
+        }
+        if t.failures + t.in_flight >= limit {
+            return Begin::Wait;
+        }
+        t.in_flight += 1;
+        Begin::Go(Attempt {
+            throttle: self,
+            ip,
+        })
+    }
+
+    /// `begin`, waiting (until `deadline`) while the attempts in progress
+    /// could still reach the limit. None when the address is blocked;
+    /// Err when the deadline passed first.
+    pub async fn admit(
+        &self,
+        ip: IpAddr,
+        limit: u32,
+        window: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Attempt<'_>>, tokio::time::error::Elapsed> {
+        loop {
+            // Registered before the check, so an attempt that ends in
+            // between still wakes this one.
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            match self.begin(ip, limit, window) {
+                Begin::Go(a) => return Ok(Some(a)),
+                Begin::Blocked => return Ok(None),
+                Begin::Wait => tokio::time::timeout_at(deadline, settled).await?,
+            }
+        }
     }
 }
 
@@ -159,11 +252,50 @@ mod tests {
         let ip: IpAddr = "127.0.0.2".parse().unwrap();
         let w = Duration::from_secs(60);
         for _ in 0..3 {
-            assert!(!t.blocked(ip, 3, w));
-            t.failed(ip, w);
+            let Begin::Go(a) = t.begin(ip, 3, w) else {
+                panic!("not yet at the limit")
+            };
+            a.failed(w);
         }
-        assert!(t.blocked(ip, 3, w));
-        assert!(!t.blocked("127.0.0.1".parse().unwrap(), 3, w));
-        assert!(!t.blocked(ip, 0, w));
+        assert!(matches!(t.begin(ip, 3, w), Begin::Blocked));
+        assert!(matches!(t.begin("127.0.0.1".parse().unwrap(), 3, w), Begin::Go(_)));
+        // A window of zero has always passed: the count starts again.
+        assert!(matches!(t.begin(ip, 3, Duration::ZERO), Begin::Go(_)));
+    }
+
+    #[test]
+    fn attempts_in_progress_count_before_they_fail() {
+        let t = AuthThrottle::default();
+        let ip: IpAddr = "127.0.0.3".parse().unwrap();
+        let w = Duration::from_secs(60);
+        let a = t.begin(ip, 2, w);
+        let b = t.begin(ip, 2, w);
+        assert!(matches!((&a, &b), (Begin::Go(_), Begin::Go(_))));
+        // Two in progress may both fail: a third waits.
+        assert!(matches!(t.begin(ip, 2, w), Begin::Wait));
+        // One succeeds (dropped): room again.
+        drop(a);
+        let c = t.begin(ip, 2, w);
+        assert!(matches!(c, Begin::Go(_)));
+        // Both others fail: blocked.
+        for x in [b, c] {
+            let Begin::Go(x) = x else { unreachable!() };
+            x.failed(w);
+        }
+        assert!(matches!(t.begin(ip, 2, w), Begin::Blocked));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_attempt_goes_when_one_in_progress_succeeds() {
+        let t = AuthThrottle::default();
+        let ip: IpAddr = "127.0.0.4".parse().unwrap();
+        let w = Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let first = t.admit(ip, 1, w, deadline).await.unwrap().unwrap();
+        let (second, ()) = tokio::join!(t.admit(ip, 1, w, deadline), async {
+            tokio::task::yield_now().await;
+            drop(first);
+        });
+        assert!(matches!(second, Ok(Some(_))));
     }
 }

@@ -25,6 +25,9 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
+    /// Console places past max_client_conn for operators
+    /// (admin_reserved_connections).
+    pub operator_clients: Arc<Semaphore>,
     pub stats: Arc<crate::stats::Stats>,
     pub client_counts: Arc<crate::admission::ClientCounts>,
     pub auth_throttle: crate::admission::AuthThrottle,
@@ -48,9 +51,25 @@ pub enum Drain {
     Immediate,
 }
 
+/// Gives a client-count semaphore `now` permits instead of `was`.
+fn resize(places: &Arc<Semaphore>, was: usize, now: usize) {
+    if now > was {
+        places.add_permits(now - was);
+    } else if was > now {
+        // Permits in use are taken back as clients leave.
+        let places = places.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = places.acquire_many_owned((was - now) as u32).await {
+                p.forget();
+            }
+        });
+    }
+}
+
 impl Shared {
     pub fn new(config: Config) -> Self {
         let max = config.general.max_client_conn;
+        let operators = config.general.admin_reserved_connections;
         Self {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
@@ -58,6 +77,7 @@ impl Shared {
             registry: Arc::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
+            operator_clients: Arc::new(Semaphore::new(operators)),
             stats: Arc::default(),
             client_counts: Arc::default(),
             auth_throttle: Default::default(),
@@ -74,18 +94,13 @@ impl Shared {
     /// they are re-read. listen_addr cannot change without a restart.
     pub fn reload(&self, new: Config) {
         let old = self.config();
-        let (was, now) = (old.general.max_client_conn, new.general.max_client_conn);
-        if now > was {
-            self.clients.add_permits(now - was);
-        } else if was > now {
-            // Permits in use are taken back as clients leave.
-            let clients = self.clients.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = clients.acquire_many_owned((was - now) as u32).await {
-                    p.forget();
-                }
-            });
-        }
+        let (g, h) = (&old.general, &new.general);
+        resize(&self.clients, g.max_client_conn, h.max_client_conn);
+        resize(
+            &self.operator_clients,
+            g.admin_reserved_connections,
+            h.admin_reserved_connections,
+        );
         if old.general.worker_threads != new.general.worker_threads {
             tracing::warn!("worker_threads changes only at restart");
         }

@@ -171,6 +171,10 @@ pub fn config(config: &Config) -> Table {
         ("reserve_pool_size", g.reserve_pool_size.to_string()),
         ("reserve_pool_timeout", d(g.reserve_pool_timeout)),
         ("max_client_conn", g.max_client_conn.to_string()),
+        (
+            "admin_reserved_connections",
+            g.admin_reserved_connections.to_string(),
+        ),
         ("query_wait_timeout", d(g.query_wait_timeout)),
         ("query_wait_notify", d(g.query_wait_notify)),
         ("query_timeout", d(g.query_timeout)),

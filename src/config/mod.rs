@@ -102,6 +102,11 @@ pub struct General {
     /// is refused (0: never).
     pub auth_failure_limit: u32,
     pub auth_failure_window: Duration,
+    /// Addresses never throttled (NAT gateways, health checkers).
+    pub auth_throttle_exempt: Vec<crate::net::cidr::Cidr>,
+    /// Console logins by admin_users/stats_users allowed past
+    /// max_client_conn, so an operator can always get in.
+    pub admin_reserved_connections: usize,
     /// Clients per user / per database (0: no limit).
     pub max_user_client_connections: usize,
     pub max_db_client_connections: usize,

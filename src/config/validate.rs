@@ -8,6 +8,7 @@ use super::raw::{RawConfig, RawDatabase, RawGeneral, RawUser};
 use super::units::{parse_duration, parse_size};
 use super::{AuthType, Config, Database, General, HostPort, PoolMode, User};
 use crate::auth::secret::Secret;
+use crate::net::cidr::Cidr;
 
 /// One thing wrong with the file, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,21 @@ fn duration(key: &str, s: &str, p: &mut Problems) -> Option<Duration> {
     p.check(&format!("general.{key}"), parse_duration(s))
 }
 
+/// A list of addresses or ranges (`10.0.0.0/8`, `192.0.2.7`, `::1`).
+fn addresses(key: &str, list: &[String], p: &mut Problems) -> Option<Vec<Cidr>> {
+    let parsed: Vec<_> = list
+        .iter()
+        .map(|a| {
+            p.check(
+                key,
+                a.parse::<Cidr>()
+                    .map_err(|()| format!("\"{a}\" is not an address or an address/prefix range")),
+            )
+        })
+        .collect();
+    parsed.into_iter().collect()
+}
+
 fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let listen_addr = p.check(
         "general.listen_addr",
@@ -147,6 +163,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let client_tls = client_tls(g, p);
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
+    let auth_throttle_exempt = addresses("general.auth_throttle_exempt", &g.auth_throttle_exempt, p);
     let hba = hba(g, p);
     let query_wait_notify = duration("query_wait_notify", &g.query_wait_notify, p);
     let shutdown_timeout = duration("shutdown_timeout", &g.shutdown_timeout, p);
@@ -176,6 +193,8 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         client_login_timeout: client_login_timeout?,
         auth_failure_limit: g.auth_failure_limit,
         auth_failure_window: auth_failure_window?,
+        auth_throttle_exempt: auth_throttle_exempt?,
+        admin_reserved_connections: g.admin_reserved_connections as usize,
         max_user_client_connections: g.max_user_client_connections as usize,
         max_db_client_connections: g.max_db_client_connections as usize,
         hba: hba?,

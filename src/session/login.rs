@@ -78,11 +78,36 @@ async fn console_login(
     Ok(())
 }
 
-fn client_slot(shared: &Shared) -> Result<ClientSlot, Error> {
-    shared.clients.clone().try_acquire_owned().map_err(|_| {
+fn too_many_clients() -> Error {
+    Error::refuse(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "no more connections allowed (max_client_conn)",
+    )
+}
+
+/// A place under max_client_conn. When there is none, a login to the
+/// console may still be an operator's, decided once it is authenticated
+/// (`operator_slot`); any other is refused at once.
+fn client_slot(shared: &Shared, params: &StartupParams) -> Result<Option<ClientSlot>, Error> {
+    match shared.clients.clone().try_acquire_owned() {
+        Ok(slot) => Ok(Some(slot)),
+        Err(_) => {
+            let database = params.get("database").or_else(|| params.get("user"));
+            match database.filter(|d| crate::admin::DATABASES.contains(d)) {
+                Some(_) => Ok(None),
+                None => Err(too_many_clients()),
+            }
+        }
+    }
+}
+
+/// One of the admin_reserved_connections places, for an authenticated
+/// admin or stats user when max_client_conn is reached.
+fn operator_slot(shared: &Shared) -> Result<ClientSlot, Error> {
+    shared.operator_clients.clone().try_acquire_owned().map_err(|_| {
         Error::refuse(
             sqlstate::TOO_MANY_CONNECTIONS,
-            "no more connections allowed (max_client_conn)",
+            "no more connections allowed (max_client_conn, and admin_reserved_connections for operators)",
         )
     })
 }
@@ -102,12 +127,12 @@ pub(super) async fn start<'a>(
     arrival: Box<Arrival>,
     client: &'a crate::clients::ClientEntry,
 ) -> Result<Started<'a>, Error> {
-    let slot = client_slot(shared)?;
     let Arrival {
         params,
         deadline,
         peer_ip,
     } = *arrival;
+    let slot = client_slot(shared, &params)?;
     let (login, [user_place, db_place]) =
         admit(pipe, shared, config, &params, deadline, peer_ip).await?;
     let application_name = params
@@ -119,9 +144,14 @@ pub(super) async fn start<'a>(
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(config, &login.user)
     {
+        let slot = match slot {
+            Some(s) => s,
+            None => operator_slot(shared)?,
+        };
         console_login(&mut pipe.client, client, &login, application_name).await?;
         return Ok(Started::Console(role, slot));
     }
+    let slot = slot.ok_or_else(too_many_clients)?;
     let Login {
         user: user_name,
         database,
@@ -309,6 +339,13 @@ async fn first_checkout(
     ))
 }
 
+fn login_timeout() -> Error {
+    Error::refuse(
+        sqlstate::PROTOCOL_VIOLATION,
+        "client_login_timeout: authentication took too long",
+    )
+}
+
 /// Throttling, authentication (within client_login_timeout) and client
 /// caps. The returned places free themselves when the session ends.
 async fn admit(
@@ -320,35 +357,40 @@ async fn admit(
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<(Login, [crate::admission::Admitted; 2]), Error> {
     let g = &config.general;
-    if let Some(ip) = peer_ip
-        && shared
-            .auth_throttle
-            .blocked(ip, g.auth_failure_limit, g.auth_failure_window)
-    {
-        // Slow the guesser down, and never let it reach PostgreSQL.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        return Err(Error::refuse(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("too many failed login attempts from {ip}; try again later"),
-        ));
-    }
+    let throttled = peer_ip.filter(|ip| {
+        g.auth_failure_limit > 0 && !g.auth_throttle_exempt.iter().any(|c| c.contains(*ip))
+    });
+    let attempt = match throttled {
+        None => None,
+        Some(ip) => {
+            let throttle = &shared.auth_throttle;
+            let (limit, window) = (g.auth_failure_limit, g.auth_failure_window);
+            match throttle.admit(ip, limit, window, deadline).await {
+                Ok(Some(attempt)) => Some(attempt),
+                Ok(None) => {
+                    // Slow the guesser down, and never let it reach PostgreSQL.
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    return Err(Error::refuse(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        format!("too many failed login attempts from {ip}; try again later"),
+                    ));
+                }
+                Err(_) => return Err(login_timeout()),
+            }
+        }
+    };
     let login = tokio::time::timeout_at(
         deadline,
         authenticate(&mut pipe.client, shared, config, params, peer_ip),
     )
     .await
-    .map_err(|_| {
-        Error::refuse(
-            sqlstate::PROTOCOL_VIOLATION,
-            "client_login_timeout: authentication took too long",
-        )
-    })?;
+    .map_err(|_| login_timeout())?;
     let login = match login {
         Err(e) => {
-            if let (Some(ip), Error::Refuse { code, .. }) = (peer_ip, &e)
+            if let (Some(attempt), Error::Refuse { code, .. }) = (attempt, &e)
                 && code == sqlstate::INVALID_PASSWORD
             {
-                shared.auth_throttle.failed(ip, g.auth_failure_window);
+                attempt.failed(g.auth_failure_window);
             }
             return Err(e);
         }

@@ -118,3 +118,101 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A wrong-password login from `source`: its SQLSTATE.
+async fn guess_from(source: &'static str, port: u16, password: &'static str) -> String {
+    let (_, msgs) = Wire::connect_from(source, port)
+        .await
+        .login_as(SCRAM_USER.0, password, DB, &[])
+        .await;
+    let last = msgs.last().expect("an answer");
+    match last.tag {
+        b'Z' => "ok".into(),
+        _ => last.field(b'C').unwrap_or_default(),
+    }
+}
+
+/// Attempts count against the limit when they begin: of 250 wrong
+/// passwords sent at once with a limit of 20, exactly 20 are checked
+/// (28P01) and the rest refused (28000). Before, the check came before the
+/// count and 25 got through. Good logins at once from one address wait
+/// for room and all get in; an exempt address is never throttled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_throttle_counts_attempts_in_progress() {
+    // md5 keeps 290 logins cheap for the test's own debug-built client.
+    let general = "auth_type = \"md5\"\nauth_failure_limit = 20\nauth_failure_window = \"60s\"\nmax_client_conn = 1000\n\
+                   auth_throttle_exempt = [\"127.0.0.5\", \"127.0.6.0/24\"]";
+    let s = Sluice::with(Cluster::shared(), general).await;
+    let guesses: Vec<_> = (0..250)
+        .map(|_| tokio::spawn(guess_from("127.0.0.3", s.port, "guess")))
+        .collect();
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for g in guesses {
+        *outcomes.entry(g.await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        outcomes,
+        [("28000".to_string(), 230), ("28P01".to_string(), 20)].into(),
+        "checked and refused"
+    );
+
+    // 40 good logins at once from one address, past a limit of 20: all in.
+    let logins: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(guess_from("127.0.0.4", s.port, SCRAM_USER.1)))
+        .collect();
+    for l in logins {
+        assert_eq!(l.await.unwrap(), "ok");
+    }
+
+    // Exempt addresses, alone and in a range: 30 failures, then still in.
+    for source in ["127.0.0.5", "127.0.6.9"] {
+        for _ in 0..30 {
+            assert_eq!(guess_from(source, s.port, "guess").await, "28P01");
+        }
+        assert_eq!(guess_from(source, s.port, SCRAM_USER.1).await, "ok");
+    }
+}
+
+/// At max_client_conn, admin_users and stats_users still reach the console
+/// through admin_reserved_connections places, so an operator can see why
+/// the pooler is full. Everyone else still gets 53300.
+/// Before, the operator was refused like everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_reach_the_console_when_the_pooler_is_full() {
+    use crate::harness::{MD5_USER, PLAIN_USER};
+    let general = format!(
+        "max_client_conn = 1\nadmin_reserved_connections = 2\n\
+         admin_users = [\"{}\"]\nstats_users = [\"{}\"]",
+        SCRAM_USER.0, MD5_USER.0
+    );
+    let s = Sluice::start(&config_for(Cluster::shared(), &general, "")).await;
+    let connect = |user: (&'static str, &'static str), db: &'static str| {
+        let url = s.url(user.0, user.1, db);
+        async move { tokio_postgres::connect(&url, tokio_postgres::NoTls).await }
+    };
+    let code = |r: Result<_, tokio_postgres::Error>| {
+        r.err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()))
+    };
+    let (app, conn) = connect(PLAIN_USER, DB).await.expect("the one place");
+    tokio::spawn(conn);
+    assert_eq!(code(connect(SCRAM_USER, DB).await).as_deref(), Some("53300"));
+    // The console is not for other users, full or not.
+    assert_eq!(
+        code(connect(PLAIN_USER, "pgbouncer").await).as_deref(),
+        Some("3D000"),
+    );
+
+    let (admin, conn) = connect(SCRAM_USER, "pgbouncer").await.expect("admin gets in");
+    tokio::spawn(conn);
+    let pools = admin.simple_query("SHOW POOLS").await.expect("SHOW POOLS");
+    assert!(pools.len() > 1, "{}", pools.len());
+    let (_stats, conn) = connect(MD5_USER, "pgbouncer").await.expect("stats user gets in");
+    tokio::spawn(conn);
+    assert_eq!(
+        code(connect(SCRAM_USER, "pgbouncer").await).as_deref(),
+        Some("53300"),
+        "both reserved places are taken"
+    );
+    drop(app);
+}

@@ -216,6 +216,18 @@ impl Wire {
                     .expect("final")
                     .verify_server_final(data)
                     .expect("server signature"),
+                3 => {
+                    let mut body = password.as_bytes().to_vec();
+                    body.push(0);
+                    self.send(&message(b'p', &body)).await;
+                }
+                5 => {
+                    let salt: [u8; 4] = data[..4].try_into().expect("salt");
+                    let stored = sluice::auth::md5::stored_hash(user, password);
+                    let mut body = sluice::auth::md5::response_from_hash(&stored, &salt).into_bytes();
+                    body.push(0);
+                    self.send(&message(b'p', &body)).await;
+                }
                 other => panic!("auth code {other} not handled by the test client"),
             }
         }
