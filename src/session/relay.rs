@@ -139,10 +139,11 @@ pub struct Pipe {
     skip_batch: bool,
     /// Routing: the next client message waits for another server.
     hold: bool,
-    /// The client sent a message type the protocol does not have (this
-    /// byte): nothing more is read or forwarded, and the session ends with
-    /// FATAL once the server has answered what went before it.
-    refused: Option<u8>,
+    /// The client sent a message type the protocol does not have (the
+    /// frame at the head of its buffer): nothing more is read or forwarded,
+    /// and the session ends with FATAL once the server has answered what
+    /// went before it.
+    refused: bool,
     /// The request at the head of the client's buffer was seen by the
     /// DROP DATABASE check (`RelayEnd::ClearDatabase`).
     database_checked: bool,
@@ -193,7 +194,7 @@ impl Pipe {
             may_arm: arming_is_safe(),
             skip_batch: false,
             hold: false,
-            refused: None,
+            refused: false,
             database_checked: false,
             reply_started: false,
             swallowing: false,
@@ -407,8 +408,11 @@ impl Pipe {
     /// client's bytes must not cost a backend). A batch or COPY the client
     /// left open would never end; that server is not reused.
     fn refusal_point(&self, server: &ServerConn) -> Option<RelayEnd> {
-        let tag = self.refused?;
+        if !self.refused {
+            return None;
+        }
         let settled = server.state.at_boundary() || server.state.left_open();
+        let tag = self.client.rbuf.first().copied().unwrap_or_default();
         settled.then_some(RelayEnd::ClientProtocol(FrameError::UnknownType(tag)))
     }
 
@@ -506,7 +510,7 @@ impl Pipe {
         // Replies sluice answers itself go straight to the client, so a client
         // that stops reading is not read either.
         if !self.hold
-            && self.refused.is_none()
+            && !self.refused
             && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
             let (s, buf) = (&mut self.client.stream, &mut self.client.rbuf);
             match poll_read_armed(s, buf, &mut self.client_armed, self.may_arm, cx) {

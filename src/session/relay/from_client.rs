@@ -75,7 +75,7 @@ impl Pipe {
     ) -> Result<(), RelayEnd> {
         let mut off = 0;
         loop {
-            if self.hold || self.refused.is_some() {
+            if self.hold || self.refused {
                 break;
             }
             if self.skip_batch && (off > 0 || !self.skip_to_sync(server)) {
@@ -97,7 +97,7 @@ impl Pipe {
             };
             let tag = FrontendTag::from_byte(h.tag);
             if !tag.valid_in_session() {
-                self.refused = Some(h.tag);
+                self.refused = true;
                 break;
             }
             if tag == FrontendTag::Terminate {
