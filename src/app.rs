@@ -210,7 +210,8 @@ async fn drain(
     Ok(())
 }
 
-/// Periodic pool upkeep: keeps min_pool_size connections open.
+/// Periodic pool upkeep: keeps min_pool_size connections open, and closes
+/// the servers of replicas the monitor found promoted.
 async fn janitor(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -219,6 +220,11 @@ async fn janitor(shared: std::sync::Weak<Shared>) {
             return;
         };
         let config = shared.config();
+        for t in shared.routes.all() {
+            for i in t.take_promoted() {
+                shared.pools.close_replica(&t.database, i);
+            }
+        }
         shared.pools.maintain(&config).await;
     }
 }

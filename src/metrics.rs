@@ -172,6 +172,20 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         replica_labels,
     )?;
     r.register(Box::new(bans.clone()))?;
+    let promoted = gauge_vec(
+        r,
+        "sluice_replica_promoted",
+        "1 when the replica is out of recovery (promoted): no reads go to it",
+        replica_labels,
+    )?;
+    let retries = prometheus::IntCounterVec::new(
+        Opts::new(
+            "sluice_replica_read_retries_total",
+            "Reads abandoned on a replica that stopped answering and run on the primary",
+        ),
+        replica_labels,
+    )?;
+    r.register(Box::new(retries.clone()))?;
     let bound_s = GaugeVec::new(
         Opts::new(
             "sluice_replica_lag_bound_seconds",
@@ -201,6 +215,10 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
             up.with_label_values(&l).set(i64::from(usable));
             bans.with_label_values(&l)
                 .inc_by(rep.bans.load(std::sync::atomic::Ordering::Relaxed));
+            promoted.with_label_values(&l).set(i64::from(t.promoted(i)));
+            retries
+                .with_label_values(&l)
+                .inc_by(rep.read_retries.load(std::sync::atomic::Ordering::Relaxed));
             match t.settings.max_lag {
                 crate::config::LagBound::Time(d) => {
                     bound_s.with_label_values(&l).set(d.as_secs_f64());

@@ -88,11 +88,26 @@ pub fn pools(shared: &Shared) -> Table {
             some(maxwait.as_secs()),
             some(maxwait.subsec_micros()),
             some(pool_mode_of(&config, &key.database, &key.user)),
-            some(key.role_name()),
+            some(role_of(shared, &key)),
             some(shared.stats.pinned_clients()),
         ]);
     }
     Table { columns, rows }
+}
+
+/// A pool's server role: primary, replica, or a replica found promoted.
+fn role_of(shared: &Shared, key: &crate::pool::PoolKey) -> &'static str {
+    match key.role {
+        crate::route::Target::Replica(i)
+            if shared
+                .routes
+                .topology(&key.database)
+                .is_some_and(|t| t.replicas.len() > i && t.promoted(i)) =>
+        {
+            "promoted"
+        }
+        _ => key.role_name(),
+    }
 }
 
 pub fn databases(shared: &Shared) -> Table {
@@ -124,7 +139,17 @@ pub fn databases(shared: &Shared) -> Table {
                 .iter()
                 .map(|(_, p)| p.status().size)
                 .sum();
-            let replicas: Vec<String> = db.replicas.iter().map(ToString::to_string).collect();
+            // A promoted replica is named as such: it takes no reads.
+            let topo = shared.routes.topology(name);
+            let replicas: Vec<String> = db
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| match &topo {
+                    Some(t) if t.replicas.len() > i && t.promoted(i) => format!("{r} (promoted)"),
+                    _ => r.to_string(),
+                })
+                .collect();
             vec![
                 some(name),
                 some(&db.primary.host),

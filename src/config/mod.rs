@@ -140,6 +140,10 @@ pub struct Routing {
     pub max_replica_lag: LagBound,
     /// How long a replica that failed stays out of rotation.
     pub replica_ban_time: Duration,
+    /// A replica that leaves the monitor's poll unanswered this long is out
+    /// of rotation, and reads waiting on it with nothing of their reply
+    /// sent yet run on the primary.
+    pub replica_read_timeout: Duration,
     pub load_balance: Balance,
     pub consistency: Consistency,
     /// Functions whose call sends a statement to the primary, beyond the built-in list.

@@ -28,11 +28,17 @@ pub(super) fn routing(g: &RawGeneral, add: &mut dyn FnMut(String, String)) -> Op
     };
     let poll = check("lsn_poll_interval", parse_duration(&g.lsn_poll_interval));
     let ban = check("replica_ban_time", parse_duration(&g.replica_ban_time));
-    if poll.is_some_and(|d| d.is_zero()) {
-        add(
-            "general.lsn_poll_interval".into(),
-            "must be more than 0".into(),
-        );
+    let read_timeout = check(
+        "replica_read_timeout",
+        parse_duration(&g.replica_read_timeout),
+    );
+    for (key, d) in [
+        ("lsn_poll_interval", poll),
+        ("replica_read_timeout", read_timeout),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            add(format!("general.{key}"), "must be more than 0".into());
+        }
     }
     let lag = lag_bound(&g.max_replica_lag)
         .map_err(|m| add("general.max_replica_lag".into(), m))
@@ -63,6 +69,7 @@ pub(super) fn routing(g: &RawGeneral, add: &mut dyn FnMut(String, String)) -> Op
         lsn_poll_interval: poll.filter(|d| !d.is_zero())?,
         max_replica_lag: lag?,
         replica_ban_time: ban?,
+        replica_read_timeout: read_timeout.filter(|d| !d.is_zero())?,
         load_balance: balance?,
         consistency: consistency?,
         primary_functions: PrimaryFunctions(

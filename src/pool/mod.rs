@@ -372,6 +372,19 @@ impl PoolSet {
         }
     }
 
+    /// Closes the servers of `database` to replica `i` (idle ones now, the
+    /// others when returned): it was promoted.
+    pub fn close_replica(&self, database: &str, i: usize) {
+        for (key, pool) in self.of(Some(database)) {
+            if key.role == Target::Replica(i) {
+                pool.manager()
+                    .generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                pool.retain(|_, _| false);
+            }
+        }
+    }
+
     /// Servers of `database` checked out now.
     pub fn in_use(&self, database: Option<&str>) -> usize {
         self.of(database)

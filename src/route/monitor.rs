@@ -77,8 +77,8 @@ pub fn spawn(topo: &Arc<Topology>, config: &Config) {
 
 /// Polls one server (`replica` None: the primary) until `topo` is gone.
 async fn watch(topo: Weak<Topology>, target: ServerTarget, replica: Option<usize>) {
-    let every = match topo.upgrade() {
-        Some(t) => t.settings.poll_interval,
+    let (every, answer_within) = match topo.upgrade() {
+        Some(t) => (t.settings.poll_interval, t.settings.read_timeout),
         None => return,
     };
     let mut tick = tokio::time::interval(every);
@@ -118,7 +118,12 @@ async fn watch(topo: Weak<Topology>, target: ServerTarget, replica: Option<usize
         } else {
             PRIMARY_SQL
         };
-        let limit = target.connect_timeout.max(Duration::from_secs(1));
+        // A connected server that stays silent past replica_read_timeout
+        // (stopped, partitioned) is out within about that long.
+        let limit = match conn {
+            Some(_) => answer_within,
+            None => target.connect_timeout + answer_within,
+        };
         let row = tokio::time::timeout(limit, poll(&mut conn, &target, sql)).await;
         let row = match row {
             Ok(r) => r,

@@ -19,6 +19,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub max_lag: LagBound,
     pub ban_time: Duration,
+    /// How long a replica may leave the monitor unanswered.
+    pub read_timeout: Duration,
     pub balance: Balance,
     pub consistency: Consistency,
     /// The [users] entry the monitor logs in as.
@@ -35,6 +37,7 @@ impl Settings {
             poll_interval: r.lsn_poll_interval,
             max_lag: r.max_replica_lag,
             ban_time: r.replica_ban_time,
+            read_timeout: r.replica_read_timeout,
             balance: r.load_balance,
             consistency: r.consistency,
             monitor_user: super::monitor::monitor_user(config).map(str::to_string),
@@ -90,6 +93,16 @@ pub struct ReplicaState {
     /// Servers of this replica checked out right now (least_outstanding).
     pub outstanding: AtomicUsize,
     pub bans: AtomicU64,
+    /// When the monitor last had an answer (nanoseconds since the epoch).
+    last_answer: AtomicU64,
+    /// Out of recovery: a primary now, not a replica until it is a standby
+    /// again.
+    promoted: AtomicBool,
+    /// Promoted, and its pooled servers not yet closed (the janitor's job).
+    close_servers: AtomicBool,
+    /// Reads abandoned on it because it stopped answering, run again on
+    /// the primary.
+    pub read_retries: AtomicU64,
 }
 
 pub struct Topology {
@@ -137,6 +150,10 @@ impl Topology {
                 lag_bytes: AtomicU64::new(0),
                 outstanding: AtomicUsize::new(0),
                 bans: AtomicU64::new(0),
+                last_answer: AtomicU64::new(0),
+                promoted: AtomicBool::new(false),
+                close_servers: AtomicBool::new(false),
+                read_retries: AtomicU64::new(0),
             })
             .collect();
         Self {
@@ -194,6 +211,22 @@ impl Topology {
     /// The monitor's view of replica `i` after a successful poll.
     pub fn record_replica(&self, i: usize, replay: u64, in_recovery: bool, now: Instant) {
         let r = &self.replicas[i];
+        r.last_answer.store(self.nanos(now).max(1), Ordering::Relaxed);
+        if !in_recovery {
+            // Its replay position stands still while its own WAL grows:
+            // not a lag but a promotion.
+            r.healthy.store(false, Ordering::Relaxed);
+            r.lag_ms.store(0, Ordering::Relaxed);
+            r.lag_bytes.store(0, Ordering::Relaxed);
+            if !r.promoted.swap(true, Ordering::Relaxed) {
+                r.close_servers.store(true, Ordering::Relaxed);
+                tracing::warn!(database = %self.database, replica = %r.addr, "replica was promoted (no longer in recovery): out of rotation while it is not a standby, its pooled servers closed");
+            }
+            return;
+        }
+        if r.promoted.swap(false, Ordering::Relaxed) {
+            tracing::info!(database = %self.database, replica = %r.addr, "the promoted replica is a standby again");
+        }
         r.replay_lsn.fetch_max(replay, Ordering::Relaxed);
         let (lag, bytes) = self.lag_of(replay, now);
         r.lag_ms.store(
@@ -205,13 +238,45 @@ impl Topology {
             LagBound::Time(d) => lag <= d,
             LagBound::Bytes(b) => bytes <= b,
         };
-        if r.caught_up.swap(within, Ordering::Relaxed) != within {
-            tracing::info!(database = %self.database, replica = %r.addr, lag_ms = lag.as_millis() as u64, lag_bytes = bytes, within, "replica lag crossed max_replica_lag");
+        let was = r.caught_up.swap(within, Ordering::Relaxed);
+        let back = !r.healthy.swap(true, Ordering::Relaxed);
+        let lag_ms = lag.as_millis() as u64;
+        match (was, within, back) {
+            (false, true, _) => {
+                tracing::info!(database = %self.database, replica = %r.addr, lag_ms, lag_bytes = bytes, "replica is within max_replica_lag: in rotation")
+            }
+            (true, false, _) => {
+                tracing::info!(database = %self.database, replica = %r.addr, lag_ms, lag_bytes = bytes, "replica fell behind max_replica_lag: out of rotation until it catches up")
+            }
+            (false, false, true) => {
+                tracing::info!(database = %self.database, replica = %r.addr, lag_ms, lag_bytes = bytes, "replica answers again but is behind max_replica_lag: out of rotation until it catches up")
+            }
+            _ => {}
         }
-        if !in_recovery && r.healthy.load(Ordering::Relaxed) {
-            tracing::warn!(database = %self.database, replica = %r.addr, "replica is not in recovery (promoted?): out of rotation");
+    }
+
+    /// Whether replica `i` stopped answering: the monitor marked it failed
+    /// or promoted, or has had no answer from it for read_timeout.
+    pub fn silent(&self, i: usize) -> bool {
+        let r = &self.replicas[i];
+        if !r.healthy.load(Ordering::Relaxed) {
+            return true;
         }
-        r.healthy.store(in_recovery, Ordering::Relaxed);
+        let last = r.last_answer.load(Ordering::Relaxed);
+        let now = self.nanos(Instant::now());
+        now.saturating_sub(last) > u64::try_from(self.settings.read_timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn promoted(&self, i: usize) -> bool {
+        self.replicas[i].promoted.load(Ordering::Relaxed)
+    }
+
+    /// Replicas promoted since the last call, whose pooled servers are to
+    /// be closed.
+    pub fn take_promoted(&self) -> Vec<usize> {
+        (0..self.replicas.len())
+            .filter(|i| self.replicas[*i].close_servers.swap(false, Ordering::Relaxed))
+            .collect()
     }
 
     /// The monitor could not reach replica `i`.
@@ -323,6 +388,7 @@ mod tests {
                 poll_interval: Duration::from_millis(20),
                 max_lag: LagBound::Time(Duration::from_secs(1)),
                 ban_time: Duration::from_secs(5),
+                read_timeout: Duration::from_secs(1),
                 balance: Balance::RoundRobin,
                 consistency: Consistency::Session,
                 monitor_user: None,
@@ -392,6 +458,28 @@ mod tests {
         t.record_replica(0, 10, false, Instant::now());
         t.replicas[0].banned_until.store(0, Ordering::Relaxed);
         assert!(!t.views()[0].usable, "a promoted replica is out");
+        assert!(t.promoted(0));
+        assert_eq!(t.take_promoted(), vec![0], "its servers are to close");
+        assert_eq!(t.take_promoted(), Vec::<usize>::new(), "once");
+        // Back in recovery (a rewound old primary): it is used again.
+        t.record_replica(0, 10, true, Instant::now());
+        assert!(t.views()[0].usable && !t.promoted(0));
+        assert_eq!(t.report(0).0, 0, "no lag reported for it");
+    }
+
+    #[test]
+    fn a_replica_is_silent_when_failed_or_unanswered_for_read_timeout() {
+        let mut t = topo();
+        // A topology started 10 s ago, so an answer can be 2 s old.
+        t.epoch -= Duration::from_secs(10);
+        assert!(t.silent(0), "never answered");
+        t.record_replica(0, 10, true, Instant::now());
+        assert!(!t.silent(0));
+        t.record_replica(0, 10, true, Instant::now() - Duration::from_secs(2));
+        assert!(t.silent(0), "last answer 2 s ago, over 1 s");
+        t.record_replica(0, 10, true, Instant::now());
+        t.replica_failed(0);
+        assert!(t.silent(0));
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl Multiplex {
         let before = (st.reprepares, st.evictions);
         // Borrowed, and looked up only for a named statement.
         let vars = &self.vars;
-        let action = st.on_client(tag, body, later, || search_path(vars), server);
+        let action = st.on_client(tag, body, later, at_boundary, || search_path(vars), server);
         if let Some(stats) = &self.stats {
             stats.prepared(st.reprepares - before.0, st.evictions - before.1);
         }

@@ -475,6 +475,7 @@ mod tests {
             poll_interval: std::time::Duration::from_millis(20),
             max_lag: crate::config::LagBound::Time(std::time::Duration::from_secs(1)),
             ban_time: std::time::Duration::from_secs(1),
+            read_timeout: std::time::Duration::from_secs(1),
             balance: crate::config::Balance::RoundRobin,
             consistency: crate::config::Consistency::Session,
             monitor_user: None,

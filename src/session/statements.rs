@@ -61,7 +61,9 @@ pub struct Statements {
     pub replay: Replay,
     /// The client's statement (name, definition in the current schema
     /// generation) whose row shape a `Verify` checks.
-    pub verifying: Option<(Vec<u8>, Arc<StmtDef>)>,
+    /// The client's name, the statement under its new name, and whether
+    /// the check ended with a Sync of its own.
+    pub verifying: Option<(Vec<u8>, Arc<StmtDef>, bool)>,
 }
 
 /// Batches longer than this are not kept for a replay.
@@ -385,6 +387,7 @@ impl Statements {
         tag: FrontendTag,
         body: &[u8],
         later: &[u8],
+        at_boundary: bool,
         search_path: impl Fn() -> Option<&'p str>,
         server: &mut ServerStatements,
     ) -> ClientAction {
@@ -395,7 +398,7 @@ impl Statements {
                     self.push(Entry::reply(Kind::Bind));
                     return ClientAction::Forward;
                 };
-                if let Some(out) = self.verify_first(v.statement, later, server) {
+                if let Some(out) = self.verify_first(v.statement, later, at_boundary, server) {
                     return ClientAction::Verify(out);
                 }
                 let mut out = BytesMut::new();
@@ -559,10 +562,17 @@ impl Statements {
     /// relies on the row shape it was told. Returns the bytes that prepare
     /// it again under its new name and describe it (`Act::Verify`); the
     /// Bind waits for the verdict (`verdict`).
+    ///
+    /// A Describe starts a transaction, and the client's messages wait a
+    /// round trip behind it: at the start of a batch, a Sync ends it, so the
+    /// client's statement starts its own (`now()` is its Bind's time, as on
+    /// a direct connection). Mid-batch, a Sync would commit what the client
+    /// sent before, so a Flush asks for the reply instead.
     fn verify_first(
         &mut self,
         name: &[u8],
         later: &[u8],
+        at_boundary: bool,
         server: &mut ServerStatements,
     ) -> Option<BytesMut> {
         let def = self.client.named.get(name)?;
@@ -585,21 +595,32 @@ impl Statements {
             act: Act::Verify(shape),
             on_fail: OnFail::default(),
         });
-        build::flush(&mut out);
-        self.verifying = Some((name.to_vec(), fresh));
+        if at_boundary {
+            build::sync(&mut out);
+            self.push(Entry {
+                kind: Kind::Sync,
+                act: Act::Swallow,
+                on_fail: OnFail::default(),
+            });
+        } else {
+            build::flush(&mut out);
+        }
+        self.verifying = Some((name.to_vec(), fresh, at_boundary));
         Some(out)
     }
 
     /// A `Verify` ended. Same shape: the client's statement takes its new
-    /// name. Changed: returns a Sync for the server (its reply swallowed),
-    /// which ends what sluice sent while the client is told the error.
+    /// name. Changed: returns what ends what sluice sent while the client
+    /// is told the error: a Sync for the server (its reply swallowed), or
+    /// nothing when the check ended with one.
     pub fn verdict(&mut self, v: Verdict) -> Option<BytesMut> {
-        let (name, fresh) = self.verifying.take()?;
+        let (name, fresh, synced) = self.verifying.take()?;
         match v {
             Verdict::Same => {
                 self.client.named.insert(name, fresh);
                 None
             }
+            Verdict::Changed if synced => Some(BytesMut::new()),
             Verdict::Changed => {
                 let mut out = BytesMut::new();
                 build::sync(&mut out);
@@ -763,7 +784,7 @@ mod tests {
     fn first_parse_prepares_under_the_global_name() {
         let (mut s, mut server) = (st(), ServerStatements::default());
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server)
+            s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server)
         else {
             panic!("expected a rewrite")
         };
@@ -780,7 +801,7 @@ mod tests {
     #[test]
     fn bind_on_another_server_reprepares_and_swallows() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut a);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut a);
         s.on_server(b'3', b"", &mut a);
         s.on_server(b'1', b"", &mut a);
         let mut b = ServerStatements::default();
@@ -788,6 +809,7 @@ mod tests {
             FrontendTag::Bind,
             b"\0s1\0\0\0\0\0\0\0",
             &[],
+            true,
             || None,
             &mut b,
         ) else {
@@ -806,6 +828,7 @@ mod tests {
             FrontendTag::Bind,
             b"\0s1\0\0\0\0\0\0\0",
             &[],
+            true,
             || None,
             &mut b,
         ) else {
@@ -819,13 +842,13 @@ mod tests {
         let (mut s, mut server) = (st(), ServerStatements::default());
         server.insert(&define(b"SELECT 1\0\0\0", None, 0).global, 10);
         assert!(matches!(
-            s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server),
+            s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
         // Close of the client's name is answered too, and the name is gone.
         assert!(matches!(
-            s.on_client(FrontendTag::Close, b"Ss1\0", &[], || None, &mut server),
+            s.on_client(FrontendTag::Close, b"Ss1\0", &[], true, || None, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
@@ -839,10 +862,11 @@ mod tests {
             FrontendTag::Parse,
             b"s1\0SELEC 1\0\0\0",
             &[],
+            true,
             || None,
             &mut server,
         );
-        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         s.on_server(b'3', b"", &mut server);
         s.on_server(b'E', b"", &mut server);
         s.on_server(b'Z', b"", &mut server);
@@ -854,13 +878,13 @@ mod tests {
     #[test]
     fn duplicate_names_fail_like_postgres() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
             s.on_server(t, b"", &mut server);
         }
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
-        s.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
+        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         let a = s.on_server(b'E', b"", &mut server);
         let replaced = a.replace.expect("sluice's own error");
         assert!(String::from_utf8_lossy(&replaced).contains("42P05"));
@@ -873,12 +897,13 @@ mod tests {
             FrontendTag::Parse,
             b"\0SELECT 2\0\0\0",
             &[],
+            true,
             || None,
             &mut a,
         );
         let mut b = ServerStatements::default();
         let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], || None, &mut b)
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], true, || None, &mut b)
         else {
             panic!("expected the unnamed statement to be re-parsed")
         };
@@ -887,7 +912,7 @@ mod tests {
             b"PB"
         );
         assert!(matches!(
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], || None, &mut b),
+            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], true, || None, &mut b),
             ClientAction::Forward
         ));
     }
@@ -943,7 +968,7 @@ mod tests {
         let mut first = ServerStatements::default();
         let mut parse = BytesMut::new();
         ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
-        st.on_client(FrontendTag::Parse, &parse[5..], &[], || None, &mut first);
+        st.on_client(FrontendTag::Parse, &parse[5..], &[], true, || None, &mut first);
         let before = st.client.named[&b"s1"[..]].global.clone();
         known.bump();
         let mut bind = BytesMut::new();
@@ -953,6 +978,7 @@ mod tests {
             FrontendTag::Bind,
             &bind[5..],
             &[],
+            true,
             || None,
             server,
         ) {
@@ -978,6 +1004,7 @@ mod tests {
             FrontendTag::Parse,
             &parse[5..],
             &[],
+            true,
             || None,
             &mut ServerStatements::default(),
         );
@@ -995,20 +1022,37 @@ mod tests {
         let mut probe = in_pool(&known);
         probe.client.named = st.client.named.clone();
         assert!(matches!(
-            probe.on_client(FrontendTag::Bind, &bind[5..], &later, || None, &mut server),
+            probe.on_client(FrontendTag::Bind, &bind[5..], &later, true, || None, &mut server),
             ClientAction::Replace(_)
         ));
         // Blind (Bind, Execute, Sync): prepared again, described, held.
         let mut server = ServerStatements::default();
         let ClientAction::Verify(out) =
-            st.on_client(FrontendTag::Bind, &bind[5..], &sync, || None, &mut server)
+            st.on_client(FrontendTag::Bind, &bind[5..], &sync, true, || None, &mut server)
         else {
             panic!("checked first");
         };
+        // At a batch's start the check is a transaction of its own (Sync),
+        // so the client's statement starts its own, as directly.
         assert_eq!(
             tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            b"CPDH".to_vec()
+            b"CPDS".to_vec()
         );
+        // Mid-batch, a Sync would commit the client's earlier messages.
+        let mut mid = in_pool(&known);
+        mid.client.named = st.client.named.clone();
+        let ClientAction::Verify(out) = mid.on_client(
+            FrontendTag::Bind,
+            &bind[5..],
+            &sync,
+            false,
+            || None,
+            &mut ServerStatements::default(),
+        ) else {
+            panic!("checked first");
+        };
+        assert_eq!(tags(&out).last().map(|(t, _)| *t), Some(b'H'));
+        assert_eq!(mid.verdict(Verdict::Changed).map(|b| b.len()), Some(5));
         assert_eq!(st.verdict(Verdict::Same), None);
         assert!(st.client.named[&b"s1"[..]].global.ends_with("_1"));
     }
@@ -1022,11 +1066,12 @@ mod tests {
             },
             ServerStatements::default(),
         );
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], || None, &mut server);
+        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
         let ClientAction::Replace(out) = s.on_client(
             FrontendTag::Parse,
             b"s2\0SELECT 2\0\0\0",
             &[],
+            true,
             || None,
             &mut server,
         ) else {
@@ -1063,10 +1108,11 @@ mod known_tests {
             FrontendTag::Parse,
             b"P_0\0BEGIN;\0\0\0",
             &[],
+            true,
             || None,
             &mut server,
         );
-        a.on_client(FrontendTag::Sync, b"", &[], || None, &mut server);
+        a.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
             a.on_server(t, b"", &mut server);
         }

@@ -145,8 +145,15 @@ impl Pipe {
                         // The frame stays buffered until the verdict.
                         m.record(tag, None, false, false);
                         self.forward_client(off);
+                        // The check ends in a Sync at a batch's start.
+                        let last = if bytes.last_chunk::<5>() == Some(b"S\0\0\0\x04") {
+                            FrontendTag::Sync
+                        } else {
+                            FrontendTag::Flush
+                        };
                         self.to_server.push(bytes.freeze());
-                        server.state.on_frontend(FrontendTag::Flush);
+                        server.state.on_frontend(FrontendTag::Parse);
+                        server.state.on_frontend(last);
                         self.hold = true;
                         off = 0;
                         break;

@@ -238,8 +238,10 @@ impl Pipe {
         self.hold = false;
         self.replayed = true;
         if let Some(sync) = m.verdict(v) {
-            self.to_server.push(sync.freeze());
-            server.state.on_frontend(FrontendTag::Sync);
+            if !sync.is_empty() {
+                self.to_server.push(sync.freeze());
+                server.state.on_frontend(FrontendTag::Sync);
+            }
             let mut out = BytesMut::new();
             build::stale_plan_error(&mut out);
             self.to_client.push(out.freeze());
