@@ -163,10 +163,7 @@ impl AuthThrottle {
             return Begin::Wait;
         }
         t.in_flight += 1;
-        Begin::Go(Attempt {
-            throttle: self,
-            ip,
-        })
+        Begin::Go(Attempt { throttle: self, ip })
     }
 
     /// `begin`, waiting (until `deadline`) while the attempts in progress
@@ -258,7 +255,10 @@ mod tests {
             a.failed(w);
         }
         assert!(matches!(t.begin(ip, 3, w), Begin::Blocked));
-        assert!(matches!(t.begin("127.0.0.1".parse().unwrap(), 3, w), Begin::Go(_)));
+        assert!(matches!(
+            t.begin("127.0.0.1".parse().unwrap(), 3, w),
+            Begin::Go(_)
+        ));
         // A window of zero has always passed: the count starts again.
         assert!(matches!(t.begin(ip, 3, Duration::ZERO), Begin::Go(_)));
     }

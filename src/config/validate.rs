@@ -163,7 +163,8 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let client_tls = client_tls(g, p);
     let server_tls = server_tls(g, p);
     let auth_failure_window = duration("auth_failure_window", &g.auth_failure_window, p);
-    let auth_throttle_exempt = addresses("general.auth_throttle_exempt", &g.auth_throttle_exempt, p);
+    let auth_throttle_exempt =
+        addresses("general.auth_throttle_exempt", &g.auth_throttle_exempt, p);
     let hba = hba(g, p);
     let query_wait_notify = duration("query_wait_notify", &g.query_wait_notify, p);
     let shutdown_timeout = duration("shutdown_timeout", &g.shutdown_timeout, p);

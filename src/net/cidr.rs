@@ -45,7 +45,6 @@ impl Cidr {
     }
 }
 
-
 impl std::str::FromStr for Cidr {
     type Err = ();
 

@@ -211,7 +211,8 @@ impl Topology {
     /// The monitor's view of replica `i` after a successful poll.
     pub fn record_replica(&self, i: usize, replay: u64, in_recovery: bool, now: Instant) {
         let r = &self.replicas[i];
-        r.last_answer.store(self.nanos(now).max(1), Ordering::Relaxed);
+        r.last_answer
+            .store(self.nanos(now).max(1), Ordering::Relaxed);
         if !in_recovery {
             // Its replay position stands still while its own WAL grows:
             // not a lag but a promotion.
@@ -264,7 +265,18 @@ impl Topology {
         }
         let last = r.last_answer.load(Ordering::Relaxed);
         let now = self.nanos(Instant::now());
-        now.saturating_sub(last) > u64::try_from(self.settings.read_timeout.as_nanos()).unwrap_or(u64::MAX)
+        now.saturating_sub(last)
+            > u64::try_from(self.settings.read_timeout.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves once replica `i` is `silent` (looked at every 250 ms).
+    pub async fn silence(&self, i: usize) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if self.silent(i) {
+                return;
+            }
+        }
     }
 
     pub fn promoted(&self, i: usize) -> bool {
@@ -275,7 +287,11 @@ impl Topology {
     /// be closed.
     pub fn take_promoted(&self) -> Vec<usize> {
         (0..self.replicas.len())
-            .filter(|i| self.replicas[*i].close_servers.swap(false, Ordering::Relaxed))
+            .filter(|i| {
+                self.replicas[*i]
+                    .close_servers
+                    .swap(false, Ordering::Relaxed)
+            })
             .collect()
     }
 

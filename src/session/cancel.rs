@@ -132,20 +132,25 @@ impl CancelRegistry {
             tracing::debug!(pid, "cancel request for no running query ignored");
             return;
         };
-        let send = async {
-            let mut s = TcpStream::connect((t.addr.host.as_str(), t.addr.port)).await?;
-            let mut out = BytesMut::new();
-            build::cancel_request(&mut out, t.pid, t.secret);
-            s.write_all(&out).await?;
-            s.shutdown().await
-        };
-        match tokio::time::timeout(connect_timeout, send).await {
-            Ok(Ok(())) => tracing::debug!(server = %t.addr, pid = t.pid, "cancel forwarded"),
-            Ok(Err(e)) => {
-                tracing::warn!(server = %t.addr, error = %e, "cancel could not be forwarded")
-            }
-            Err(_) => tracing::warn!(server = %t.addr, "cancel timed out"),
+        send(&t, connect_timeout).await;
+    }
+}
+
+/// Sends a CancelRequest for `t` to its server (within `connect_timeout`).
+pub async fn send(t: &CancelTarget, connect_timeout: std::time::Duration) {
+    let send = async {
+        let mut s = TcpStream::connect((t.addr.host.as_str(), t.addr.port)).await?;
+        let mut out = BytesMut::new();
+        build::cancel_request(&mut out, t.pid, t.secret);
+        s.write_all(&out).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(connect_timeout, send).await {
+        Ok(Ok(())) => tracing::debug!(server = %t.addr, pid = t.pid, "cancel forwarded"),
+        Ok(Err(e)) => {
+            tracing::warn!(server = %t.addr, error = %e, "cancel could not be forwarded")
         }
+        Err(_) => tracing::warn!(server = %t.addr, "cancel timed out"),
     }
 }
 

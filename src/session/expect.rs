@@ -145,6 +145,14 @@ impl ExpectQueue {
         None
     }
 
+    /// Forgets everything owed (the server is given up); returns the undo
+    /// of each message it had not answered.
+    pub fn drain(&mut self) -> Vec<OnFail> {
+        self.skipping = false;
+        self.copy_in = false;
+        self.q.drain(..).map(|e| e.on_fail).collect()
+    }
+
     /// Whether a client's Sync now would be ignored by the server (it is in
     /// COPY FROM STDIN): such a Sync is not sent, and owes nothing.
     pub fn in_copy_in(&self) -> bool {

@@ -371,6 +371,14 @@ pub(crate) async fn finish(
                 "sluice is shutting down",
             ))
         }
+        // (A retry is the caller's: here the request is lost.)
+        RelayEnd::ReplicaSilent { .. } => {
+            checkout.discard();
+            Err(Error::refuse(
+                sqlstate::CONNECTION_FAILURE,
+                "the replica stopped answering in the middle of a request that cannot run again on the primary",
+            ))
+        }
         RelayEnd::CannotReroute => {
             checkout.discard();
             Err(Error::refuse(

@@ -517,8 +517,9 @@ impl Multiplex {
         at_boundary: bool,
         idle: bool,
     ) {
+        let on_replica = self.replica_held().is_some();
         if let Some(st) = self.statements.as_mut() {
-            st.replay.record(tag, frame, at_boundary, idle);
+            st.replay.record(tag, frame, at_boundary, idle, on_replica);
         }
     }
 
@@ -538,6 +539,42 @@ impl Multiplex {
         if let Some(st) = self.statements.as_mut() {
             st.replay.answered_by_sluice(len);
         }
+    }
+
+    /// The replica held (its index), when routing put the client on one.
+    pub fn replica_held(&self) -> Option<usize> {
+        match self.routing.as_deref()?.on {
+            crate::route::Target::Replica(i) => Some(i),
+            crate::route::Target::Primary => None,
+        }
+    }
+
+    /// Whether the replica held stopped answering (`Topology::silent`).
+    pub fn replica_silent(&self) -> bool {
+        let Some(r) = self.routing.as_deref() else {
+            return false;
+        };
+        match r.on {
+            crate::route::Target::Replica(i) => r.topo.silent(i),
+            crate::route::Target::Primary => false,
+        }
+    }
+
+    /// The replica held stopped answering and is given up: it is banned,
+    /// what it owed forgotten, and the request in flight, when it is kept
+    /// whole, comes back to run on the primary.
+    pub fn abandon_replica(&mut self) -> Option<BytesMut> {
+        let r = self.routing.as_deref_mut()?;
+        let crate::route::Target::Replica(i) = r.on else {
+            return None;
+        };
+        r.topo.ban(i);
+        let retry = self.statements.as_mut()?.abandon()?;
+        r.reroute();
+        r.topo.replicas[i]
+            .read_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(retry)
     }
 
     /// A `Verify` ended: what to send the server, if anything.

@@ -206,6 +206,28 @@ impl Pooled<'_> {
                 ctx.client.hold(0, "");
                 None
             }
+            RelayEnd::ReplicaSilent { retry } => {
+                let server = checkout.server();
+                let target = crate::session::cancel::CancelTarget {
+                    addr: ctx.addr_of(role).clone(),
+                    pid: server.key.0,
+                    secret: server.key.1,
+                };
+                tracing::warn!(database = %ctx.database, replica = %target.addr, retry, "replica stopped answering with a request in flight: cancelled there and given up");
+                let timeout = ctx.config.general.server_connect_timeout;
+                tokio::spawn(async move { crate::session::cancel::send(&target, timeout).await });
+                if !retry {
+                    let end = RelayEnd::ReplicaSilent { retry };
+                    return Some(Box::pin(finish(checkout, end, ctx.config)).await);
+                }
+                checkout.discard();
+                if let Some(r) = self.mux.routing.as_mut() {
+                    r.released();
+                }
+                ctx.client.set_state(ClientState::Idle);
+                ctx.client.hold(0, "");
+                None
+            }
             // Boxed: the end of a session takes no room in each transaction.
             other => Some(Box::pin(finish(checkout, other, ctx.config)).await),
         }
@@ -322,9 +344,27 @@ async fn checkout_routed(
         None => Target::Primary,
     };
     let pool = ctx.pool_for(target);
+    // A replica that stops answering while the client waits for one of its
+    // servers (a new connection to a stopped host hangs until
+    // server_connect_timeout) gives way to the primary as soon as the
+    // monitor finds it silent.
+    let silence = async {
+        match (target, topo) {
+            (Target::Replica(i), Some(t)) => t.silence(i).await,
+            _ => std::future::pending().await,
+        }
+    };
     // One await here: every await point takes room in this future, which
     // each transaction allocates.
-    let e = match checkout_notifying(ctx, mux, pipe, &pool).await {
+    let got = tokio::select! {
+        biased;
+        got = checkout_notifying(ctx, mux, pipe, &pool) => got,
+        () = silence => Err(Error::refuse(
+            crate::protocol::sqlstate::CONNECTION_FAILURE,
+            "the replica stopped answering",
+        )),
+    };
+    let e = match got {
         Ok(c) => return Ok((c, target)),
         Err(e) => e,
     };

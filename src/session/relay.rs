@@ -70,6 +70,11 @@ pub enum RelayEnd {
     /// server-side database free of other sessions (DROP DATABASE ...):
     /// the caller closes sluice's idle servers to it and relays on.
     ClearDatabase(String),
+    /// Routing: the replica held stopped answering with a request in
+    /// flight. `retry` holds the request when it can run on the primary
+    /// (nothing of its reply went out, outside a transaction, kept whole);
+    /// it is back at the head of the client's buffer.
+    ReplicaSilent { retry: bool },
 }
 
 /// What the client did while it held no server.
@@ -105,8 +110,20 @@ impl Timers {
     }
 }
 
-/// A timer that ended a relay: when, SQLSTATE, message.
-type Deadline = (Instant, &'static str, &'static str);
+/// How often a request waiting on a replica checks that the replica
+/// still answers the monitor.
+const REPLICA_CHECK: Duration = Duration::from_millis(250);
+
+/// The next timer of a relay, and what it does.
+type Deadline = (Instant, Fire);
+
+#[derive(Debug, Clone, Copy)]
+enum Fire {
+    /// Ends the relay: SQLSTATE, message.
+    End(&'static str, &'static str),
+    /// Looks whether the replica held still answers.
+    CheckReplica,
+}
 
 enum Event {
     ClientData,
@@ -325,6 +342,9 @@ impl Pipe {
         // When the client last sent something; read only if a timer needs it.
         let mut last_client = client_timers.then(Instant::now);
         let mut busy_since: Option<Instant> = None;
+        // Requests on a replica: when to look whether it still answers.
+        let on_replica = mux.as_deref().is_some_and(|m| m.replica_held().is_some());
+        let mut replica_check: Option<Instant> = None;
         loop {
             if let Some(end) = self.refusal_point(server) {
                 return self.finish(end).await;
@@ -339,21 +359,43 @@ impl Pipe {
             // Clock reads only for the timers that are on.
             busy_since = match (server.state.at_boundary(), busy_since) {
                 (true, _) => None,
-                (false, None) if timers.query_timeout.is_some() => Some(Instant::now()),
+                (false, None) if timers.query_timeout.is_some() || on_replica => {
+                    Some(Instant::now())
+                }
                 (false, s) => s,
             };
-            let deadline = self.deadline(server, timers, last_client, busy_since);
+            replica_check = match busy_since {
+                Some(since) if on_replica && !self.reply_started => {
+                    Some(replica_check.unwrap_or(since + REPLICA_CHECK))
+                }
+                _ => None,
+            };
+            let mut deadline = self.deadline(server, timers, last_client, busy_since);
+            if let Some(at) = replica_check
+                && deadline.is_none_or(|(d, _)| at < d)
+            {
+                deadline = Some((at, Fire::CheckReplica));
+            }
             // Once draining, the check above runs after every event instead.
             let fut = poll_fn(|cx| self.poll_event(server, !draining, cx));
             let waited = match deadline {
-                Some((at, code, message)) => tokio::time::timeout_at(at, fut)
-                    .await
-                    .map_err(|_| RelayEnd::Timeout { code, message }),
+                Some((at, fire)) => tokio::time::timeout_at(at, fut).await.map_err(|_| fire),
                 None => Ok(fut.await),
             };
             let ev = match waited {
                 Ok(ev) => ev,
-                Err(end) => return self.finish(end).await,
+                Err(Fire::End(code, message)) => {
+                    return self.finish(RelayEnd::Timeout { code, message }).await;
+                }
+                Err(Fire::CheckReplica) => {
+                    if let Some(m) = mux.as_deref_mut()
+                        && m.replica_silent()
+                    {
+                        return self.give_up_replica(m).await;
+                    }
+                    replica_check = Some(Instant::now() + REPLICA_CHECK);
+                    continue;
+                }
             };
             let step = match ev {
                 Event::ClientData => {
@@ -431,8 +473,10 @@ impl Pipe {
         if let (Some(d), Some(since)) = (t.query_timeout, busy_since) {
             return Some((
                 since + d,
-                "57014",
-                "query_timeout: the query ran too long and was abandoned",
+                Fire::End(
+                    "57014",
+                    "query_timeout: the query ran too long and was abandoned",
+                ),
             ));
         }
         let idle_txn = server.state.txn() != crate::protocol::tags::TxnStatus::Idle;
@@ -443,15 +487,19 @@ impl Pipe {
                 .map(|(d, last)| {
                     (
                         last + d,
-                        "25P03",
-                        "idle_transaction_timeout: the transaction was idle too long",
+                        Fire::End(
+                            "25P03",
+                            "idle_transaction_timeout: the transaction was idle too long",
+                        ),
                     )
                 }),
             (true, false) => t.client_idle_timeout.zip(last_client).map(|(d, last)| {
                 (
                     last + d,
-                    "57P05",
-                    "client_idle_timeout: the connection was idle too long",
+                    Fire::End(
+                        "57P05",
+                        "client_idle_timeout: the connection was idle too long",
+                    ),
                 )
             }),
             _ => None,
@@ -468,6 +516,29 @@ impl Pipe {
             error,
             told: self.server_said_fatal,
         }
+    }
+
+    /// The replica held stopped answering with a request in flight. When
+    /// nothing of its reply went out and the request is kept whole (which
+    /// it is only when it began outside a transaction), it goes back to the
+    /// head of the client's buffer for the primary; the caller gives up
+    /// the server.
+    async fn give_up_replica(&mut self, m: &mut Multiplex) -> RelayEnd {
+        let retry = (!self.reply_started && !self.swallowing)
+            .then(|| m.abandon_replica())
+            .flatten();
+        let retry = match retry {
+            Some(mut request) => {
+                request.extend_from_slice(&self.client.rbuf);
+                self.client.rbuf = request;
+                (self.client_skip, self.server_skip) = (0, 0);
+                self.to_server = OutQueue::default();
+                (self.query_start, self.xact_start) = (None, None);
+                true
+            }
+            None => false,
+        };
+        self.finish(RelayEnd::ReplicaSilent { retry }).await
     }
 
     /// Flushes what the client is still owed (bounded in time), then ends.
@@ -511,7 +582,9 @@ impl Pipe {
         // that stops reading is not read either.
         if !self.hold
             && !self.refused
-            && self.to_server.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER {
+            && self.to_server.len() < HIGH_WATER
+            && self.to_client.len() < HIGH_WATER
+        {
             let (s, buf) = (&mut self.client.stream, &mut self.client.rbuf);
             match poll_read_armed(s, buf, &mut self.client_armed, self.may_arm, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {

@@ -282,6 +282,11 @@ impl ClientRouting {
 
     /// The server goes back: a client that wrote needs a replica to have
     /// replayed past this moment before it reads there.
+    /// The next request (one given up on a replica) goes to the primary.
+    pub fn reroute(&mut self) {
+        self.force_primary = true;
+    }
+
     pub fn released(&mut self) {
         if self.on == Target::Primary && self.wrote {
             self.need = Need::Pending(Instant::now());

@@ -62,8 +62,7 @@ pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Open
         match parsed {
             StartupPacket::SslRequest => {
                 ssl_done = true;
-                let Some(acceptor) = tls.acceptor.as_ref().filter(|_| !conn.stream.is_tls())
-                else {
+                let Some(acceptor) = tls.acceptor.as_ref().filter(|_| !conn.stream.is_tls()) else {
                     if let Err(e) = conn.write_all(b"N").await {
                         return (Some(conn), Err(e));
                     }

@@ -90,6 +90,8 @@ pub struct Replay {
     described: bool,
     /// An Execute came with no Describe before it.
     blind: bool,
+    /// A simple Query, kept only to run again elsewhere (`retry`).
+    simple: bool,
     /// A reply frame held back (the ParameterDescription of a Describe
     /// that a stale statement may fail right after).
     pub held: Option<Bytes>,
@@ -107,17 +109,20 @@ enum ReplayState {
 impl Replay {
     /// A client frame (None: not whole in the buffer) about to go to the
     /// server; `at_boundary` when nothing is in flight, and then `idle`
-    /// outside a transaction: only such a batch is kept.
+    /// outside a transaction: only such a batch is kept. With
+    /// `keep_query` (a read on a replica, which may have to run on the
+    /// primary), a simple Query is kept too.
     pub fn record(
         &mut self,
         tag: FrontendTag,
         frame: Option<&[u8]>,
         at_boundary: bool,
         idle: bool,
+        keep_query: bool,
     ) {
         if at_boundary {
             self.buf.clear();
-            (self.answered, self.described, self.blind) = (0, false, false);
+            (self.answered, self.described, self.blind, self.simple) = (0, false, false, false);
             self.state = if idle {
                 ReplayState::Recording
             } else {
@@ -131,6 +136,16 @@ impl Replay {
         }
         match (self.state, frame) {
             (ReplayState::Off, _) => {}
+            (ReplayState::Recording, Some(f))
+                if tag == FrontendTag::Query
+                    && keep_query
+                    && self.buf.is_empty()
+                    && f.len() <= MAX_REPLAY =>
+            {
+                self.buf.extend_from_slice(f);
+                self.simple = true;
+                self.state = ReplayState::Complete;
+            }
             // A simple Query never fails on a stale statement (it is parsed
             // anew): not kept.
             _ if tag == FrontendTag::Query => self.state = ReplayState::Off,
@@ -153,9 +168,18 @@ impl Replay {
         }
     }
 
-    /// Whether a whole batch up to its Sync is kept, and may run again.
+    /// Whether a whole batch up to its Sync is kept, and may run again
+    /// after a stale statement.
     pub fn ready(&self) -> bool {
-        self.state == ReplayState::Complete && !self.blind
+        self.state == ReplayState::Complete && !self.blind && !self.simple
+    }
+
+    /// Whether the whole request (a batch up to its Sync, or a Query) is
+    /// kept, to run on another server when this one stopped answering
+    /// before any of its reply: the schema is the same there, so a batch
+    /// that does not describe its rows may go too.
+    pub fn retry_ready(&self) -> bool {
+        self.state == ReplayState::Complete
     }
 
     /// The batch (less what sluice answered), to run again; nothing is
@@ -609,6 +633,18 @@ impl Statements {
         Some(out)
     }
 
+    /// The server is given up with the request in flight unanswered: what
+    /// it still owed is forgotten (and what the request defined undone), and
+    /// the request comes back to run elsewhere, when it is kept whole.
+    pub fn abandon(&mut self) -> Option<BytesMut> {
+        for f in self.expect.drain() {
+            self.undo(f, None);
+        }
+        self.verifying = None;
+        self.replay.held = None;
+        self.replay.retry_ready().then(|| self.replay.take())
+    }
+
     /// A `Verify` ended. Same shape: the client's statement takes its new
     /// name. Changed: returns what ends what sluice sent while the client
     /// is told the error: a Sync for the server (its reply swallowed), or
@@ -783,9 +819,14 @@ mod tests {
     #[test]
     fn first_parse_prepares_under_the_global_name() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server)
-        else {
+        let ClientAction::Replace(out) = s.on_client(
+            FrontendTag::Parse,
+            PARSE_S1,
+            &[],
+            true,
+            || None,
+            &mut server,
+        ) else {
             panic!("expected a rewrite")
         };
         let sent = tags(&out);
@@ -842,13 +883,27 @@ mod tests {
         let (mut s, mut server) = (st(), ServerStatements::default());
         server.insert(&define(b"SELECT 1\0\0\0", None, 0).global, 10);
         assert!(matches!(
-            s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server),
+            s.on_client(
+                FrontendTag::Parse,
+                PARSE_S1,
+                &[],
+                true,
+                || None,
+                &mut server
+            ),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
         // Close of the client's name is answered too, and the name is gone.
         assert!(matches!(
-            s.on_client(FrontendTag::Close, b"Ss1\0", &[], true, || None, &mut server),
+            s.on_client(
+                FrontendTag::Close,
+                b"Ss1\0",
+                &[],
+                true,
+                || None,
+                &mut server
+            ),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
@@ -878,12 +933,26 @@ mod tests {
     #[test]
     fn duplicate_names_fail_like_postgres() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
+        s.on_client(
+            FrontendTag::Parse,
+            PARSE_S1,
+            &[],
+            true,
+            || None,
+            &mut server,
+        );
         s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         for t in [b'3', b'1', b'Z'] {
             s.on_server(t, b"", &mut server);
         }
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
+        s.on_client(
+            FrontendTag::Parse,
+            PARSE_S1,
+            &[],
+            true,
+            || None,
+            &mut server,
+        );
         s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
         let a = s.on_server(b'E', b"", &mut server);
         let replaced = a.replace.expect("sluice's own error");
@@ -902,9 +971,14 @@ mod tests {
             &mut a,
         );
         let mut b = ServerStatements::default();
-        let ClientAction::Replace(out) =
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], true, || None, &mut b)
-        else {
+        let ClientAction::Replace(out) = s.on_client(
+            FrontendTag::Bind,
+            b"\0\0\0\0\0\0\0\0",
+            &[],
+            true,
+            || None,
+            &mut b,
+        ) else {
             panic!("expected the unnamed statement to be re-parsed")
         };
         assert_eq!(
@@ -912,7 +986,14 @@ mod tests {
             b"PB"
         );
         assert!(matches!(
-            s.on_client(FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &[], true, || None, &mut b),
+            s.on_client(
+                FrontendTag::Bind,
+                b"\0\0\0\0\0\0\0\0",
+                &[],
+                true,
+                || None,
+                &mut b
+            ),
             ClientAction::Forward
         ));
     }
@@ -920,36 +1001,52 @@ mod tests {
     #[test]
     fn a_batch_is_kept_up_to_its_sync_and_only_alone() {
         let mut r = Replay::default();
-        r.record(FrontendTag::Parse, Some(b"P.."), true, true);
+        r.record(FrontendTag::Parse, Some(b"P.."), true, true, false);
         r.answered_by_sluice(3);
-        r.record(FrontendTag::Bind, Some(b"B..."), false, true);
-        r.record(FrontendTag::Describe, Some(b"D."), false, true);
-        r.record(FrontendTag::Execute, Some(b"E..."), false, true);
+        r.record(FrontendTag::Bind, Some(b"B..."), false, true, false);
+        r.record(FrontendTag::Describe, Some(b"D."), false, true, false);
+        r.record(FrontendTag::Execute, Some(b"E..."), false, true, false);
         r.answered_by_sluice(4); // not at the start: sent again
         assert!(!r.ready());
-        r.record(FrontendTag::Sync, Some(b"S...."), false, true);
+        r.record(FrontendTag::Sync, Some(b"S...."), false, true, false);
         assert!(r.ready());
         assert_eq!(&r.take()[..], b"B...D.E...S....");
         assert!(!r.ready());
         // Rows the client was not told the shape of again: no replay.
-        r.record(FrontendTag::Bind, Some(b"B"), true, true);
-        r.record(FrontendTag::Execute, Some(b"E"), false, true);
-        r.record(FrontendTag::Sync, Some(b"S"), false, true);
+        r.record(FrontendTag::Bind, Some(b"B"), true, true, false);
+        r.record(FrontendTag::Execute, Some(b"E"), false, true, false);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true, false);
         assert!(!r.ready());
         // A second batch sent before the first's reply: nothing is kept.
-        r.record(FrontendTag::Bind, Some(b"B"), true, true);
-        r.record(FrontendTag::Sync, Some(b"S"), false, true);
-        r.record(FrontendTag::Bind, Some(b"B"), false, true);
+        r.record(FrontendTag::Bind, Some(b"B"), true, true, false);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true, false);
+        r.record(FrontendTag::Bind, Some(b"B"), false, true, false);
         assert!(!r.ready());
         // Nor a batch begun inside a transaction (after BEGIN), nor a
         // partial frame.
-        r.record(FrontendTag::Query, Some(b"Q"), true, true);
-        r.record(FrontendTag::Bind, Some(b"B"), true, false);
-        r.record(FrontendTag::Sync, Some(b"S"), false, false);
+        r.record(FrontendTag::Query, Some(b"Q"), true, true, false);
+        r.record(FrontendTag::Bind, Some(b"B"), true, false, false);
+        r.record(FrontendTag::Sync, Some(b"S"), false, false, false);
         assert!(!r.ready());
-        r.record(FrontendTag::Bind, None, true, true);
-        r.record(FrontendTag::Sync, Some(b"S"), false, true);
+        r.record(FrontendTag::Bind, None, true, true, false);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true, false);
         assert!(!r.ready());
+        // A Query is kept only to run on another server (a read given up
+        // on a replica), never for a stale-statement replay.
+        r.record(FrontendTag::Query, Some(b"Q.."), true, true, true);
+        assert!(r.retry_ready() && !r.ready());
+        assert_eq!(&r.take()[..], b"Q..");
+        // A blind batch may run elsewhere (the schema is the same).
+        r.record(FrontendTag::Bind, Some(b"B"), true, true, true);
+        r.record(FrontendTag::Execute, Some(b"E"), false, true, true);
+        r.record(FrontendTag::Sync, Some(b"S"), false, true, true);
+        assert!(r.retry_ready() && !r.ready());
+        // Not a Query inside a transaction, nor one after other frames.
+        r.record(FrontendTag::Query, Some(b"Q"), true, false, true);
+        assert!(!r.retry_ready());
+        r.record(FrontendTag::Parse, Some(b"P"), true, true, true);
+        r.record(FrontendTag::Query, Some(b"Q"), false, true, true);
+        assert!(!r.retry_ready());
     }
 
     /// Statements sharing `known`, as clients of one pool do.
@@ -968,7 +1065,14 @@ mod tests {
         let mut first = ServerStatements::default();
         let mut parse = BytesMut::new();
         ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
-        st.on_client(FrontendTag::Parse, &parse[5..], &[], true, || None, &mut first);
+        st.on_client(
+            FrontendTag::Parse,
+            &parse[5..],
+            &[],
+            true,
+            || None,
+            &mut first,
+        );
         let before = st.client.named[&b"s1"[..]].global.clone();
         known.bump();
         let mut bind = BytesMut::new();
@@ -1022,14 +1126,26 @@ mod tests {
         let mut probe = in_pool(&known);
         probe.client.named = st.client.named.clone();
         assert!(matches!(
-            probe.on_client(FrontendTag::Bind, &bind[5..], &later, true, || None, &mut server),
+            probe.on_client(
+                FrontendTag::Bind,
+                &bind[5..],
+                &later,
+                true,
+                || None,
+                &mut server
+            ),
             ClientAction::Replace(_)
         ));
         // Blind (Bind, Execute, Sync): prepared again, described, held.
         let mut server = ServerStatements::default();
-        let ClientAction::Verify(out) =
-            st.on_client(FrontendTag::Bind, &bind[5..], &sync, true, || None, &mut server)
-        else {
+        let ClientAction::Verify(out) = st.on_client(
+            FrontendTag::Bind,
+            &bind[5..],
+            &sync,
+            true,
+            || None,
+            &mut server,
+        ) else {
             panic!("checked first");
         };
         // At a batch's start the check is a transaction of its own (Sync),
@@ -1066,7 +1182,14 @@ mod tests {
             },
             ServerStatements::default(),
         );
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut server);
+        s.on_client(
+            FrontendTag::Parse,
+            PARSE_S1,
+            &[],
+            true,
+            || None,
+            &mut server,
+        );
         let ClientAction::Replace(out) = s.on_client(
             FrontendTag::Parse,
             b"s2\0SELECT 2\0\0\0",

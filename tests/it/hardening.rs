@@ -49,7 +49,12 @@ async fn unknown_message_types_cost_the_client_and_not_a_server() {
         for tag in [b'z', 0u8] {
             let mut w = logged_in(&s).await;
             w.send(&message(tag, b"hello")).await;
-            expect_fatal(&mut w, "08P01", &format!("invalid frontend message type {tag}")).await;
+            expect_fatal(
+                &mut w,
+                "08P01",
+                &format!("invalid frontend message type {tag}"),
+            )
+            .await;
         }
         // Behind a query in the same write: the query is answered first.
         let mut w = logged_in(&s).await;
@@ -67,7 +72,11 @@ async fn unknown_message_types_cost_the_client_and_not_a_server() {
         expect_fatal(&mut w, "08P01", "invalid frontend message type 112").await;
 
         let mut w = logged_in(&s).await;
-        assert_eq!(backend_pid(&mut w).await, pid, "{mode}: the server was reused");
+        assert_eq!(
+            backend_pid(&mut w).await,
+            pid,
+            "{mode}: the server was reused"
+        );
         drop(w);
 
         // After half a batch (Parse, no Sync) only the client could end
@@ -196,18 +205,25 @@ async fn operators_reach_the_console_when_the_pooler_is_full() {
     };
     let (app, conn) = connect(PLAIN_USER, DB).await.expect("the one place");
     tokio::spawn(conn);
-    assert_eq!(code(connect(SCRAM_USER, DB).await).as_deref(), Some("53300"));
+    assert_eq!(
+        code(connect(SCRAM_USER, DB).await).as_deref(),
+        Some("53300")
+    );
     // The console is not for other users, full or not.
     assert_eq!(
         code(connect(PLAIN_USER, "pgbouncer").await).as_deref(),
         Some("3D000"),
     );
 
-    let (admin, conn) = connect(SCRAM_USER, "pgbouncer").await.expect("admin gets in");
+    let (admin, conn) = connect(SCRAM_USER, "pgbouncer")
+        .await
+        .expect("admin gets in");
     tokio::spawn(conn);
     let pools = admin.simple_query("SHOW POOLS").await.expect("SHOW POOLS");
     assert!(pools.len() > 1, "{}", pools.len());
-    let (_stats, conn) = connect(MD5_USER, "pgbouncer").await.expect("stats user gets in");
+    let (_stats, conn) = connect(MD5_USER, "pgbouncer")
+        .await
+        .expect("stats user gets in");
     tokio::spawn(conn);
     assert_eq!(
         code(connect(SCRAM_USER, "pgbouncer").await).as_deref(),
@@ -215,4 +231,179 @@ async fn operators_reach_the_console_when_the_pooler_is_full() {
         "both reserved places are taken"
     );
     drop(app);
+}
+
+/// The value of the metric line starting with `name{labels}`, if any.
+fn metric(shared: &sluice::app::Shared, line_start: &str) -> Option<f64> {
+    let text = sluice::metrics::render(shared).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A replica that stops answering (SIGSTOP; a partition looks the same):
+/// reads already sent to it run on the primary once the monitor finds it
+/// silent (replica_read_timeout, 1 s), and the client sees only the
+/// primary's answer. A read inside a transaction cannot move: it ends
+/// with 08006 instead of hanging. Before, reads hung as long as the
+/// replica was frozen (10 s in the attack run) and the monitor took 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_a_frozen_replica_run_on_the_primary() {
+    use crate::harness::sql::value;
+    let cluster = Cluster::start();
+    let toml = config_for(&cluster, "pool_mode = \"transaction\"", "").app_setting("pool_size = 2");
+    let s = Sluice::start(&toml).await;
+    let shared = s.shared.clone().unwrap();
+    let (replica, primary) = (
+        cluster.replica.port.to_string(),
+        cluster.primary.port.to_string(),
+    );
+    let c = s.app().await;
+    let in_tx = s.app().await;
+    // The transaction holds one replica server; the reads after it leave
+    // another idle, which the first read after the freeze is sent to.
+    crate::harness::wait_until(20, "a transaction on the replica", || async {
+        in_tx.batch_execute("BEGIN READ ONLY").await.unwrap();
+        let on = value(&in_tx, "SELECT inet_server_port()").await.unwrap();
+        if on != replica {
+            in_tx.batch_execute("COMMIT").await.unwrap();
+        }
+        on == replica
+    })
+    .await;
+    crate::harness::wait_until(20, "reads on the replica", || async {
+        value(&c, "SELECT inet_server_port()")
+            .await
+            .is_ok_and(|p| p == replica)
+    })
+    .await;
+
+    let frozen = cluster.replica.freeze();
+    // Simple protocol: sent to the replica (the monitor heard from it
+    // milliseconds ago), answered by the primary.
+    assert_eq!(
+        value(&c, "SELECT inet_server_port()").await.unwrap(),
+        primary
+    );
+    // The transaction's next read has nowhere to go.
+    let e = in_tx
+        .simple_query("SELECT 1")
+        .await
+        .err()
+        .expect("the transaction's read fails");
+    assert_eq!(code(&e), Some("08006"), "{e}");
+    // Extended protocol, with a parameter: the primary while it is frozen.
+    let row = c
+        .query_one("SELECT inet_server_port()::text, $1::int", &[&7i32])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i32>(1)),
+        (primary.clone(), 7)
+    );
+    let labels = format!("{{database=\"{DB}\",replica=\"127.0.0.1:{replica}\"}}");
+    assert_eq!(
+        metric(
+            &shared,
+            &format!("sluice_replica_read_retries_total{labels}")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&shared, &format!("sluice_replica_in_rotation{labels}")),
+        Some(0.0)
+    );
+    drop(frozen);
+    crate::harness::wait_until(20, "reads on the replica again", || async {
+        value(&c, "SELECT inet_server_port()")
+            .await
+            .is_ok_and(|p| p == replica)
+    })
+    .await;
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<&str> {
+    e.as_db_error().map(|d| d.code().code())
+}
+
+/// A promoted replica is reported as such (sluice_replica_promoted, the
+/// role "promoted" in SHOW POOLS, "(promoted)" in SHOW DATABASES), its
+/// pooled servers are closed, and no growing lag is reported for it.
+/// Before, its lag grew and its servers stayed, labelled replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_reported_and_its_servers_closed() {
+    use crate::harness::sql::value;
+    let cluster = Cluster::start();
+    let general = format!(
+        "pool_mode = \"transaction\"\nadmin_users = [\"{}\"]",
+        SCRAM_USER.0
+    );
+    let toml = config_for(&cluster, &general, "").app_setting("pool_size = 2");
+    let s = Sluice::start(&toml).await;
+    let shared = s.shared.clone().unwrap();
+    let replica = cluster.replica.port.to_string();
+    let c = s.app().await;
+    crate::harness::wait_until(20, "reads on the replica", || async {
+        value(&c, "SELECT inet_server_port()")
+            .await
+            .is_ok_and(|p| p == replica)
+    })
+    .await;
+    let labels = format!("{{database=\"{DB}\",replica=\"127.0.0.1:{replica}\"}}");
+    assert_eq!(
+        metric(&shared, &format!("sluice_replica_promoted{labels}")),
+        Some(0.0)
+    );
+    let replica_servers = || {
+        shared
+            .pools
+            .of(Some(DB))
+            .iter()
+            .filter(|(k, _)| k.role != sluice::route::Target::Primary)
+            .map(|(_, p)| p.status().size)
+            .sum::<usize>()
+    };
+    assert!(replica_servers() > 0);
+
+    cluster.replica.promote();
+    crate::harness::wait_until(20, "the promotion reported", || async {
+        metric(&shared, &format!("sluice_replica_promoted{labels}")) == Some(1.0)
+    })
+    .await;
+    crate::harness::wait_until(10, "its servers closed", || async {
+        replica_servers() == 0
+    })
+    .await;
+    // Writes on the primary that it will never replay: no lag for it.
+    cluster.primary.psql(DB, "CREATE TABLE promoted_gone (x int); INSERT INTO promoted_gone SELECT generate_series(1, 1000)");
+    assert_eq!(
+        value(&c, "SELECT inet_server_port()").await.unwrap(),
+        cluster.primary.port.to_string()
+    );
+    assert_eq!(
+        metric(&shared, &format!("sluice_replica_lag_bytes{labels}")),
+        Some(0.0)
+    );
+    let console = s.url(SCRAM_USER.0, SCRAM_USER.1, "pgbouncer");
+    let (admin, conn) = tokio_postgres::connect(&console, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = admin.simple_query("SHOW POOLS").await.unwrap();
+    let roles: Vec<String> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("role").map(String::from),
+            _ => None,
+        })
+        .collect();
+    assert!(roles.iter().any(|r| r == "promoted"), "{roles:?}");
+    let rows = admin.simple_query("SHOW DATABASES").await.unwrap();
+    let listed = rows.iter().any(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => {
+            r.get("replicas").is_some_and(|v| v.contains("(promoted)"))
+        }
+        _ => false,
+    });
+    assert!(listed, "SHOW DATABASES names it promoted");
 }

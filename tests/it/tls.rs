@@ -180,13 +180,11 @@ fn client_config() -> rustls::ClientConfig {
     for c in rustls::pki_types::CertificateDer::pem_file_iter(&certs().ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// A TLS client that starts with a ClientHello (PostgreSQL 17's
@@ -368,7 +366,10 @@ fn assert_refused_request(msgs: &[(u8, Vec<u8>)], minor: &str) {
     let text = String::from_utf8_lossy(body);
     assert_eq!(*tag, b'E', "{text}");
     assert!(text.contains("0A000"), "{text}");
-    assert!(text.contains(&format!("unsupported frontend protocol 1234.{minor}")), "{text}");
+    assert!(
+        text.contains(&format!("unsupported frontend protocol 1234.{minor}")),
+        "{text}"
+    );
 }
 
 /// Each kind of encryption is negotiated once, as PostgreSQL's startup

@@ -210,6 +210,32 @@ impl PgInstance {
         run(&mut c, "pg_ctl promote");
     }
 
+    /// Stops every process of the server with SIGSTOP, as a network
+    /// partition or a hung host would: connections stay open and nothing
+    /// answers. Dropping the guard sends SIGCONT.
+    pub fn freeze(&self) -> Frozen {
+        let pids = self.pids();
+        signal(&pids, "-STOP");
+        Frozen(pids)
+    }
+
+    /// The postmaster and its children.
+    fn pids(&self) -> Vec<String> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).unwrap();
+        let postmaster = pid_file.lines().next().unwrap().trim().to_string();
+        let out = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &postmaster])
+            .output()
+            .unwrap();
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from),
+        );
+        pids
+    }
+
     /// Starts a stopped server again on its port.
     pub fn start_again(&self) {
         let mut c = pg_command("pg_ctl");
@@ -368,4 +394,19 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// A frozen server (`PgInstance::freeze`), thawed when dropped, also when
+/// a test fails.
+pub struct Frozen(Vec<String>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+/// (A backend that exited in between makes kill fail for its pid only.)
+fn signal(pids: &[String], sig: &str) {
+    let _ = Command::new("kill").arg(sig).args(pids).status();
 }

@@ -224,7 +224,8 @@ impl Wire {
                 5 => {
                     let salt: [u8; 4] = data[..4].try_into().expect("salt");
                     let stored = sluice::auth::md5::stored_hash(user, password);
-                    let mut body = sluice::auth::md5::response_from_hash(&stored, &salt).into_bytes();
+                    let mut body =
+                        sluice::auth::md5::response_from_hash(&stored, &salt).into_bytes();
                     body.push(0);
                     self.send(&message(b'p', &body)).await;
                 }
