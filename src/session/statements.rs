@@ -796,6 +796,16 @@ impl Statements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client message with nothing after it, at a batch boundary.
+    pub(super) fn client(
+        s: &mut Statements,
+        tag: FrontendTag,
+        body: &[u8],
+        server: &mut ServerStatements,
+    ) -> ClientAction {
+        s.on_client(tag, body, &[], true, || None, server)
+    }
     use crate::protocol::frame::split;
 
     fn tags(b: &BytesMut) -> Vec<(u8, Vec<u8>)> {
@@ -819,14 +829,8 @@ mod tests {
     #[test]
     fn first_parse_prepares_under_the_global_name() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        let ClientAction::Replace(out) = s.on_client(
-            FrontendTag::Parse,
-            PARSE_S1,
-            &[],
-            true,
-            || None,
-            &mut server,
-        ) else {
+        let ClientAction::Replace(out) = client(&mut s, FrontendTag::Parse, PARSE_S1, &mut server)
+        else {
             panic!("expected a rewrite")
         };
         let sent = tags(&out);
@@ -842,18 +846,13 @@ mod tests {
     #[test]
     fn bind_on_another_server_reprepares_and_swallows() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(FrontendTag::Parse, PARSE_S1, &[], true, || None, &mut a);
+        client(&mut s, FrontendTag::Parse, PARSE_S1, &mut a);
         s.on_server(b'3', b"", &mut a);
         s.on_server(b'1', b"", &mut a);
         let mut b = ServerStatements::default();
-        let ClientAction::Replace(out) = s.on_client(
-            FrontendTag::Bind,
-            b"\0s1\0\0\0\0\0\0\0",
-            &[],
-            true,
-            || None,
-            &mut b,
-        ) else {
+        let ClientAction::Replace(out) =
+            client(&mut s, FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", &mut b)
+        else {
             panic!("expected a rewrite")
         };
         assert_eq!(
@@ -865,14 +864,9 @@ mod tests {
         assert!(!s.on_server(b'2', b"", &mut b).drop);
         assert_eq!(s.reprepares, 1);
         // A second Bind on the same server needs nothing inserted.
-        let ClientAction::Replace(out) = s.on_client(
-            FrontendTag::Bind,
-            b"\0s1\0\0\0\0\0\0\0",
-            &[],
-            true,
-            || None,
-            &mut b,
-        ) else {
+        let ClientAction::Replace(out) =
+            client(&mut s, FrontendTag::Bind, b"\0s1\0\0\0\0\0\0\0", &mut b)
+        else {
             panic!("expected the name to be rewritten")
         };
         assert_eq!(tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(), b"B");
@@ -883,27 +877,13 @@ mod tests {
         let (mut s, mut server) = (st(), ServerStatements::default());
         server.insert(&define(b"SELECT 1\0\0\0", None, 0).global, 10);
         assert!(matches!(
-            s.on_client(
-                FrontendTag::Parse,
-                PARSE_S1,
-                &[],
-                true,
-                || None,
-                &mut server
-            ),
+            client(&mut s, FrontendTag::Parse, PARSE_S1, &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
         // Close of the client's name is answered too, and the name is gone.
         assert!(matches!(
-            s.on_client(
-                FrontendTag::Close,
-                b"Ss1\0",
-                &[],
-                true,
-                || None,
-                &mut server
-            ),
+            client(&mut s, FrontendTag::Close, b"Ss1\0", &mut server),
             ClientAction::Drop
         ));
         assert_eq!(s.expect.due_injections().len(), 1);
@@ -913,15 +893,13 @@ mod tests {
     #[test]
     fn a_failed_parse_is_not_cached_and_the_name_not_kept() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(
+        client(
+            &mut s,
             FrontendTag::Parse,
             b"s1\0SELEC 1\0\0\0",
-            &[],
-            true,
-            || None,
             &mut server,
         );
-        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
+        client(&mut s, FrontendTag::Sync, b"", &mut server);
         s.on_server(b'3', b"", &mut server);
         s.on_server(b'E', b"", &mut server);
         s.on_server(b'Z', b"", &mut server);
@@ -933,27 +911,13 @@ mod tests {
     #[test]
     fn duplicate_names_fail_like_postgres() {
         let (mut s, mut server) = (st(), ServerStatements::default());
-        s.on_client(
-            FrontendTag::Parse,
-            PARSE_S1,
-            &[],
-            true,
-            || None,
-            &mut server,
-        );
-        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
+        client(&mut s, FrontendTag::Parse, PARSE_S1, &mut server);
+        client(&mut s, FrontendTag::Sync, b"", &mut server);
         for t in [b'3', b'1', b'Z'] {
             s.on_server(t, b"", &mut server);
         }
-        s.on_client(
-            FrontendTag::Parse,
-            PARSE_S1,
-            &[],
-            true,
-            || None,
-            &mut server,
-        );
-        s.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
+        client(&mut s, FrontendTag::Parse, PARSE_S1, &mut server);
+        client(&mut s, FrontendTag::Sync, b"", &mut server);
         let a = s.on_server(b'E', b"", &mut server);
         let replaced = a.replace.expect("sluice's own error");
         assert!(String::from_utf8_lossy(&replaced).contains("42P05"));
@@ -962,23 +926,11 @@ mod tests {
     #[test]
     fn unnamed_statements_follow_the_client() {
         let (mut s, mut a) = (st(), ServerStatements::default());
-        s.on_client(
-            FrontendTag::Parse,
-            b"\0SELECT 2\0\0\0",
-            &[],
-            true,
-            || None,
-            &mut a,
-        );
+        client(&mut s, FrontendTag::Parse, b"\0SELECT 2\0\0\0", &mut a);
         let mut b = ServerStatements::default();
-        let ClientAction::Replace(out) = s.on_client(
-            FrontendTag::Bind,
-            b"\0\0\0\0\0\0\0\0",
-            &[],
-            true,
-            || None,
-            &mut b,
-        ) else {
+        let ClientAction::Replace(out) =
+            client(&mut s, FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &mut b)
+        else {
             panic!("expected the unnamed statement to be re-parsed")
         };
         assert_eq!(
@@ -986,14 +938,7 @@ mod tests {
             b"PB"
         );
         assert!(matches!(
-            s.on_client(
-                FrontendTag::Bind,
-                b"\0\0\0\0\0\0\0\0",
-                &[],
-                true,
-                || None,
-                &mut b
-            ),
+            client(&mut s, FrontendTag::Bind, b"\0\0\0\0\0\0\0\0", &mut b),
             ClientAction::Forward
         ));
     }
@@ -1065,25 +1010,16 @@ mod tests {
         let mut first = ServerStatements::default();
         let mut parse = BytesMut::new();
         ext::build_parse(&mut parse, b"s1", b"SELECT 1\0\0\0");
-        st.on_client(
-            FrontendTag::Parse,
-            &parse[5..],
-            &[],
-            true,
-            || None,
-            &mut first,
-        );
+        client(&mut st, FrontendTag::Parse, &parse[5..], &mut first);
         let before = st.client.named[&b"s1"[..]].global.clone();
         known.bump();
         let mut bind = BytesMut::new();
         ext::build_bind(&mut bind, b"", b"s1", b"\0\0\0\0\0\0");
         // The server that has it checks it itself: the old name is bound.
-        let bound = |st: &mut Statements, server: &mut ServerStatements| match st.on_client(
+        let bound = |st: &mut Statements, server: &mut ServerStatements| match client(
+            st,
             FrontendTag::Bind,
             &bind[5..],
-            &[],
-            true,
-            || None,
             server,
         ) {
             ClientAction::Replace(out) => String::from_utf8_lossy(&out).into_owned(),
@@ -1182,20 +1118,11 @@ mod tests {
             },
             ServerStatements::default(),
         );
-        s.on_client(
-            FrontendTag::Parse,
-            PARSE_S1,
-            &[],
-            true,
-            || None,
-            &mut server,
-        );
-        let ClientAction::Replace(out) = s.on_client(
+        client(&mut s, FrontendTag::Parse, PARSE_S1, &mut server);
+        let ClientAction::Replace(out) = client(
+            &mut s,
             FrontendTag::Parse,
             b"s2\0SELECT 2\0\0\0",
-            &[],
-            true,
-            || None,
             &mut server,
         ) else {
             panic!("expected a rewrite")
@@ -1211,6 +1138,7 @@ mod tests {
 
 #[cfg(test)]
 mod known_tests {
+    use super::tests::client;
     use super::*;
 
     /// A client's statements, sharing `known` with the pool's other clients.
@@ -1227,15 +1155,13 @@ mod known_tests {
         let known = Arc::new(KnownStatements::default());
         let mut a = sharing(known.clone());
         let mut server = ServerStatements::default();
-        a.on_client(
+        client(
+            &mut a,
             FrontendTag::Parse,
             b"P_0\0BEGIN;\0\0\0",
-            &[],
-            true,
-            || None,
             &mut server,
         );
-        a.on_client(FrontendTag::Sync, b"", &[], true, || None, &mut server);
+        client(&mut a, FrontendTag::Sync, b"", &mut server);
         for t in [b'3', b'1', b'Z'] {
             a.on_server(t, b"", &mut server);
         }
