@@ -133,6 +133,26 @@ fn counters(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
     Ok(())
 }
 
+/// Requests a replica refused that ran on the primary, per database and reason.
+fn route_retries(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let retries = prometheus::IntCounterVec::new(
+        Opts::new(
+            "sluice_route_retries_total",
+            "Requests a replica refused as only a primary runs them, run on the primary, by reason",
+        ),
+        &["database", "reason"],
+    )?;
+    r.register(Box::new(retries.clone()))?;
+    for t in shared.routes.all() {
+        for (reason, n) in t.route_retries() {
+            retries
+                .with_label_values(&[t.database.as_str(), reason])
+                .inc_by(n);
+        }
+    }
+    Ok(())
+}
+
 /// Routing decisions and replica state, per database with replicas.
 fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
     let decisions = prometheus::IntCounterVec::new(
@@ -143,6 +163,7 @@ fn routing(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         &["database", "destination", "reason"],
     )?;
     r.register(Box::new(decisions.clone()))?;
+    route_retries(r, shared)?;
     let replica_labels = &["database", "replica"];
     let lag = GaugeVec::new(
         Opts::new(

@@ -100,6 +100,7 @@ async fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
             "clients" => show::clients(shared),
             "servers" => show::servers(shared),
             "lists" => show::lists(shared),
+            "routing" => show::routing(shared),
             _ => {
                 let msg = format!("unknown SHOW: {what}");
                 return fail(out, (sqlstate::SYNTAX_ERROR, msg));

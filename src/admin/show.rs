@@ -172,6 +172,26 @@ pub fn databases(shared: &Shared) -> Table {
     Table { columns, rows }
 }
 
+/// sluice's own: for each database with replicas, how many requests went
+/// where and why, and how many a replica refused that the primary ran
+/// (destination "retried").
+pub fn routing(shared: &Shared) -> Table {
+    let columns = vec!["database", "destination", "reason", "requests"];
+    let mut topologies = shared.routes.all();
+    topologies.sort_by(|a, b| a.database.cmp(&b.database));
+    let mut rows = Vec::new();
+    for t in topologies {
+        let retried = t
+            .route_retries()
+            .into_iter()
+            .map(|(r, n)| ("retried", r, n));
+        for (dest, reason, n) in t.decisions().into_iter().chain(retried) {
+            rows.push(vec![some(&t.database), some(dest), some(reason), some(n)]);
+        }
+    }
+    Table { columns, rows }
+}
+
 pub fn users(config: &Config) -> Table {
     let rows = config
         .users

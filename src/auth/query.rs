@@ -63,6 +63,7 @@ pub async fn lookup(
         password: crate::pool::server_password(au),
         connect_timeout: g.server_connect_timeout,
         tls: g.server_tls.clone(),
+        application_name: "sluice auth_query".into(),
     };
     let mut conn = ServerConn::connect(&target).await?;
     let row = conn.query_row(&g.auth_query, &[name]).await?;

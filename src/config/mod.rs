@@ -107,6 +107,9 @@ pub struct General {
     /// Console logins by admin_users/stats_users allowed past
     /// max_client_conn, so an operator can always get in.
     pub admin_reserved_connections: usize,
+    /// application_name pooled servers log in with ("": none), which a
+    /// client that sends none sees too.
+    pub default_application_name: String,
     /// Clients per user / per database (0: no limit).
     pub max_user_client_connections: usize,
     pub max_db_client_connections: usize,

@@ -54,6 +54,7 @@ pub struct RawGeneral {
     pub auth_failure_window: String,
     pub auth_throttle_exempt: Vec<String>,
     pub admin_reserved_connections: u32,
+    pub default_application_name: String,
     pub max_user_client_connections: u32,
     pub max_db_client_connections: u32,
     pub auth_hba_file: Option<String>,
@@ -73,6 +74,7 @@ pub struct RawGeneral {
     pub load_balance: String,
     pub consistency: String,
     pub primary_functions: Vec<String>,
+    pub replica_safe_functions: Vec<String>,
     pub monitor_user: Option<String>,
 }
 
@@ -113,6 +115,7 @@ impl Default for RawGeneral {
             auth_failure_window: "60s".into(),
             auth_throttle_exempt: Vec::new(),
             admin_reserved_connections: 5,
+            default_application_name: String::new(),
             max_user_client_connections: 0,
             max_db_client_connections: 0,
             auth_hba_file: None,
@@ -133,6 +136,7 @@ impl Default for RawGeneral {
             load_balance: "round_robin".into(),
             consistency: "session".into(),
             primary_functions: Vec::new(),
+            replica_safe_functions: Vec::new(),
             monitor_user: None,
         }
     }

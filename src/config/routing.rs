@@ -4,10 +4,30 @@ use super::raw::RawGeneral;
 use super::units::{parse_duration, parse_size};
 use super::{Balance, Consistency, DbRoute, LagBound, Routing};
 
-/// Functions whose call sends a statement to the primary, beyond the
-/// router's built-in list (`primary_functions`, lowercase).
+/// What a DBA says about functions, beyond the router's built-in list of
+/// those that write (names lowercase).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PrimaryFunctions(pub Vec<String>);
+pub struct PrimaryFunctions {
+    /// `primary_functions`: a call sends the statement to the primary.
+    pub primary: Vec<String>,
+    /// `replica_safe_functions`: a call never does, even when the
+    /// built-in list names the function (or a prefix of its name).
+    pub replica_safe: Vec<String>,
+}
+
+impl PrimaryFunctions {
+    /// Only `primary_functions`.
+    pub fn primary(names: &[&str]) -> Self {
+        Self {
+            primary: names.iter().map(|n| n.to_string()).collect(),
+            replica_safe: Vec::new(),
+        }
+    }
+}
+
+fn lowercase(names: &[String]) -> Vec<String> {
+    names.iter().map(|f| f.to_ascii_lowercase()).collect()
+}
 
 /// "10s" or "16MB": a number followed by a size unit is an amount of WAL.
 fn lag_bound(s: &str) -> Result<LagBound, String> {
@@ -72,12 +92,10 @@ pub(super) fn routing(g: &RawGeneral, add: &mut dyn FnMut(String, String)) -> Op
         replica_read_timeout: read_timeout.filter(|d| !d.is_zero())?,
         load_balance: balance?,
         consistency: consistency?,
-        primary_functions: PrimaryFunctions(
-            g.primary_functions
-                .iter()
-                .map(|f| f.to_ascii_lowercase())
-                .collect(),
-        ),
+        primary_functions: PrimaryFunctions {
+            primary: lowercase(&g.primary_functions),
+            replica_safe: lowercase(&g.replica_safe_functions),
+        },
         monitor_user: g.monitor_user.clone(),
     })
 }

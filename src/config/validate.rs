@@ -138,18 +138,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     if max_packet_size.is_some_and(|m| !(1024..=i32::MAX as usize).contains(&m)) {
         p.add("general.max_packet_size", "must be between 1kB and 2GB");
     }
-    if g.default_pool_size == 0 {
-        p.add("general.default_pool_size", "must be at least 1");
-    }
-    if g.min_pool_size > g.default_pool_size {
-        p.add("general.min_pool_size", "must not exceed default_pool_size");
-    }
-    if g.max_client_conn == 0 {
-        p.add("general.max_client_conn", "must be at least 1");
-    }
-    if g.server_reset_query.contains(';') {
-        p.add("general.server_reset_query", "must be a single statement");
-    }
+    bounds(g, p);
     // Evaluate every field before combining, so each problem is reported.
     let mode = pool_mode("general.pool_mode", &g.pool_mode, p);
     let query_wait_timeout = duration("query_wait_timeout", &g.query_wait_timeout, p);
@@ -196,6 +185,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_failure_window: auth_failure_window?,
         auth_throttle_exempt: auth_throttle_exempt?,
         admin_reserved_connections: g.admin_reserved_connections as usize,
+        default_application_name: g.default_application_name.clone(),
         max_user_client_connections: g.max_user_client_connections as usize,
         max_db_client_connections: g.max_db_client_connections as usize,
         hba: hba?,
@@ -218,6 +208,22 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
     })
+}
+
+/// Numbers and texts of [general] that have bounds of their own.
+fn bounds(g: &RawGeneral, p: &mut Problems) {
+    if g.default_pool_size == 0 {
+        p.add("general.default_pool_size", "must be at least 1");
+    }
+    if g.min_pool_size > g.default_pool_size {
+        p.add("general.min_pool_size", "must not exceed default_pool_size");
+    }
+    if g.max_client_conn == 0 {
+        p.add("general.max_client_conn", "must be at least 1");
+    }
+    if g.server_reset_query.contains(';') {
+        p.add("general.server_reset_query", "must be a single statement");
+    }
 }
 
 fn auth_type(g: &RawGeneral, p: &mut Problems) -> Option<AuthType> {

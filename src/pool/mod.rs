@@ -194,6 +194,7 @@ impl PoolSet {
             password: server_password(user),
             connect_timeout: g.server_connect_timeout,
             tls: g.server_tls.clone(),
+            application_name: g.default_application_name.clone(),
         };
         let mut target = target;
         if key.role != Target::Primary

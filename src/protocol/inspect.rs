@@ -62,6 +62,35 @@ pub fn row_shape(tag: u8, body: &[u8]) -> u64 {
     h.finish()
 }
 
+/// Why a replica refused a statement (`ErrorFields::replica_refusal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// 25006: the statement writes (a function's body, nextval, ...).
+    ReadOnly,
+    /// Only a primary can do it (WAL control functions, strong locks).
+    Recovery,
+    /// Cancelled by a conflict with WAL replay: transient, so the statement
+    /// is not marked primary-only.
+    RecoveryConflict,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [Self::ReadOnly, Self::Recovery, Self::RecoveryConflict];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "read_only",
+            Self::Recovery => "recovery",
+            Self::RecoveryConflict => "recovery_conflict",
+        }
+    }
+
+    /// Whether the statement will fail on every replica the same way.
+    pub fn is_lasting(self) -> bool {
+        self != Self::RecoveryConflict
+    }
+}
+
 /// The fields of an ErrorResponse or NoticeResponse that sluice uses.
 /// A server's message may lack any of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -112,6 +141,32 @@ impl ErrorFields {
         }
     }
 
+    /// Why a replica refused a statement that the primary would run: an
+    /// ERROR (not FATAL) PostgreSQL raises only on a standby. None for any
+    /// other error.
+    pub fn replica_refusal(&self) -> Option<Refusal> {
+        if self.severity.as_deref() != Some("ERROR") {
+            return None;
+        }
+        let message = self.message.as_deref().unwrap_or("");
+        let recovery =
+            message.contains("recovery is in progress") || message.contains("during recovery");
+        match self.code.as_deref()? {
+            // "cannot execute INSERT in a read-only transaction", "cannot
+            // execute nextval() during recovery", ...
+            "25006" => Some(Refusal::ReadOnly),
+            // pg_current_wal_lsn(): "recovery is in progress"; locks above
+            // RowExclusiveLock "while recovery is in progress".
+            "55000" if recovery => Some(Refusal::Recovery),
+            // A query cancelled because WAL replay needed what it read.
+            "40001" if message.contains("conflict with recovery") => {
+                Some(Refusal::RecoveryConflict)
+            }
+            _ if recovery => Some(Refusal::Recovery),
+            _ => None,
+        }
+    }
+
     pub fn code_or_internal(&self) -> &str {
         self.code
             .as_deref()
@@ -136,6 +191,35 @@ mod tests {
         assert_eq!(e.code, None);
         assert_eq!(e.message, None);
         assert_eq!(e.code_or_internal(), "XX000");
+    }
+
+    #[test]
+    fn only_what_a_standby_alone_raises_is_a_replica_refusal() {
+        let r = |body: &[u8]| ErrorFields::parse(body).replica_refusal();
+        assert_eq!(
+            r(b"SERROR\0VERROR\0C25006\0Mcannot execute INSERT in a read-only transaction\0\0"),
+            Some(Refusal::ReadOnly)
+        );
+        assert_eq!(
+            r(b"VERROR\0C55000\0Mrecovery is in progress\0\0"),
+            Some(Refusal::Recovery)
+        );
+        assert_eq!(
+            r(b"VERROR\0C40001\0Mcanceling statement due to conflict with recovery\0\0"),
+            Some(Refusal::RecoveryConflict)
+        );
+        assert!(!Refusal::RecoveryConflict.is_lasting());
+        // The same codes for other reasons, and a FATAL, are not.
+        assert_eq!(
+            r(b"VERROR\0C55000\0Mcannot refresh materialized view concurrently\0\0"),
+            None
+        );
+        assert_eq!(r(b"VERROR\0C40001\0Mcould not serialize access\0\0"), None);
+        assert_eq!(
+            r(b"VFATAL\0C25006\0Mcannot execute INSERT in a read-only transaction\0\0"),
+            None
+        );
+        assert_eq!(r(b"VERROR\0C42P01\0Mrelation does not exist\0\0"), None);
     }
 
     #[test]

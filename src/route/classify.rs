@@ -34,6 +34,9 @@ pub enum Reason {
     Unparsed,
     /// Too long to parse (MAX_PARSED_LEN).
     TooLarge,
+    /// A replica refused it before (a function that writes, or one only a
+    /// primary runs): learnt, not read from the text.
+    Learned,
 }
 
 impl Reason {
@@ -47,6 +50,7 @@ impl Reason {
             Self::Transaction => "transaction",
             Self::Unparsed => "unparsed",
             Self::TooLarge => "too_large",
+            Self::Learned => "learned",
         }
     }
 }
@@ -118,9 +122,12 @@ const WRITE_FUNCTION_PREFIXES: &[&str] = &["pg_advisory_", "pg_try_advisory_", "
 
 impl PrimaryFunctions {
     fn matches(&self, name: &str) -> bool {
-        WRITE_FUNCTIONS.contains(&name)
+        let listed = WRITE_FUNCTIONS.contains(&name)
             || WRITE_FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
-            || self.0.iter().any(|f| f == name)
+            || self.primary.iter().any(|f| f == name);
+        // (Most statements call no listed function: the safe list is read
+        // only for those that do.)
+        listed && !self.replica_safe.iter().any(|f| f == name)
     }
 }
 

@@ -2,7 +2,7 @@
 //! replica may run it; P: primary; N: neutral (runs where the client is);
 //! B: opens a read-only transaction (replica); E: ends a transaction.
 
-use super::classify::{Class, Hint, PrimaryFunctions, Route, TxnEffect, classify};
+use super::classify::{Class, Hint, PrimaryFunctions, Reason, Route, TxnEffect, classify};
 
 const CORPUS: &[(&str, &str)] = &[
     // Plain reads.
@@ -271,7 +271,7 @@ fn code(c: &Class) -> &'static str {
 
 #[test]
 fn every_corpus_statement_gets_its_route() {
-    let extra = PrimaryFunctions(vec!["my_writer".into(), "audit_log".into()]);
+    let extra = PrimaryFunctions::primary(&["my_writer", "audit_log"]);
     let wrong: Vec<String> = CORPUS
         .iter()
         .filter_map(|(sql, want)| {
@@ -311,7 +311,6 @@ fn hints_are_read_from_leading_comments_only() {
 
 #[test]
 fn reasons_name_the_rule() {
-    use super::classify::Reason;
     let none = PrimaryFunctions::default();
     let r = |s: &str| classify(s, &none).route;
     assert_eq!(
@@ -339,13 +338,31 @@ fn reasons_name_the_rule() {
     );
 }
 
+#[test]
+fn replica_safe_functions_override_the_built_in_list() {
+    let mut f = PrimaryFunctions::primary(&["audit_write"]);
+    assert_eq!(
+        classify("SELECT lo_reader(1)", &f).route,
+        Route::Primary(Reason::WriteFunction),
+        "the lo_ prefix is on the built-in list"
+    );
+    f.replica_safe = vec!["lo_reader".into(), "audit_write".into()];
+    assert_eq!(classify("SELECT lo_reader(1)", &f).route, Route::Read);
+    assert_eq!(classify("SELECT audit_write(1)", &f).route, Route::Read);
+    assert_eq!(
+        classify("SELECT lo_reader(1), nextval('s')", &f).route,
+        Route::Primary(Reason::WriteFunction),
+        "other calls still count"
+    );
+}
+
 /// The one-pass plain-SELECT check says Read only where the rules do, on
 /// every corpus statement and on variants of each (case, a locking clause,
 /// a write function, a quoted name, a trailing clause cut off).
 #[test]
 fn the_plain_select_shortcut_agrees_with_the_rules() {
     use super::classify::{by_rules, plain_select};
-    let extra = PrimaryFunctions(vec!["audit_write".into()]);
+    let extra = PrimaryFunctions::primary(&["audit_write"]);
     let mut checked = 0;
     for (sql, _) in CORPUS {
         for stmt in crate::sql::lex::statements(sql) {

@@ -23,28 +23,44 @@ pub use replicas::Topology;
 use crate::config::Config;
 
 /// `classify` behind a bounded cache keyed by the statement text, so a
-/// repeated or prepared statement is parsed once.
+/// repeated or prepared statement is parsed once; and the statements a
+/// replica refused (`learn_primary`), which go to the primary whatever
+/// their text says.
 pub struct Classifier {
     cache: quick_cache::sync::Cache<String, Class, TextWeight>,
+    /// Kept apart from `cache`, so that its churn does not forget them
+    /// (one more lookup, on a cache miss only).
+    learned: quick_cache::sync::Cache<String, (), TextWeight>,
     extra: PrimaryFunctions,
 }
 
 #[derive(Clone)]
 struct TextWeight;
 
-impl quick_cache::Weighter<String, Class> for TextWeight {
-    fn weight(&self, key: &String, _: &Class) -> u64 {
+impl<V> quick_cache::Weighter<String, V> for TextWeight {
+    fn weight(&self, key: &String, _: &V) -> u64 {
         key.len() as u64 + 64
     }
 }
 
 /// Bytes of statement text the cache keeps.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of statement text kept as primary-only (`learn_primary`).
+const LEARNED_BYTES: u64 = 1024 * 1024;
+
+/// What a statement a replica refused classifies as from then on.
+fn learned(c: Class) -> Class {
+    Class {
+        route: Route::Primary(Reason::Learned),
+        ..c
+    }
+}
 
 impl Classifier {
     pub fn new(extra: PrimaryFunctions) -> Self {
         Self {
             cache: quick_cache::sync::Cache::with_weighter(16_384, CACHE_BYTES, TextWeight),
+            learned: quick_cache::sync::Cache::with_weighter(4_096, LEARNED_BYTES, TextWeight),
             extra,
         }
     }
@@ -53,11 +69,27 @@ impl Classifier {
         if let Some(c) = self.cache.get(sql) {
             return c;
         }
-        let (c, worth_caching) = classify::classify_noting(sql, &self.extra);
+        let (mut c, worth_caching) = classify::classify_noting(sql, &self.extra);
+        if self.learned.get(sql).is_some() {
+            c = learned(c);
+        }
         if worth_caching && sql.len() <= classify::MAX_PARSED_LEN {
             self.cache.insert(sql.to_string(), c);
         }
         c
+    }
+
+    /// A replica refused `sql` as only a primary runs it: from now on it
+    /// goes to the primary without a failed try. Whether it was new.
+    pub fn learn_primary(&self, sql: &str) -> bool {
+        if sql.len() > classify::MAX_PARSED_LEN || self.learned.get(sql).is_some() {
+            return false;
+        }
+        self.learned.insert(sql.to_string(), ());
+        if let Some(c) = self.cache.get(sql) {
+            self.cache.insert(sql.to_string(), learned(c));
+        }
+        true
     }
 }
 
@@ -135,6 +167,27 @@ impl Routes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_learnt_statement_goes_to_the_primary_cached_or_not() {
+        let c = Classifier::new(PrimaryFunctions::default());
+        let cached = "SELECT add_row($1)";
+        let one_off = "SELECT add_row(7)";
+        assert!(c.classify(cached).is_read());
+        assert!(c.classify(one_off).is_read());
+        assert!(c.learn_primary(cached));
+        assert!(c.learn_primary(one_off));
+        assert!(!c.learn_primary(one_off), "known already");
+        for sql in [cached, one_off] {
+            assert_eq!(c.classify(sql).route, Route::Primary(Reason::Learned));
+        }
+        // A cache that churns does not forget it.
+        for i in 0..20_000 {
+            c.classify(&format!("SELECT ${i} /* {i} */"));
+        }
+        assert_eq!(c.classify(cached).route, Route::Primary(Reason::Learned));
+        assert!(c.classify("SELECT add_row($2)").is_read(), "by text");
+    }
 
     #[test]
     fn values_written_into_a_plain_select_are_not_cached() {

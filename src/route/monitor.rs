@@ -57,6 +57,7 @@ pub fn target(config: &Config, addr: &HostPort, dbname: &str) -> Option<ServerTa
         password: crate::pool::server_password(user),
         connect_timeout: config.general.server_connect_timeout,
         tls: config.general.server_tls.clone(),
+        application_name: "sluice monitor".into(),
     })
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, Config, Consistency, Database, HostPort, LagBound};
+use crate::protocol::inspect::Refusal;
 
 /// Routing settings of one database; a change restarts its monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,7 @@ pub struct Sample {
 
 /// Every reason a routing decision can give (`Decision::reason`); the last
 /// catches anything else.
-const REASONS: [&str; 17] = [
+const REASONS: [&str; 18] = [
     "read",
     "write",
     "locking_read",
@@ -65,6 +66,7 @@ const REASONS: [&str; 17] = [
     "transaction",
     "unparsed",
     "too_large",
+    "learned",
     "neutral",
     "hint",
     "session_route",
@@ -119,6 +121,8 @@ pub struct Topology {
     pub kick_replicas: tokio::sync::Notify,
     /// Routing decisions by destination (primary, replica) and reason.
     decisions: [[AtomicU64; REASONS.len()]; 2],
+    /// Requests a replica refused and the primary ran, by `Refusal`.
+    route_retries: [AtomicU64; Refusal::ALL.len()],
 }
 
 /// A replica as `decide` sees it.
@@ -167,6 +171,7 @@ impl Topology {
             kick_primary: tokio::sync::Notify::new(),
             kick_replicas: tokio::sync::Notify::new(),
             decisions: Default::default(),
+            route_retries: Default::default(),
         }
     }
 
@@ -368,6 +373,22 @@ impl Topology {
         v
     }
 
+    /// Counts a request a replica refused that runs on the primary.
+    pub fn count_retry(&self, why: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == why).unwrap_or(0);
+        self.route_retries[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests moved to the primary so far, by reason (every reason, zero
+    /// or not, so that a dashboard's series exist from the start).
+    pub fn route_retries(&self) -> Vec<(&'static str, u64)> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.route_retries)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     pub fn next_round_robin(&self) -> usize {
         self.rr.fetch_add(1, Ordering::Relaxed)
     }
@@ -434,6 +455,7 @@ mod tests {
             Reason::Transaction,
             Reason::Unparsed,
             Reason::TooLarge,
+            Reason::Learned,
         ] {
             assert!(REASONS[..REASONS.len() - 1].contains(&r.as_str()), "{r:?}");
         }

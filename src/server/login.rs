@@ -72,6 +72,9 @@ pub struct ServerTarget {
     pub password: ServerPassword,
     pub connect_timeout: Duration,
     pub tls: crate::config::ServerTls,
+    /// Sent at login unless empty, so that a DBA can tell sluice's own
+    /// connections apart in pg_stat_activity.
+    pub application_name: String,
 }
 
 /// What the server told us during login.
@@ -167,7 +170,11 @@ fn plain<'a>(t: &'a ServerTarget, method: &str) -> Result<&'a str, Error> {
 /// Runs the authentication exchange until AuthenticationOk.
 async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
     let mut out = BytesMut::new();
-    build::startup(&mut out, &[("user", &t.user), ("database", &t.dbname)]);
+    let mut params = vec![("user", t.user.as_str()), ("database", t.dbname.as_str())];
+    if !t.application_name.is_empty() {
+        params.push(("application_name", t.application_name.as_str()));
+    }
+    build::startup(&mut out, &params);
     conn.write_all(&out).await?;
     let mut sasl = Sasl::None;
     loop {

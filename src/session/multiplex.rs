@@ -12,7 +12,7 @@ use super::prepared::ServerStatements;
 use super::routing::{ClientRouting, Step};
 use super::statements::{Answer, ClientAction, Statements};
 use super::vars::{SessionVars, Setting};
-use crate::protocol::inspect::{self, take_cstr};
+use crate::protocol::inspect::{self, Refusal, take_cstr};
 use crate::protocol::tags::{BackendTag, FrontendTag, TxnStatus};
 use crate::route::{Decision, SessionRoute};
 use crate::sql::lex::statements;
@@ -587,15 +587,108 @@ impl Multiplex {
         self.statements.as_ref().is_some_and(|st| st.replay.ready())
     }
 
-    /// Keeps a reply frame back until the batch's fate is known.
+    /// Whether a reply frame of type `tag`, coming before anything of the
+    /// reply went out, is held back until the request's fate is known: a
+    /// ParameterDescription a stale statement may fail right after, or, on
+    /// a replica, whatever precedes the first row, completion or error.
+    pub fn holds_back(&self, tag: u8) -> bool {
+        let Some(st) = self.statements.as_deref() else {
+            return false;
+        };
+        (tag == b't' && st.replay.ready())
+            || (matches!(tag, b'1' | b'2' | b'3' | b't' | b'T' | b'n' | b'N')
+                && st.replay.may_move())
+    }
+
+    /// Whether replies sluice made up for the request in flight are held
+    /// back with the server's (`holds_back`); those due at the start of the
+    /// request, before anything went to the server, go out at once.
+    pub fn holds_injections(&self) -> bool {
+        self.statements
+            .as_deref()
+            .is_some_and(|st| st.replay.may_move() && !st.replay.all_answered())
+    }
+
+    /// Keeps a reply frame back until the request's fate is known.
     pub fn hold_reply(&mut self, frame: bytes::Bytes) {
         if let Some(st) = self.statements.as_mut() {
-            st.replay.held = Some(frame);
+            st.replay.held.push(frame);
         }
     }
 
-    pub fn take_held_reply(&mut self) -> Option<bytes::Bytes> {
-        self.statements.as_mut()?.replay.held.take()
+    /// The frames held back, in order (empty when none: no allocation).
+    pub fn take_held(&mut self) -> Vec<bytes::Bytes> {
+        match self.statements.as_mut() {
+            Some(st) => std::mem::take(&mut st.replay.held),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether reply frames are held back.
+    #[inline]
+    pub fn has_held(&self) -> bool {
+        self.statements
+            .as_deref()
+            .is_some_and(|st| !st.replay.held.is_empty())
+    }
+
+    /// The replica held refused the request in flight as only a primary
+    /// would run it (`reason`). True when it can run on the primary: it
+    /// began outside a transaction and is kept whole (the caller knows
+    /// nothing of its reply went out). The replica's remaining replies are
+    /// then dropped, and `take_moved` gives the request back.
+    pub fn refused_by_replica(&mut self, reason: Refusal) -> bool {
+        let movable = self.replica_held().is_some()
+            && !self.pins.is_pinned()
+            && self
+                .statements
+                .as_deref()
+                .is_some_and(|st| st.replay.may_move() && st.replay.retry_ready());
+        if movable && let Some(st) = self.statements.as_mut() {
+            st.replay.held.clear();
+            st.moving = Some(reason);
+        }
+        movable
+    }
+
+    /// Whether the request in flight was refused by the replica and moves
+    /// to the primary (`refused_by_replica`).
+    pub fn moving(&self) -> bool {
+        self.statements
+            .as_deref()
+            .is_some_and(|st| st.moving.is_some())
+    }
+
+    /// The replica answered the refused request to its end: the request, to
+    /// run on the primary. Its statements are marked primary-only (unless
+    /// the refusal was transient), and the next checkout is the primary's.
+    pub fn take_moved(&mut self) -> Option<BytesMut> {
+        let st = self.statements.as_mut()?;
+        let reason = st.moving.take()?;
+        let request = st.replay.take();
+        // What the request defines is defined again on the primary.
+        st.forget_defined_by(&request);
+        let r = self.routing.as_deref_mut()?;
+        let statements = self.statements.as_deref().map(|s| &s.client);
+        r.refused(&request, statements, reason, true);
+        Some(request)
+    }
+
+    /// The replica held refused the request in flight, which cannot move
+    /// (some of its reply went out, or a statement before the refused one
+    /// ran): the client gets the error, and the statements are learnt so
+    /// that their next run goes to the primary. Nothing is learnt of a
+    /// request inside a transaction (not kept).
+    pub fn refused_in_place(&mut self, why: Refusal) {
+        if self.replica_held().is_none() {
+            return;
+        }
+        let (Some(st), Some(r)) = (self.statements.as_deref(), self.routing.as_deref_mut()) else {
+            return;
+        };
+        if st.replay.retry_ready() {
+            r.refused(st.replay.kept(), Some(&st.client), why, false);
+        }
     }
 
     /// The failed batch, to run again.

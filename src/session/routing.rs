@@ -287,6 +287,58 @@ impl ClientRouting {
         self.force_primary = true;
     }
 
+    /// The replica refused `request` (`why`): its statements are marked
+    /// primary-only when every replica would refuse them, and logged; when
+    /// it `moved`, it runs on the primary next, counted. `statements`: the
+    /// client's, for the statements a Bind names.
+    pub fn refused(
+        &mut self,
+        request: &[u8],
+        statements: Option<&ClientStatements>,
+        why: crate::protocol::inspect::Refusal,
+        moved: bool,
+    ) {
+        if moved {
+            self.force_primary = true;
+            self.topo.count_retry(why);
+        }
+        let mut off = 0;
+        while let Ok(Some(h)) = peek_header(&request[off..], usize::MAX)
+            && off + h.total <= request.len()
+        {
+            let body = &request[off + HEADER_LEN..off + h.total];
+            off += h.total;
+            let text = match FrontendTag::from_byte(h.tag) {
+                FrontendTag::Query => sql_of(body),
+                FrontendTag::Parse => take_cstr(body).and_then(|(_, rest)| sql_of(rest)),
+                FrontendTag::Bind => take_cstr(body)
+                    .and_then(|(_, rest)| take_cstr(rest))
+                    .and_then(|(name, _)| {
+                        let s = statements?;
+                        let def = if name.is_empty() {
+                            s.unnamed.as_ref()
+                        } else {
+                            s.named.get(name)
+                        };
+                        sql_of(&def?.rest)
+                    }),
+                _ => None,
+            };
+            let Some(text) = text else {
+                continue;
+            };
+            let learnt = why.is_lasting() && self.classifier.learn_primary(text);
+            tracing::info!(
+                database = %self.topo.database,
+                reason = why.as_str(),
+                retried = moved,
+                learnt,
+                statement = %crate::sql::fingerprint::fingerprint(text),
+                "a replica refused a statement that only a primary runs"
+            );
+        }
+    }
+
     pub fn released(&mut self) {
         if self.on == Target::Primary && self.wrote {
             self.need = Need::Pending(Instant::now());

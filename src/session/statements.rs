@@ -64,6 +64,9 @@ pub struct Statements {
     /// The client's name, the statement under its new name, and whether
     /// the check ended with a Sync of its own.
     pub verifying: Option<(Vec<u8>, Arc<StmtDef>, bool)>,
+    /// The replica refused the request in flight (why): its replies are
+    /// dropped, and it runs on the primary (`Multiplex::refused_by_replica`).
+    pub moving: Option<crate::protocol::inspect::Refusal>,
 }
 
 /// Batches longer than this are not kept for a replay.
@@ -92,9 +95,14 @@ pub struct Replay {
     blind: bool,
     /// A simple Query, kept only to run again elsewhere (`retry`).
     simple: bool,
-    /// A reply frame held back (the ParameterDescription of a Describe
-    /// that a stale statement may fail right after).
-    pub held: Option<Bytes>,
+    /// Recorded on a replica: the request may run on the primary instead.
+    elsewhere: bool,
+    /// Reply frames held back until the request's fate is known: the
+    /// ParameterDescription of a Describe that a stale statement may fail
+    /// right after, or, on a replica, everything before the first row,
+    /// completion or error (a replica's refusal sends the request to the
+    /// primary, and the client must see only the primary's reply).
+    pub held: Vec<Bytes>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +131,7 @@ impl Replay {
         if at_boundary {
             self.buf.clear();
             (self.answered, self.described, self.blind, self.simple) = (0, false, false, false);
+            self.elsewhere = keep_query;
             self.state = if idle {
                 ReplayState::Recording
             } else {
@@ -180,6 +189,24 @@ impl Replay {
     /// that does not describe its rows may go too.
     pub fn retry_ready(&self) -> bool {
         self.state == ReplayState::Complete
+    }
+
+    /// Whether the request being recorded (or kept whole) may yet run on
+    /// the primary instead of the replica it was recorded on: its reply is
+    /// held back until its fate is known.
+    pub fn may_move(&self) -> bool {
+        self.elsewhere && self.state != ReplayState::Off
+    }
+
+    /// Whether every frame kept so far was answered by sluice (their
+    /// replies go out at once: a retry does not send them again).
+    pub fn all_answered(&self) -> bool {
+        self.answered == self.buf.len()
+    }
+
+    /// The request kept so far.
+    pub fn kept(&self) -> &[u8] {
+        &self.buf
     }
 
     /// The batch (less what sluice answered), to run again; nothing is
@@ -633,6 +660,27 @@ impl Statements {
         Some(out)
     }
 
+    /// A request is taken back to run on another server after it ran to
+    /// its end on this one: the statements its Parses named are forgotten,
+    /// so that its Parses define them there instead of failing as
+    /// duplicates. (Had a name existed before the request, its Parse would
+    /// have failed first, and the request would not move.)
+    pub fn forget_defined_by(&mut self, request: &[u8]) {
+        let mut off = 0;
+        while let Ok(Some(h)) = crate::protocol::frame::peek_header(&request[off..], usize::MAX)
+            && off + h.total <= request.len()
+        {
+            let body = &request[off + crate::protocol::frame::HEADER_LEN..off + h.total];
+            if FrontendTag::from_byte(h.tag) == FrontendTag::Parse
+                && let Some(v) = ext::parse_view(body)
+                && !v.name.is_empty()
+            {
+                self.client.named.remove(v.name);
+            }
+            off += h.total;
+        }
+    }
+
     /// The server is given up with the request in flight unanswered: what
     /// it still owed is forgotten (and what the request defined undone), and
     /// the request comes back to run elsewhere, when it is kept whole.
@@ -641,7 +689,7 @@ impl Statements {
             self.undo(f, None);
         }
         self.verifying = None;
-        self.replay.held = None;
+        self.replay.held.clear();
         self.replay.retry_ready().then(|| self.replay.take())
     }
 

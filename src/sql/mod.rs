@@ -2,6 +2,7 @@
 //! splitter and tokenizer, and the session effects of a statement.
 
 pub mod database_cmd;
+pub mod fingerprint;
 pub mod functions;
 pub mod lex;
 pub mod session_cmd;

@@ -19,6 +19,7 @@ mod passthrough;
 mod pooling;
 mod prepared;
 mod prometheus;
+mod route_retry;
 mod routing;
 mod schema_change;
 mod session_state;

@@ -51,6 +51,16 @@ impl Pipe {
             // nor fail a request: they pass without any bookkeeping, however
             // many there are.
             if matches!(h.tag, b'D' | b'd') {
+                // The first row decides: the reply held back goes out.
+                if !self.reply_started
+                    && let Some(m) = mux.as_deref_mut()
+                    && m.has_held()
+                {
+                    self.release_held(server, m, off);
+                    self.reply_started = true;
+                    off = 0;
+                    continue;
+                }
                 self.reply_started = true;
                 if off + h.total > buf.len() {
                     self.server_skip = h.total as u32;
@@ -77,7 +87,7 @@ impl Pipe {
                 && (self.swallowing
                     || matches!(
                         h.tag,
-                        b'C' | b'1' | b'2' | b'3' | b'T' | b't' | b'n' | b'I' | b's'
+                        b'C' | b'1' | b'2' | b'3' | b'T' | b't' | b'n' | b'I' | b's' | b'N'
                     )));
             if needs_body && buf.len() - off < h.total {
                 let want = off + h.total - buf.len();
@@ -128,7 +138,9 @@ impl Pipe {
 
     /// An ErrorResponse: a FATAL ends the server; a stale statement (a
     /// schema change) makes the pool's statements prepared again, and the
-    /// failed batch runs again when nothing of its reply went out.
+    /// failed batch runs again when nothing of its reply went out; a
+    /// replica's refusal of what only a primary runs sends the request to
+    /// the primary, on the same terms.
     fn server_error(
         &mut self,
         server: &mut ServerConn,
@@ -140,9 +152,20 @@ impl Pipe {
         if let Some(st) = &server.stats {
             st.error(fields.code.as_deref().unwrap_or("XX000"));
         }
-        if fields.is_stale_statement()
-            && let Some(m) = mux
+        let Some(m) = mux else {
+            return;
+        };
+        if let Some(why) = fields.replica_refusal()
+            && !self.swallowing
         {
+            if !self.reply_started && m.refused_by_replica(why) {
+                self.swallowing = true;
+            } else {
+                m.refused_in_place(why);
+            }
+            return;
+        }
+        if fields.is_stale_statement() {
             // What this server holds is suspect: each statement is
             // prepared here again (Close, Parse) at its next use.
             server.statements.clear();
@@ -168,19 +191,16 @@ impl Pipe {
         let body = &rbuf[off + HEADER_LEN..(off + h.total).min(rbuf.len())];
         let act = m.on_server(tag, h.tag, body, &mut server.extra, &mut server.statements);
         server.state.void_syncs(act.void_syncs);
-        // A ParameterDescription while nothing of the reply went out: held
-        // back until the RowDescription or error after it says whether the
-        // batch runs again (a stale statement fails right after it).
-        if h.tag == b't' && !self.reply_started && !self.swallowing && m.replay_ready() {
+        // While nothing of the reply went out, what may yet be taken back
+        // is held until the frame that decides (`Multiplex::holds_back`).
+        let plain = !act.drop && act.replace.is_none() && act.verdict.is_none();
+        if plain && !self.reply_started && !self.swallowing && m.holds_back(h.tag) {
             self.forward_server(server, off);
             m.hold_reply(server.conn.rbuf.split_to(h.total).freeze());
             return 0;
         }
-        if !self.swallowing
-            && let Some(held) = m.take_held_reply()
-        {
-            self.forward_server(server, off);
-            self.to_client.push(held);
+        if !self.swallowing && m.has_held() {
+            self.release_held(server, m, off);
             off = 0;
         }
         if let Some(v) = act.verdict {
@@ -191,7 +211,10 @@ impl Pipe {
             self.forward_server(server, off);
             let _ = server.conn.rbuf.split_to(h.total);
             if tag == BackendTag::ReadyForQuery {
-                self.replay(m);
+                match m.take_moved() {
+                    Some(request) => self.move_request(request),
+                    None => self.replay(m),
+                }
             }
             return 0;
         }
@@ -217,13 +240,38 @@ impl Pipe {
     }
 
     /// Queues for the client the replies sluice made up that are due
-    /// (callers check `injection_due` first).
+    /// (callers check `injection_due` first), or holds them back with the
+    /// server's replies (`Multiplex::holds_injections`).
     pub(super) fn push_due(&mut self, m: &mut Multiplex) {
         // (Not a started reply: an injection the batch's server replies do
         // not precede answers a frame a replay does not send again.)
+        let hold = !self.reply_started && !self.swallowing && m.holds_injections();
         for b in m.due_injections() {
+            if hold {
+                m.hold_reply(b);
+            } else {
+                self.to_client.push(b);
+            }
+        }
+    }
+
+    /// The reply held back goes to the client, after the `off` bytes
+    /// before it in the server's buffer.
+    fn release_held(&mut self, server: &mut ServerConn, m: &mut Multiplex, off: usize) {
+        self.forward_server(server, off);
+        for b in m.take_held() {
             self.to_client.push(b);
         }
+    }
+
+    /// The replica refused the request and answered it to its end: the
+    /// request goes back to the head of the client's buffer, and the relay
+    /// gives up the (idle) replica server, so that the next checkout, the
+    /// primary's, runs it.
+    fn move_request(&mut self, mut request: BytesMut) {
+        self.swallowing = false;
+        request.extend_from_slice(&self.client.rbuf);
+        self.client.rbuf = request;
     }
 
     /// A statement prepared before a schema change was checked: the client
@@ -253,7 +301,7 @@ impl Pipe {
     /// of the client's buffer, to be sent again under new statement names.
     pub(super) fn replay(&mut self, m: &mut Multiplex) {
         self.swallowing = false;
-        let _ = m.take_held_reply();
+        let _ = m.take_held();
         let mut batch = m.take_replay();
         batch.extend_from_slice(&self.client.rbuf);
         self.client.rbuf = batch;
