@@ -600,15 +600,6 @@ impl Multiplex {
                 && st.replay.may_move())
     }
 
-    /// Whether replies sluice made up for the request in flight are held
-    /// back with the server's (`holds_back`); those due at the start of the
-    /// request, before anything went to the server, go out at once.
-    pub fn holds_injections(&self) -> bool {
-        self.statements
-            .as_deref()
-            .is_some_and(|st| st.replay.may_move() && !st.replay.all_answered())
-    }
-
     /// Keeps a reply frame back until the request's fate is known.
     pub fn hold_reply(&mut self, frame: bytes::Bytes) {
         if let Some(st) = self.statements.as_mut() {

@@ -97,6 +97,8 @@ pub struct Replay {
     simple: bool,
     /// Recorded on a replica: the request may run on the primary instead.
     elsewhere: bool,
+    /// Sluice answered a frame that is not among those at the start.
+    answered_inside: bool,
     /// Reply frames held back until the request's fate is known: the
     /// ParameterDescription of a Describe that a stale statement may fail
     /// right after, or, on a replica, everything before the first row,
@@ -132,6 +134,7 @@ impl Replay {
             self.buf.clear();
             (self.answered, self.described, self.blind, self.simple) = (0, false, false, false);
             self.elsewhere = keep_query;
+            self.answered_inside = false;
             self.state = if idle {
                 ReplayState::Recording
             } else {
@@ -174,6 +177,8 @@ impl Replay {
     pub fn answered_by_sluice(&mut self, len: usize) {
         if self.state == ReplayState::Recording && self.answered + len == self.buf.len() {
             self.answered = self.buf.len();
+        } else {
+            self.answered_inside = true;
         }
     }
 
@@ -191,17 +196,15 @@ impl Replay {
         self.state == ReplayState::Complete
     }
 
-    /// Whether the request being recorded (or kept whole) may yet run on
-    /// the primary instead of the replica it was recorded on: its reply is
-    /// held back until its fate is known.
+    /// Whether the request, kept whole (its Sync or Query went to the
+    /// server), may yet run on the primary instead of the replica it was
+    /// recorded on: its reply is held back until its fate is known.
+    /// (Before its Sync, a client that sent Flush waits for replies.) Not
+    /// when sluice answered a frame after the start of the request: that
+    /// reply goes out when its turn comes, and the request, sent again,
+    /// would have it answered twice.
     pub fn may_move(&self) -> bool {
-        self.elsewhere && self.state != ReplayState::Off
-    }
-
-    /// Whether every frame kept so far was answered by sluice (their
-    /// replies go out at once: a retry does not send them again).
-    pub fn all_answered(&self) -> bool {
-        self.answered == self.buf.len()
+        self.elsewhere && self.state == ReplayState::Complete && !self.answered_inside
     }
 
     /// The request kept so far.

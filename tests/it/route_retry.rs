@@ -7,7 +7,7 @@
 //! functions insert on the primary count every run.
 
 use crate::harness::sql::{first_value, value};
-use crate::harness::{Cluster, DB, Sluice, pooled, wait_until};
+use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, pooled, wait_until};
 
 /// Functions and tables, named with `p`, created on the primary; returns
 /// once the replica has them.
@@ -92,11 +92,56 @@ fn learned_decisions(s: &Sluice) -> u64 {
         .sum()
 }
 
+/// The retries and learnt decisions of one mode's run, in sluice's
+/// counters, /metrics and SHOW ROUTING.
+async fn counted(s: &Sluice, mode: &str) {
+    assert_eq!(retries(s, "read_only"), 6, "{mode}");
+    assert_eq!(retries(s, "recovery"), 2, "{mode}");
+    assert_eq!(learned_decisions(s), 8, "{mode}: the second runs");
+    // Counted where a DBA looks.
+    let metrics = sluice::metrics::render(s.shared.as_ref().unwrap()).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_route_retries_total{{database=\"{DB}\",reason=\"read_only\"}} 6"
+        )),
+        "{metrics}"
+    );
+    let (console, conn) = tokio_postgres::connect(
+        &s.url(SCRAM_USER.0, SCRAM_USER.1, "pgbouncer"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let rows: Vec<Vec<String>> = console
+        .simple_query("SHOW ROUTING")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..4).map(|i| r.get(i).unwrap_or("").to_string()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    for want in [
+        ["retried", "read_only", "6"],
+        ["retried", "recovery", "2"],
+        ["primary", "learned", "8"],
+    ] {
+        assert!(
+            rows.iter().any(|r| r[0] == DB && r[1..] == want),
+            "{mode}: SHOW ROUTING has {want:?}: {rows:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_a_replica_refuses_run_on_the_primary_and_are_learnt() {
     let p = "rr_moved";
     for (m, mode) in ["transaction", "statement"].into_iter().enumerate() {
-        let s = pooled(mode, 4, "").await;
+        let s = pooled(mode, 4, &format!("stats_users = [\"{}\"]", SCRAM_USER.0)).await;
         if m == 0 {
             create_functions(&s, p).await;
         }
@@ -174,17 +219,7 @@ async fn statements_a_replica_refuses_run_on_the_primary_and_are_learnt() {
         for base in [10, 20, 30, 40] {
             assert_eq!(rows_with(p, v(base)), "2", "{mode}: rows with {}", v(base));
         }
-        assert_eq!(retries(&s, "read_only"), 6, "{mode}");
-        assert_eq!(retries(&s, "recovery"), 2, "{mode}");
-        assert_eq!(learned_decisions(&s), 8, "{mode}: the second runs");
-        // Counted where a DBA looks.
-        let metrics = sluice::metrics::render(s.shared.as_ref().unwrap()).unwrap();
-        assert!(
-            metrics.contains(&format!(
-                "sluice_route_retries_total{{database=\"{DB}\",reason=\"read_only\"}} 6"
-            )),
-            "{metrics}"
-        );
+        counted(&s, mode).await;
         // The session goes on as on a direct connection.
         assert_eq!(value(&c, "SELECT 1").await.unwrap(), "1");
     }

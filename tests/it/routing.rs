@@ -336,3 +336,64 @@ async fn a_replica_past_max_replica_lag_is_out_until_it_catches_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_connections_are_named_in_pg_stat_activity() {
+    let s = pooled(
+        "transaction",
+        2,
+        "default_application_name = \"sluice pool\"",
+    )
+    .await;
+    replica_in_rotation(&s).await;
+    let cluster = Cluster::shared();
+    let count = |who: &crate::harness::cluster::PgInstance, name: &str| {
+        who.psql(
+            DB,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'"),
+        )
+    };
+    // The routing monitor on both servers (other tests' monitors too).
+    for server in [&cluster.primary, &cluster.replica] {
+        assert_ne!(count(server, "sluice monitor"), "0");
+    }
+    // A client that sends no name sees the default, and its server has it.
+    let c = s.app().await;
+    let mine = "/* sluice:primary */ SELECT current_setting('application_name'), pg_backend_pid()";
+    let r = c.simple_query(mine).await.unwrap();
+    assert_eq!(first(&r).as_deref(), Some("sluice pool"));
+    // A client's own name wins, on its server and for the next client.
+    let (named, conn) = tokio_postgres::connect(
+        &format!(
+            "{} application_name=worker7",
+            s.url(
+                crate::harness::SCRAM_USER.0,
+                crate::harness::SCRAM_USER.1,
+                DB
+            )
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let r = named.simple_query(mine).await.unwrap();
+    assert_eq!(first(&r).as_deref(), Some("worker7"));
+    let r = c.simple_query(mine).await.unwrap();
+    assert_eq!(first(&r).as_deref(), Some("sluice pool"));
+}
+
+/// asyncpg prepares a statement (Parse, Describe) on the replica and then
+/// sends a write on the same connection: the write runs on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_prepared_reads_and_writes_interleave() {
+    let s = pooled("transaction", 4, "").await;
+    replica_in_rotation(&s).await;
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{DB}",
+        crate::harness::SCRAM_USER.0,
+        crate::harness::SCRAM_USER.1,
+        s.port
+    );
+    crate::harness::drivers::driver("python", "python3", "asyncpg_routing.py", &[url]).await;
+}

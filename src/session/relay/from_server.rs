@@ -240,18 +240,13 @@ impl Pipe {
     }
 
     /// Queues for the client the replies sluice made up that are due
-    /// (callers check `injection_due` first), or holds them back with the
-    /// server's replies (`Multiplex::holds_injections`).
+    /// (callers check `injection_due` first).
     pub(super) fn push_due(&mut self, m: &mut Multiplex) {
         // (Not a started reply: an injection the batch's server replies do
-        // not precede answers a frame a replay does not send again.)
-        let hold = !self.reply_started && !self.swallowing && m.holds_injections();
+        // not precede answers a frame a replay does not send again; a
+        // request with another is not moved, `Replay::may_move`.)
         for b in m.due_injections() {
-            if hold {
-                m.hold_reply(b);
-            } else {
-                self.to_client.push(b);
-            }
+            self.to_client.push(b);
         }
     }
 
