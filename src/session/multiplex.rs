@@ -682,6 +682,12 @@ impl Multiplex {
         }
     }
 
+    /// A Sync to end the client's batch on the server held, its reply
+    /// swallowed; None without statement tracking.
+    pub fn own_sync(&mut self) -> Option<BytesMut> {
+        Some(self.statements.as_mut()?.own_sync())
+    }
+
     /// The failed batch, to run again.
     pub fn take_replay(&mut self) -> bytes::BytesMut {
         self.statements

@@ -31,7 +31,14 @@ pub enum Step {
     /// The message needs the primary: stop here and switch when the
     /// replica is idle.
     Leave,
-    /// A write in the middle of a batch already begun on a replica.
+    /// A write in the middle of a batch begun on a replica that has only
+    /// prepared and described statements so far (asyncpg's Parse,
+    /// Describe, Flush): sluice ends that batch with a Sync of its own
+    /// (nothing ran, so splitting it changes nothing the client can see)
+    /// and switches when the replica is idle.
+    SyncFirst,
+    /// A write in the middle of a batch that has bound or run a statement
+    /// on a replica.
     Stuck,
 }
 
@@ -49,6 +56,8 @@ pub struct ClientRouting {
     batch_ok: bool,
     /// Extended messages went out since the last Sync.
     mid_batch: bool,
+    /// A Bind or Execute went out since the last Sync.
+    ran: bool,
     /// Anything forwarded since the checkout.
     forwarded: bool,
     /// The last replica checkout was wrong about its first message.
@@ -129,6 +138,7 @@ impl ClientRouting {
             ro_open: false,
             batch_ok: false,
             mid_batch: false,
+            ran: false,
             forwarded: false,
             force_primary: false,
             views: Vec::new(),
@@ -277,6 +287,7 @@ impl ClientRouting {
         self.ro_open = false;
         self.batch_ok = false;
         self.mid_batch = false;
+        self.ran = false;
         self.forwarded = false;
     }
 
@@ -398,8 +409,12 @@ impl ClientRouting {
             (c.is_none_or(|c| ok_on_replica(&c, session)), c)
         };
         if !ok {
-            if self.mid_batch {
+            if self.mid_batch && self.ran {
                 return Step::Stuck;
+            }
+            if self.mid_batch {
+                self.force_primary = true;
+                return Step::SyncFirst;
             }
             if !self.forwarded {
                 self.force_primary = true;
@@ -420,13 +435,16 @@ impl ClientRouting {
             FrontendTag::Sync => {
                 self.mid_batch = false;
                 self.batch_ok = false;
+                self.ran = false;
             }
             FrontendTag::Flush => self.batch_ok = false,
-            FrontendTag::Parse
-            | FrontendTag::Bind
-            | FrontendTag::Describe
-            | FrontendTag::Execute
-            | FrontendTag::Close => self.mid_batch = true,
+            FrontendTag::Bind | FrontendTag::Execute => {
+                self.mid_batch = true;
+                self.ran = true;
+            }
+            FrontendTag::Parse | FrontendTag::Describe | FrontendTag::Close => {
+                self.mid_batch = true;
+            }
             _ => {}
         }
         Step::Forward
@@ -617,6 +635,20 @@ mod tests {
         b.extend_from_slice(&batch(&["UPDATE t SET a = 1"], build::sync));
         let steps = feed(&mut r, &b);
         assert_eq!(steps.last(), Some(&Step::Stuck));
+    }
+
+    #[test]
+    fn a_write_after_statements_were_only_prepared_ends_their_batch_first() {
+        let mut r = routing();
+        let mut b = BytesMut::new();
+        build::parse_unnamed(&mut b, "SELECT 1");
+        crate::protocol::extended::build_describe(&mut b, b'S', b"");
+        flush(&mut b);
+        build::parse_unnamed(&mut b, "UPDATE t SET a = 1");
+        build::sync(&mut b);
+        let steps = feed(&mut r, &b);
+        assert_eq!(steps.last(), Some(&Step::SyncFirst));
+        assert!(r.force_primary, "the write goes to the primary next");
     }
 
     #[test]

@@ -663,6 +663,18 @@ impl Statements {
         Some(out)
     }
 
+    /// A Sync sluice sends on its own, its ReadyForQuery swallowed.
+    pub fn own_sync(&mut self) -> BytesMut {
+        let mut out = BytesMut::new();
+        build::sync(&mut out);
+        self.push(Entry {
+            kind: Kind::Sync,
+            act: Act::Swallow,
+            on_fail: OnFail::default(),
+        });
+        out
+    }
+
     /// A request is taken back to run on another server after it ran to
     /// its end on this one: the statements its Parses named are forgotten,
     /// so that its Parses define them there instead of failing as

@@ -297,3 +297,102 @@ async fn refusals_that_cannot_move_reach_the_client_as_from_postgres() {
         .unwrap();
     assert_eq!(first_value(&r).as_deref(), Some("t"));
 }
+
+/// libpq's batches (Parse, Bind, Describe, Execute, Sync at once), unnamed
+/// and prepared server-side, through psycopg.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_calls_functions_that_write_as_on_a_direct_connection() {
+    let p = "rr_psycopg";
+    let s = pooled("transaction", 4, "").await;
+    create_functions(&s, p).await;
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{DB}",
+        SCRAM_USER.0, SCRAM_USER.1, s.port
+    );
+    crate::harness::drivers::driver(
+        "python",
+        "python3",
+        "psycopg_route_retry.py",
+        &[url, p.to_string()],
+    )
+    .await;
+    // The three texts were refused once each; the prepared runs of the
+    // same texts, on a second connection, went to the primary directly.
+    assert_eq!(retries(&s, "read_only"), 2);
+    assert_eq!(retries(&s, "recovery"), 1);
+    assert_eq!(refused_on_replica(&format!("SELECT {p}_insert($1)")), 1);
+}
+
+/// asyncpg's way to prepare (Parse, Describe, Flush) leaves a batch open
+/// on the replica; a write that follows in that batch runs on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_a_flushed_prepare_runs_on_the_primary() {
+    use crate::harness::wire::{Wire, message};
+    let s = pooled("transaction", 4, "").await;
+    let c = s.app().await;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS rr_flushed (v int)")
+        .await
+        .unwrap();
+    reads_on_replica(&c).await;
+    let parse = |name: &str, sql: &str| message(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    let bind = |stmt: &str| message(b'B', format!("\0{stmt}\0\0\0\0\0\0\0").as_bytes());
+    let execute = message(b'E', b"\0\0\0\0\0");
+    let sync = message(b'S', b"");
+    let on_replica = || {
+        topology(&s)
+            .decisions()
+            .iter()
+            .filter(|(d, _, _)| *d == "replica")
+            .map(|(_, _, n)| n)
+            .sum::<u64>()
+    };
+    let (mut w, _) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
+    let before = on_replica();
+    w.send(
+        &[
+            parse("r1", "SELECT pg_is_in_recovery()"),
+            message(b'D', b"Sr1\0"),
+            message(b'H', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    let mut got = String::new();
+    while got.len() < 3 {
+        got.push(w.recv().await.expect("replies to the Flush").tag as char);
+    }
+    assert_eq!(got, "1tT");
+    assert_eq!(on_replica(), before + 1, "the prepare went to the replica");
+    w.send(
+        &[
+            parse("", "INSERT INTO rr_flushed VALUES (7)"),
+            bind(""),
+            execute.clone(),
+            sync.clone(),
+        ]
+        .concat(),
+    )
+    .await;
+    let tags: String = w
+        .recv_until(b'Z')
+        .await
+        .iter()
+        .map(|m| m.tag as char)
+        .collect();
+    assert_eq!(tags, "12CZ", "the write ran, and the session goes on");
+    // The statement prepared on the replica runs where routing says.
+    w.send(&[bind("r1"), execute, sync].concat()).await;
+    let tags: String = w
+        .recv_until(b'Z')
+        .await
+        .iter()
+        .map(|m| m.tag as char)
+        .collect();
+    assert_eq!(tags, "2DCZ");
+    assert_eq!(
+        Cluster::shared()
+            .primary
+            .psql(DB, "SELECT count(*) FROM rr_flushed WHERE v = 7"),
+        "1"
+    );
+}

@@ -112,7 +112,7 @@ impl Pipe {
                 if needs_body && self.client.rbuf.len() - off < h.total {
                     break; // the message is needed whole
                 }
-                match self.route_gate(m, tag, off, h.total) {
+                match self.route_gate(server, m, tag, off, h.total) {
                     Gate::Pass => {}
                     Gate::Rescan => {
                         off = 0;
@@ -241,7 +241,14 @@ impl Pipe {
 
     /// Routing's say on the client frame at `off` (`len` bytes, whole when
     /// it has SQL): forward it, wait, or leave it for another server.
-    fn route_gate(&mut self, m: &mut Multiplex, tag: FrontendTag, off: usize, len: usize) -> Gate {
+    fn route_gate(
+        &mut self,
+        server: &mut ServerConn,
+        m: &mut Multiplex,
+        tag: FrontendTag,
+        off: usize,
+        len: usize,
+    ) -> Gate {
         let buf = &self.client.rbuf;
         let body = buf.get(off + HEADER_LEN..off + len).unwrap_or(&[]);
         if tag == FrontendTag::Query
@@ -256,6 +263,16 @@ impl Pipe {
             Step::Wait => Gate::Stop,
             Step::Leave => {
                 // Sent to another server once this one is idle.
+                self.hold = true;
+                Gate::Stop
+            }
+            Step::SyncFirst => {
+                self.forward_client(off);
+                let Some(sync) = m.own_sync() else {
+                    return Gate::End(RelayEnd::CannotReroute);
+                };
+                self.to_server.push(sync.freeze());
+                server.state.on_frontend(FrontendTag::Sync);
                 self.hold = true;
                 Gate::Stop
             }
