@@ -720,16 +720,7 @@ impl Statements {
                 None
             }
             Verdict::Changed if synced => Some(BytesMut::new()),
-            Verdict::Changed => {
-                let mut out = BytesMut::new();
-                build::sync(&mut out);
-                self.push(Entry {
-                    kind: Kind::Sync,
-                    act: Act::Swallow,
-                    on_fail: OnFail::default(),
-                });
-                Some(out)
-            }
+            Verdict::Changed => Some(self.own_sync()),
             Verdict::Failed => None,
         }
     }

@@ -323,6 +323,15 @@ async fn psycopg_calls_functions_that_write_as_on_a_direct_connection() {
     assert_eq!(refused_on_replica(&format!("SELECT {p}_insert($1)")), 1);
 }
 
+/// The types of the messages up to the next ReadyForQuery.
+async fn tags_until_ready(w: &mut crate::harness::wire::Wire) -> String {
+    w.recv_until(b'Z')
+        .await
+        .iter()
+        .map(|m| m.tag as char)
+        .collect()
+}
+
 /// asyncpg's way to prepare (Parse, Describe, Flush) leaves a batch open
 /// on the replica; a write that follows in that batch runs on the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,22 +382,14 @@ async fn a_write_after_a_flushed_prepare_runs_on_the_primary() {
         .concat(),
     )
     .await;
-    let tags: String = w
-        .recv_until(b'Z')
-        .await
-        .iter()
-        .map(|m| m.tag as char)
-        .collect();
-    assert_eq!(tags, "12CZ", "the write ran, and the session goes on");
+    assert_eq!(
+        tags_until_ready(&mut w).await,
+        "12CZ",
+        "the write ran, and the session goes on"
+    );
     // The statement prepared on the replica runs where routing says.
     w.send(&[bind("r1"), execute, sync].concat()).await;
-    let tags: String = w
-        .recv_until(b'Z')
-        .await
-        .iter()
-        .map(|m| m.tag as char)
-        .collect();
-    assert_eq!(tags, "2DCZ");
+    assert_eq!(tags_until_ready(&mut w).await, "2DCZ");
     assert_eq!(
         Cluster::shared()
             .primary
