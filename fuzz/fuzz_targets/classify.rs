@@ -11,10 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(sql) = std::str::from_utf8(data) else {
         return;
     };
-    let c = classify(sql, &PrimaryFunctions(vec!["audit".into()]));
+    let c = classify(sql, &PrimaryFunctions::primary(&["audit"]));
     let hinted = classify(
         &format!("/* sluice:replica */ {sql}"),
-        &PrimaryFunctions(vec!["audit".into()]),
+        &PrimaryFunctions::primary(&["audit"]),
     );
     if matches!(c.route, Route::Primary(_)) {
         assert!(
