@@ -22,6 +22,8 @@ pub struct Shared {
     pub registry: Arc<crate::clients::Clients>,
     /// Read/write routing: classifier and replica state per database.
     pub routes: crate::route::Routes,
+    /// LISTEN hubs of transaction-pooled pools.
+    pub listens: Arc<crate::listen::Listens>,
     pub cancels: CancelRegistry,
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
@@ -74,6 +76,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
             routes: crate::route::Routes::default(),
+            listens: Arc::default(),
             registry: Arc::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),

@@ -70,6 +70,9 @@ pub struct ClientEntry {
     /// KILL and graceful shutdown, for the session to act on. Inline: one
     /// allocation less per client.
     pub signals: Signals,
+    /// Notifications for the session to pass on (LISTEN in transaction
+    /// pooling).
+    pub mail: crate::listen::Mailbox,
 }
 
 fn unix_us(t: SystemTime) -> u64 {
@@ -180,6 +183,7 @@ impl Clients {
             server_pid: AtomicI32::new(0),
             server_addr: Mutex::default(),
             signals: Signals::default(),
+            mail: crate::listen::Mailbox::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(id, entry.clone());

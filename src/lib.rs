@@ -14,6 +14,7 @@ pub mod auth;
 pub mod clients;
 pub mod config;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod metrics_http;
 pub mod net;

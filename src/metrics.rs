@@ -124,11 +124,55 @@ fn counters(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
             "Statements needing a database free of sessions (DROP DATABASE, ...) before which sluice closed its idle servers to it",
             shared.stats.database_clears_total(),
         ),
+        (
+            "sluice_notifications_delivered_total",
+            "Notifications queued for listening clients (one per client)",
+            shared
+                .listens
+                .delivered
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "sluice_notifications_dropped_total",
+            "Notifications a listening client did not get: its backlog passed max_notification_backlog, and it was disconnected",
+            shared
+                .listens
+                .dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         let c = IntCounter::new(name, help)?;
         c.inc_by(value);
         r.register(Box::new(c))?;
+    }
+    listening(r, shared)
+}
+
+/// Listening clients and channels, per pool with a LISTEN hub.
+fn listening(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let labels = &["database", "user"];
+    let clients = gauge_vec(
+        r,
+        "sluice_listen_clients",
+        "Clients listening through the pool's LISTEN connection",
+        labels,
+    )?;
+    let channels = gauge_vec(
+        r,
+        "sluice_listen_channels",
+        "Channels the pool's LISTEN connection listens to for clients",
+        labels,
+    )?;
+    for h in shared.listens.all() {
+        let (c, n) = h.counts();
+        let l = [h.database.as_str(), h.user.as_str()];
+        clients
+            .with_label_values(&l)
+            .set(i64::try_from(c).unwrap_or(i64::MAX));
+        channels
+            .with_label_values(&l)
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     Ok(())
 }

@@ -17,6 +17,8 @@ pub enum Signal {
     Kill = 1,
     /// sluice is shutting down: the session ends at its next boundary.
     Drain = 2,
+    /// Notifications wait in the client's mailbox (or it was closed).
+    Mail = 4,
 }
 
 /// The signals raised for one client, and the one task that waits for them.
@@ -31,6 +33,11 @@ impl Signals {
     pub fn raise(&self, s: Signal) {
         self.raised.fetch_or(s as u8, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Takes `s` back (for signals that can come again).
+    pub fn clear(&self, s: Signal) {
+        self.raised.fetch_and(!(s as u8), Ordering::AcqRel);
     }
 
     pub fn is_raised(&self, s: Signal) -> bool {

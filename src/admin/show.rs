@@ -475,7 +475,13 @@ pub fn lists(shared: &Shared) -> Table {
         used += s.size.saturating_sub(s.available);
         free += s.available;
     }
-    let items: [(&str, usize); 12] = [
+    let (listening, channels) = shared
+        .listens
+        .all()
+        .iter()
+        .map(|h| h.counts())
+        .fold((0, 0), |(a, b), (c, n)| (a + c, b + n));
+    let items: [(&str, usize); 14] = [
         ("databases", config.databases.len()),
         ("users", config.users.len()),
         ("pools", shared.pools.all().len()),
@@ -488,6 +494,9 @@ pub fn lists(shared: &Shared) -> Table {
         ("dns_zones", 0),
         ("dns_queries", 0),
         ("dns_pending", 0),
+        // sluice's own: LISTEN through the pools' LISTEN connections.
+        ("listening_clients", listening),
+        ("listen_channels", channels),
     ];
     Table {
         columns: vec!["list", "items"],

@@ -110,6 +110,8 @@ pub struct General {
     /// application_name pooled servers log in with ("": none), which a
     /// client that sends none sees too.
     pub default_application_name: String,
+    /// Bytes of notifications one listening client may have waiting.
+    pub max_notification_backlog: usize,
     /// Clients per user / per database (0: no limit).
     pub max_user_client_connections: usize,
     pub max_db_client_connections: usize,

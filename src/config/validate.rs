@@ -135,6 +135,10 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
             .map(Some),
     };
     let max_packet_size = p.check("general.max_packet_size", parse_size(&g.max_packet_size));
+    let max_notification_backlog = p.check(
+        "general.max_notification_backlog",
+        parse_size(&g.max_notification_backlog),
+    );
     if max_packet_size.is_some_and(|m| !(1024..=i32::MAX as usize).contains(&m)) {
         p.add("general.max_packet_size", "must be between 1kB and 2GB");
     }
@@ -186,6 +190,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         auth_throttle_exempt: auth_throttle_exempt?,
         admin_reserved_connections: g.admin_reserved_connections as usize,
         default_application_name: g.default_application_name.clone(),
+        max_notification_backlog: max_notification_backlog?,
         max_user_client_connections: g.max_user_client_connections as usize,
         max_db_client_connections: g.max_db_client_connections as usize,
         hba: hba?,

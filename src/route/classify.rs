@@ -117,6 +117,8 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "pg_current_xact_id",
     "pg_notify",
     "dblink_exec",
+    // Answered from the LISTENs sluice makes there (a standby refuses them).
+    "pg_listening_channels",
 ];
 const WRITE_FUNCTION_PREFIXES: &[&str] = &["pg_advisory_", "pg_try_advisory_", "lo_"];
 

@@ -6,6 +6,7 @@ pub mod cancel;
 mod cleanup;
 mod database_ddl;
 mod expect;
+mod listening;
 mod login;
 mod multiplex;
 mod outq;
@@ -355,6 +356,11 @@ pub(crate) async fn finish(
         | RelayEnd::ClientGone => {
             cleanup::check_in(checkout, reset).await;
             Ok(())
+        }
+        RelayEnd::Listen(closed) => {
+            cleanup::check_in(checkout, reset).await;
+            let (code, message) = closed.fatal();
+            Err(Error::refuse(code, message))
         }
         RelayEnd::ClientProtocol(e) => {
             cleanup::check_in(checkout, reset).await;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 
 use super::expect::FrameAction;
+use super::listening::{self, ClientListen};
 use super::pins::Pins;
 use super::prepared::ServerStatements;
 use super::routing::{ClientRouting, Step};
@@ -46,7 +47,10 @@ pub struct Multiplex {
     pub vars: SessionVars,
     pub pins: Pins,
     /// Setting changes sent but not yet known to have committed.
-    pending: Vec<Effect>,
+    /// (Boxed when there are any: every idle client keeps the Multiplex,
+    /// and a Vec is 24 bytes inline.)
+    #[allow(clippy::box_collection)]
+    pending: Option<Box<Vec<Effect>>>,
     failed: bool,
     rolled_back: bool,
     /// `on_session_state = "error"`: refuse what would pin.
@@ -64,6 +68,8 @@ pub struct Multiplex {
     /// Whether the server held may have session settings sluice did not
     /// follow from the text: read them before it goes back.
     pub watch: SettingsWatch,
+    /// LISTEN through the pool's hub (transaction pooling).
+    pub listen: Option<Box<ClientListen>>,
 }
 
 /// What the server held ran that may change session settings, from the
@@ -212,6 +218,8 @@ pub(crate) struct Glance {
     pub set_config: bool,
     /// A `(` occurs: maybe a function call.
     pub parens: bool,
+    /// NOTIFY first, or `pg_notify` (any case) occurs.
+    pub notify: bool,
 }
 
 pub(crate) fn glance(sql: &[u8]) -> Glance {
@@ -225,6 +233,7 @@ pub(crate) fn glance(sql: &[u8]) -> Glance {
         matters: TRIGGERS
             .iter()
             .any(|t| t.as_bytes().eq_ignore_ascii_case(word)),
+        notify: word.eq_ignore_ascii_case(b"notify"),
         ..Glance::default()
     };
     // One pass for all. A `;` before the last byte that is neither
@@ -244,6 +253,7 @@ pub(crate) fn glance(sql: &[u8]) -> Glance {
             _ => {
                 g.matters |= advisory_at(sql, i);
                 g.set_config |= set_config_at(sql, i);
+                g.notify |= pg_notify_at(sql, i);
             }
         }
     }
@@ -253,6 +263,15 @@ pub(crate) fn glance(sql: &[u8]) -> Glance {
 /// `glance(sql).matters`.
 pub(crate) fn might_matter(sql: &[u8]) -> bool {
     glance(sql).matters
+}
+
+/// Whether `pg_notify` (in any case) has its `_` at `i`.
+fn pg_notify_at(sql: &[u8], i: usize) -> bool {
+    i >= 2
+        && sql[i - 2..i].eq_ignore_ascii_case(b"pg")
+        && sql
+            .get(i + 1..i + 7)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"notify"))
 }
 
 /// Whether `set_config` (in any case) has its `_` at `i`.
@@ -279,7 +298,7 @@ impl Multiplex {
         Self {
             vars,
             pins: Pins::default(),
-            pending: Vec::new(),
+            pending: None,
             failed: false,
             rolled_back: false,
             reject_pins,
@@ -289,6 +308,7 @@ impl Multiplex {
             statements: None,
             routing: None,
             watch: SettingsWatch::default(),
+            listen: None,
         }
     }
 
@@ -318,6 +338,17 @@ impl Multiplex {
         let session = self.session_route();
         let statements = self.statements.as_ref().map(|s| &s.client);
         Some(self.routing.as_mut()?.decide(buf, statements, session))
+    }
+
+    /// After a client message went to the server `pid`: a statement that
+    /// may notify makes the hub wait for the marker naming this client.
+    #[inline]
+    pub fn notify_went(&mut self, pid: i32) {
+        if let Some(l) = self.listen.as_deref_mut()
+            && l.notify_seen
+        {
+            l.notify_went(pid);
+        }
     }
 
     /// Handles one client message: session effects of its SQL, pins, and
@@ -405,6 +436,11 @@ impl Multiplex {
         let g = glance(text);
         if executes {
             self.watch_functions(text, g);
+            if g.notify
+                && let Some(l) = self.listen.as_deref_mut()
+            {
+                l.notify_seen = true;
+            }
         }
         if !g.matters {
             return (Verdict::Forward, Vec::new(), 1);
@@ -424,9 +460,12 @@ impl Multiplex {
                 self.watch.dirty |= first_word_is(stmt, "do");
             }
         }
+        // With a hub, LISTEN does not pin: the hub listens for the client.
+        let hub = self.listen.is_some();
+        let pins = |e: &&Effect| !(hub && listening::is_listen_effect(e));
         if self.reject_pins
             && at_boundary
-            && let Some(what) = found.iter().find_map(Pins::pins)
+            && let Some(what) = found.iter().filter(pins).find_map(Pins::pins)
         {
             let msg = format!(
                 "{what} cannot be used with transaction pooling (on_session_state = \"error\")"
@@ -435,12 +474,24 @@ impl Multiplex {
         }
         let was_pinned = self.pins.is_pinned();
         for e in &found {
+            if let Some(l) = self.listen.as_deref_mut()
+                && listening::is_listen_effect(e)
+            {
+                if executes {
+                    l.ran(e);
+                } else if let Effect::Listen(c) = e {
+                    let _ = l.want(c); // parsed now, run later
+                }
+                if !matches!(e, Effect::DiscardAll) {
+                    continue;
+                }
+            }
             self.pins.apply(e);
             if matches!(
                 e,
                 Effect::Set { .. } | Effect::Reset(_) | Effect::ResetAll | Effect::DiscardAll
             ) {
-                self.pending.push(e.clone());
+                self.pending.get_or_insert_default().push(e.clone());
             }
         }
         if let Some(s) = &self.stats {
@@ -587,13 +638,16 @@ impl Multiplex {
                     {
                         st.schema_changed();
                     }
+                    if let Some(l) = self.listen.as_deref_mut() {
+                        l.ended(!self.failed && !self.rolled_back);
+                    }
                     if !self.failed && !self.rolled_back {
-                        for e in std::mem::take(&mut self.pending) {
+                        for e in self.pending.take().map(|b| *b).unwrap_or_default() {
                             apply(&mut self.vars.extra, &self.vars.reported, &e);
                             apply(server_extra, &self.vars.reported, &e);
                         }
                     }
-                    self.pending.clear();
+                    self.pending = None;
                     self.failed = false;
                     self.rolled_back = false;
                 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use bytes::BytesMut;
 
 use super::cancel::CancelKey;
+use super::listening::ClientListen;
 use super::login::Entry;
 use super::multiplex::Multiplex;
 use super::relay::{Pipe, RelayEnd, Timers, Waited};
@@ -70,6 +71,14 @@ pub(crate) fn run<'a>(
     });
     mux.routing = ctx.routing().map(Box::new);
     let key = ctx.shared.cancels.register(next_pid());
+    if let Some(entry) = pipe.client_entry.clone() {
+        let m = ctx.pool.manager();
+        let hub =
+            ctx.shared
+                .listens
+                .hub(&m.database, &m.user, &m.target, g.max_notification_backlog);
+        mux.listen = Some(Box::new(ClientListen::new(hub, entry, key.pid)));
+    }
     build::backend_key_data(&mut greeting, key.pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
@@ -116,6 +125,10 @@ pub(crate) fn run<'a>(
                         ));
                     }
                     Waited::Malformed(e) => return Err(Error::Frame(e)),
+                    Waited::Listen(closed) => {
+                        let (code, message) = closed.fatal();
+                        return Err(Error::refuse(code, message));
+                    }
                     Waited::Shutdown => {
                         return Err(Error::refuse(
                             crate::protocol::sqlstate::ADMIN_SHUTDOWN,
@@ -133,6 +146,18 @@ pub(crate) fn run<'a>(
 }
 
 impl Pooled<'_> {
+    /// A LISTEN: the hub listens before the request goes out, so nothing
+    /// committed after the client's LISTEN is missed. Whether the request
+    /// calls pg_listening_channels() (and the client listens).
+    async fn before_request(&mut self, pipe: &mut Pipe, ctx: &Ctx<'_>) -> bool {
+        let Some(l) = self.mux.listen.as_deref_mut() else {
+            return false;
+        };
+        let statements = self.mux.statements.as_deref().map(|s| &s.client);
+        let found = super::listening::scan_request(pipe.client_buffer(), statements);
+        l.before_request(found, ctx.config).await
+    }
+
     /// One transaction (or request): checks out a server (unless `given`
     /// one), relays until the server can go back, and gives it back. Some
     /// when the session ends.
@@ -142,6 +167,9 @@ impl Pooled<'_> {
         given: Option<Checkout>,
         ctx: &Ctx<'_>,
     ) -> Option<Result<(), Error>> {
+        // A LISTEN: the hub listens before the request goes out, so nothing
+        // committed after the client's LISTEN is missed.
+        let lists = Box::pin(self.before_request(pipe, ctx)).await;
         let (mut checkout, role) = match given {
             Some(c) => (c, Target::Primary),
             None => {
@@ -154,6 +182,9 @@ impl Pooled<'_> {
                 }
             }
         };
+        if lists && let Some(l) = self.mux.listen.as_deref_mut() {
+            Box::pin(l.show_channels(checkout.server())).await;
+        }
         let server = checkout.server();
         let key = server.key;
         self.key.slot.arm(ctx.addr_of(role), key.0, key.1);
@@ -194,6 +225,13 @@ impl Pooled<'_> {
                         .is_ok();
                 let learnt = learnt && !self.mux.watch.overflow;
                 self.mux.watch.reset();
+                // What LISTEN left on the server, and the marker naming the
+                // sender of what the transaction notified.
+                let learnt = learnt
+                    && match self.mux.listen.as_deref_mut() {
+                        Some(l) => Box::pin(l.cleanup(checkout.server())).await,
+                        None => true,
+                    };
                 if let Some(r) = self.mux.routing.as_mut() {
                     r.released();
                 }

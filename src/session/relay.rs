@@ -26,7 +26,7 @@ use crate::clients::ClientEntry;
 use crate::error::{Error, ServerError};
 use crate::net::Conn;
 use crate::protocol::frame::{FrameError, peek_header};
-use crate::protocol::tags::FrontendTag;
+use crate::protocol::tags::{FrontendTag, TxnStatus};
 use crate::server::ServerConn;
 use crate::signal::Signal;
 
@@ -75,6 +75,9 @@ pub enum RelayEnd {
     /// (nothing of its reply went out, outside a transaction, kept whole);
     /// it is back at the head of the client's buffer.
     ReplicaSilent { retry: bool },
+    /// The client's notifications stopped (its backlog overflowed, or the
+    /// LISTEN connection was lost).
+    Listen(crate::listen::Closed),
 }
 
 /// What the client did while it held no server.
@@ -88,6 +91,8 @@ pub enum Waited {
     Malformed(FrameError),
     /// sluice is shutting down.
     Shutdown,
+    /// The client's notifications stopped (`RelayEnd::Listen`).
+    Listen(crate::listen::Closed),
 }
 
 /// Timers that apply while a server is held.
@@ -132,6 +137,8 @@ enum Event {
     ServerClosed(Option<std::io::Error>),
     /// A graceful shutdown started.
     Draining,
+    /// Notifications came for a client between transactions.
+    Mail,
 }
 
 pub struct Pipe {
@@ -277,6 +284,9 @@ impl Pipe {
             if self.draining() {
                 return Poll::Ready(Waited::Shutdown);
             }
+            if let Err(closed) = self.take_mail() {
+                return Poll::Ready(Waited::Listen(closed));
+            }
             match peek_header(&self.client.rbuf, self.max_packet()) {
                 Err(e) => return Poll::Ready(Waited::Malformed(e)),
                 Ok(Some(h)) if !FrontendTag::from_byte(h.tag).valid_in_session() => {
@@ -413,6 +423,7 @@ impl Pipe {
                 }),
                 Event::ClientClosed => Err(RelayEnd::ClientGone),
                 Event::ServerClosed(e) => Err(self.server_gone(server, e)),
+                Event::Mail => self.take_mail().map_err(RelayEnd::Listen),
                 // The check at the top of the loop acts on it.
                 Event::Draining => Ok(()),
             };
@@ -420,6 +431,32 @@ impl Pipe {
                 return self.finish(end).await;
             }
         }
+    }
+
+    /// Whether notifications wait for the client (an atomic load).
+    #[inline]
+    fn mail_waiting(&self) -> bool {
+        self.client_entry
+            .as_ref()
+            .is_some_and(|c| c.signals.is_raised(Signal::Mail))
+    }
+
+    /// Queues the notifications waiting for the client; Err when they
+    /// stopped and the session must end.
+    fn take_mail(&mut self) -> Result<(), crate::listen::Closed> {
+        // A client that does not read its socket leaves its notifications
+        // in its mailbox, which is bounded (max_notification_backlog).
+        if !self.mail_waiting() || self.to_client.len() >= HIGH_WATER {
+            return Ok(());
+        }
+        let Some(entry) = self.client_entry.as_ref() else {
+            return Ok(());
+        };
+        entry.signals.clear(Signal::Mail);
+        for frame in entry.mail.take()? {
+            self.to_client.push(frame);
+        }
+        Ok(())
     }
 
     fn draining(&self) -> bool {
@@ -559,6 +596,14 @@ impl Pipe {
     ) -> Poll<Event> {
         if watch_drain && self.poll_draining(cx) {
             return Poll::Ready(Event::Draining);
+        }
+        // Between transactions (a pinned client), as PostgreSQL delivers.
+        if self.mail_waiting()
+            && self.to_client.len() < HIGH_WATER
+            && self.quiet(server)
+            && server.state.txn() == TxnStatus::Idle
+        {
+            return Poll::Ready(Event::Mail);
         }
         if let Poll::Ready(Err(e)) = self.to_server.poll_send(&mut server.conn.stream, cx) {
             return Poll::Ready(Event::ServerClosed(Some(e)));

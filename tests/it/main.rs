@@ -14,6 +14,7 @@ mod database_ddl;
 mod faults;
 mod hardening;
 mod limits;
+mod listen;
 mod metrics;
 mod passthrough;
 mod pooling;

@@ -139,22 +139,13 @@ impl Pipe {
                 );
                 let later = &buf[(off + h.total).min(buf.len())..];
                 let txn = server.state.txn();
-                match m.on_client(tag, body, later, at_boundary, &mut server.statements, txn) {
+                let action =
+                    m.on_client(tag, body, later, at_boundary, &mut server.statements, txn);
+                m.notify_went(server.key.0);
+                match action {
                     Action::Forward => {}
                     Action::Verify(bytes) => {
-                        // The frame stays buffered until the verdict.
-                        m.record(tag, None, false, false);
-                        self.forward_client(off);
-                        // The check ends in a Sync at a batch's start.
-                        let last = if bytes.last_chunk::<5>() == Some(b"S\0\0\0\x04") {
-                            FrontendTag::Sync
-                        } else {
-                            FrontendTag::Flush
-                        };
-                        self.to_server.push(bytes.freeze());
-                        server.state.on_frontend(FrontendTag::Parse);
-                        server.state.on_frontend(last);
-                        self.hold = true;
+                        self.take_verify(server, m, tag, off, bytes);
                         off = 0;
                         break;
                     }
@@ -174,6 +165,31 @@ impl Pipe {
             self.push_due(m);
         }
         Ok(())
+    }
+
+    /// A client frame (at `off`) whose statement sluice checks first
+    /// (`Action::Verify`): the check goes out, and the frame stays
+    /// buffered until the verdict.
+    fn take_verify(
+        &mut self,
+        server: &mut ServerConn,
+        m: &mut Multiplex,
+        tag: FrontendTag,
+        off: usize,
+        bytes: BytesMut,
+    ) {
+        m.record(tag, None, false, false);
+        self.forward_client(off);
+        // The check ends in a Sync at a batch's start.
+        let last = if bytes.last_chunk::<5>() == Some(b"S\0\0\0\x04") {
+            FrontendTag::Sync
+        } else {
+            FrontendTag::Flush
+        };
+        self.to_server.push(bytes.freeze());
+        server.state.on_frontend(FrontendTag::Parse);
+        server.state.on_frontend(last);
+        self.hold = true;
     }
 
     /// A client frame (at `off`, `len` bytes) that sluice replaces,

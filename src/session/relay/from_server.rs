@@ -77,6 +77,20 @@ impl Pipe {
                 }
                 continue;
             }
+            // Listening clients get notifications through the pool's hub: a
+            // pooled server's own (its client's LISTEN ran there) would
+            // come twice.
+            if h.tag == b'A' && mux.as_deref().is_some_and(|m| m.listen.is_some()) {
+                if buf.len() - off < h.total {
+                    let want = off + h.total - buf.len();
+                    server.conn.rbuf.reserve(want);
+                    break;
+                }
+                self.forward_server(server, off);
+                let _ = server.conn.rbuf.split_to(h.total);
+                off = 0;
+                continue;
+            }
             let tag = BackendTag::from_byte(h.tag);
             // With a Multiplex, replies that complete a request are read whole:
             // one may be dropped, replaced, or followed by injected replies.

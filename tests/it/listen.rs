@@ -1,0 +1,266 @@
+//! LISTEN/NOTIFY in transaction pooling: listeners share one LISTEN
+//! connection of the pool instead of pinning a server each, and get
+//! exactly the notifications a direct connection gets.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::harness::wire::{Wire, message, query};
+use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, pooled, wait_until};
+
+/// Listen tests count the LISTEN connections on the shared primary: one
+/// at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A client through sluice whose notifications come on the receiver.
+async fn listener(s: &Sluice) -> (Client, mpsc::UnboundedReceiver<(String, String)>) {
+    let (client, mut conn) = tokio_postgres::connect(&s.url(SCRAM_USER.0, SCRAM_USER.1, DB), NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// The next notification, within 10 s.
+async fn next(rx: &mut mpsc::UnboundedReceiver<(String, String)>) -> (String, String) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notification within 10s")
+        .expect("the connection is open")
+}
+
+fn pair(c: &str, p: &str) -> (String, String) {
+    (c.to_string(), p.to_string())
+}
+
+/// Servers of the primary that serve `app` for sluice: pooled and listener.
+fn servers_named(name: &str) -> usize {
+    Cluster::shared()
+        .primary
+        .psql(
+            DB,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'"),
+        )
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_share_one_connection_and_get_every_notification() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "default_application_name = \"lst pool\"").await;
+    let mut listeners = Vec::new();
+    for _ in 0..20 {
+        let (c, rx) = listener(&s).await;
+        c.simple_query("LISTEN lst_jobs").await.unwrap();
+        listeners.push((c, rx));
+    }
+    // Twenty listeners: the pool's two servers and one listener connection.
+    assert_eq!(servers_named("sluice listener"), 1);
+    assert!(servers_named("lst pool") <= 2);
+    let sender = s.app().await;
+    sender
+        .simple_query("NOTIFY lst_jobs, 'through sluice'")
+        .await
+        .unwrap();
+    sender
+        .query("SELECT pg_notify('lst_jobs', $1)", &[&"extended"])
+        .await
+        .unwrap();
+    Cluster::shared()
+        .primary
+        .psql(DB, "NOTIFY lst_jobs, 'direct'");
+    for (_, rx) in &mut listeners {
+        assert_eq!(next(rx).await, pair("lst_jobs", "through sluice"));
+        assert_eq!(next(rx).await, pair("lst_jobs", "extended"));
+        assert_eq!(next(rx).await, pair("lst_jobs", "direct"));
+    }
+    // Each got each once: the fence comes next, nothing before it.
+    sender
+        .simple_query("NOTIFY lst_jobs, 'fence'")
+        .await
+        .unwrap();
+    for (_, rx) in &mut listeners {
+        assert_eq!(next(rx).await, pair("lst_jobs", "fence"));
+    }
+    // Listening pins nothing: the listeners' queries share the two servers.
+    for (c, _) in &listeners {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    assert!(servers_named("lst pool") <= 2);
+    let shared = s.shared.as_ref().unwrap();
+    assert_eq!(shared.stats.pinned_clients(), 0);
+    let metrics = sluice::metrics::render(shared).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_listen_clients{{database=\"{DB}\",user=\"{}\"}} 20",
+            SCRAM_USER.0
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_follows_the_transaction_and_unlisten_stops_delivery() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "").await;
+    let (c, mut rx) = listener(&s).await;
+    c.simple_query("LISTEN lst_fence").await.unwrap();
+    // A LISTEN rolled back listens to nothing; one committed does.
+    c.batch_execute("BEGIN; LISTEN lst_rolled_back; ROLLBACK")
+        .await
+        .unwrap();
+    c.batch_execute("BEGIN; LISTEN lst_committed")
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    let other = s.app().await;
+    other
+        .batch_execute(
+            "NOTIFY lst_rolled_back, 'no'; NOTIFY lst_committed, 'yes'; NOTIFY lst_fence, '1'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_committed", "yes"));
+    assert_eq!(next(&mut rx).await, pair("lst_fence", "1"));
+    // pg_listening_channels() answers the client's own set.
+    let rows = c
+        .query("SELECT pg_listening_channels() ORDER BY 1", &[])
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, ["lst_committed", "lst_fence"]);
+    // A self-notification comes too, between transactions.
+    c.simple_query("NOTIFY lst_committed, 'self'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_committed", "self"));
+    c.simple_query("UNLISTEN lst_committed").await.unwrap();
+    other
+        .batch_execute("NOTIFY lst_committed, 'after'; NOTIFY lst_fence, '2'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_fence", "2"));
+    c.simple_query("UNLISTEN *").await.unwrap();
+    assert!(
+        c.query("SELECT pg_listening_channels()", &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The pid of a notification a client sent itself is the pid sluice gave
+/// it (BackendKeyData), as drivers' tests check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_notification_carries_the_clients_own_pid() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "").await;
+    let (mut w, greeting) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
+    let key = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
+    w.send(&query("LISTEN lst_self")).await;
+    w.recv_until(b'Z').await;
+    w.send(&query("NOTIFY lst_self, 'me'")).await;
+    let mut got = None;
+    while got.is_none() {
+        let m = w.recv().await.expect("open");
+        if m.tag == b'A' {
+            got = Some(i32::from_be_bytes(m.body[..4].try_into().unwrap()));
+        }
+    }
+    assert_eq!(got, Some(pid));
+    // From another client: that client's pid.
+    let (mut other, greeting) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
+    let other_pid = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .map(|k| i32::from_be_bytes(k.body[..4].try_into().unwrap()))
+        .unwrap();
+    other.send(&query("NOTIFY lst_self, 'you'")).await;
+    other.recv_until(b'Z').await;
+    let m = loop {
+        let m = w.recv().await.expect("open");
+        if m.tag == b'A' {
+            break m;
+        }
+    };
+    assert_eq!(
+        i32::from_be_bytes(m.body[..4].try_into().unwrap()),
+        other_pid
+    );
+    let _ = message;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_connection_ends_listening_sessions_and_delivery_resumes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "").await;
+    let (c, _rx) = listener(&s).await;
+    c.simple_query("LISTEN lst_lost").await.unwrap();
+    Cluster::shared().primary.psql(
+        DB,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'sluice listener'",
+    );
+    // The client is told as after a server restart (57P01).
+    wait_until(10, "the listening session to end", || async {
+        c.is_closed() || c.simple_query("SELECT 1").await.is_err()
+    })
+    .await;
+    // A new session listens again and gets what is sent from now.
+    let (c, mut rx) = listener(&s).await;
+    c.simple_query("LISTEN lst_lost").await.unwrap();
+    s.app()
+        .await
+        .simple_query("NOTIFY lst_lost, 'again'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_lost", "again"));
+}
+
+/// Fifty listeners of a real driver, a pool of two servers.
+async fn driver_listeners(kind: &'static str, program: &str, script: &str, channel: &str) {
+    let s = pooled("transaction", 2, "default_application_name = \"drv pool\"").await;
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{DB}",
+        SCRAM_USER.0, SCRAM_USER.1, s.port
+    );
+    let direct = format!(
+        "postgresql://postgres@127.0.0.1:{}/{DB}",
+        Cluster::shared().primary.port
+    );
+    crate::harness::drivers::driver(kind, program, script, &[url, direct, channel.to_string()])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_listeners_get_every_notification_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    driver_listeners("python", "python3", "psycopg_listen.py", "drv_psycopg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_listeners_get_every_notification_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    driver_listeners("python", "python3", "asyncpg_listen.py", "drv_asyncpg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_listeners_get_every_notification_once() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    driver_listeners("node", "node", "node_listen.js", "drv_node").await;
+}
