@@ -68,6 +68,11 @@ impl Mailbox {
         m.closed.get_or_insert(why);
     }
 
+    /// Why it was closed, if it was.
+    pub fn closed(&self) -> Option<Closed> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).closed
+    }
+
     /// What waits, to send now; or why the session must end.
     pub fn take(&self) -> Result<VecDeque<Bytes>, Closed> {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -446,12 +446,15 @@ impl Pipe {
     fn take_mail(&mut self) -> Result<(), crate::listen::Closed> {
         // A client that does not read its socket leaves its notifications
         // in its mailbox, which is bounded (max_notification_backlog).
-        if !self.mail_waiting() || self.to_client.len() >= HIGH_WATER {
+        if !self.mail_waiting() {
             return Ok(());
         }
         let Some(entry) = self.client_entry.as_ref() else {
             return Ok(());
         };
+        if self.to_client.len() >= HIGH_WATER {
+            return entry.mail.closed().map_or(Ok(()), Err);
+        }
         entry.signals.clear(Signal::Mail);
         for frame in entry.mail.take()? {
             self.to_client.push(frame);

@@ -59,7 +59,15 @@ fn servers_named(name: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_share_one_connection_and_get_every_notification() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let s = pooled("transaction", 2, "default_application_name = \"lst pool\"").await;
+    let s = pooled(
+        "transaction",
+        2,
+        &format!(
+            "default_application_name = \"lst pool\"\nstats_users = [\"{}\"]",
+            SCRAM_USER.0
+        ),
+    )
+    .await;
     let mut listeners = Vec::new();
     for _ in 0..20 {
         let (c, rx) = listener(&s).await;
@@ -101,6 +109,22 @@ async fn listeners_share_one_connection_and_get_every_notification() {
     assert!(servers_named("lst pool") <= 2);
     let shared = s.shared.as_ref().unwrap();
     assert_eq!(shared.stats.pinned_clients(), 0);
+    let (console, conn) =
+        tokio_postgres::connect(&s.url(SCRAM_USER.0, SCRAM_USER.1, "pgbouncer"), NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let lists = console.simple_query("SHOW LISTS").await.unwrap();
+    let row = |name: &str| {
+        lists.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
+                r.get(1).map(str::to_string)
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(row("listening_clients").as_deref(), Some("20"));
+    assert_eq!(row("listen_channels").as_deref(), Some("1"));
     let metrics = sluice::metrics::render(shared).unwrap();
     assert!(
         metrics.contains(&format!(
@@ -109,6 +133,12 @@ async fn listeners_share_one_connection_and_get_every_notification() {
         )),
         "{metrics}"
     );
+    // Nobody listens any more: the LISTEN connection closes.
+    drop(listeners);
+    wait_until(10, "the LISTEN connection to close", || async {
+        servers_named("sluice listener") == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,6 +189,15 @@ async fn listen_follows_the_transaction_and_unlisten_stops_delivery() {
             .unwrap()
             .is_empty()
     );
+    // DISCARD ALL ends them too.
+    c.simple_query("LISTEN lst_discarded").await.unwrap();
+    c.simple_query("DISCARD ALL").await.unwrap();
+    c.simple_query("LISTEN lst_fence").await.unwrap();
+    other
+        .batch_execute("NOTIFY lst_discarded, 'no'; NOTIFY lst_fence, '3'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_fence", "3"));
 }
 
 /// The pid of a notification a client sent itself is the pid sluice gave
@@ -263,4 +302,51 @@ async fn asyncpg_listeners_get_every_notification_once() {
 async fn node_postgres_listeners_get_every_notification_once() {
     let _one = ONE_AT_A_TIME.lock().await;
     driver_listeners("node", "node", "node_listen.js", "drv_node").await;
+}
+
+/// A listener that never reads its socket is cut off once its backlog
+/// passes max_notification_backlog; sluice does not buffer without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_never_reads_is_disconnected_with_a_clear_error() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "max_notification_backlog = \"64kB\"").await;
+    let (mut w, _) = Wire::connect_small(s.port)
+        .await
+        .login_as(SCRAM_USER.0, SCRAM_USER.1, DB, &[])
+        .await;
+    w.send(&query("LISTEN lst_flood")).await;
+    w.recv_until(b'Z').await;
+    // Far more than the socket buffers and sluice's queue towards the
+    // client hold: 2,000 notifications of 4 kB.
+    let sender = s.app().await;
+    let payload = "x".repeat(4000);
+    for b in 0..20 {
+        // (Distinct payloads: PostgreSQL sends a transaction's duplicates once.)
+        let batch: Vec<String> = (0..100)
+            .map(|i| format!("NOTIFY lst_flood, '{b} {i} {payload}'"))
+            .collect();
+        sender.batch_execute(&batch.join(";")).await.unwrap();
+    }
+    wait_until(20, "the dropped notifications to be counted", || async {
+        s.shared
+            .as_ref()
+            .unwrap()
+            .listens
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    // Now it reads: what was queued, then the reason, then the end.
+    let mut error = None;
+    while let Some(m) = w.recv().await {
+        if m.tag == b'E' {
+            error = Some((m.field(b'S'), m.field(b'C')));
+        }
+    }
+    assert_eq!(
+        error,
+        Some((Some("FATAL".to_string()), Some("53400".to_string())))
+    );
+    let _ = message;
 }
