@@ -56,8 +56,16 @@ pub fn pools(shared: &Shared) -> Table {
         "pool_mode",
         "role",
         "pinned_clients",
+        "listening_clients",
     ];
     let counts = client_counts(shared);
+    // Listening clients by pool (their hub is the primary's).
+    let listening: BTreeMap<(String, String), usize> = shared
+        .listens
+        .all()
+        .iter()
+        .map(|h| ((h.database.clone(), h.user.clone()), h.counts().0))
+        .collect();
     let mut rows = Vec::new();
     for (key, pool) in shared.pools.all() {
         let st = pool.status();
@@ -90,6 +98,13 @@ pub fn pools(shared: &Shared) -> Table {
             some(pool_mode_of(&config, &key.database, &key.user)),
             some(role_of(shared, &key)),
             some(shared.stats.pinned_clients()),
+            some(match key.role {
+                crate::route::Target::Primary => listening
+                    .get(&(key.database.clone(), key.user.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                crate::route::Target::Replica(_) => 0,
+            }),
         ]);
     }
     Table { columns, rows }
