@@ -81,7 +81,15 @@ impl ClientListen {
     }
 
     /// The client's transaction ended: committed, or not.
+    #[inline]
     pub fn ended(&mut self, committed: bool) {
+        // Most transactions: nothing about LISTEN, nothing to do.
+        if !self.pending.is_empty() || self.wanted.len() != self.channels.len() {
+            self.settle(committed);
+        }
+    }
+
+    fn settle(&mut self, committed: bool) {
         let pending = std::mem::take(&mut self.pending);
         if committed {
             for e in pending {
@@ -146,7 +154,7 @@ impl ClientListen {
                 self.entry.signals.raise(crate::signal::Signal::Mail);
             }
         }
-        lists && !self.channels.is_empty()
+        lists
     }
 
     /// Makes `server` listen to the client's channels, so that its
@@ -176,6 +184,27 @@ impl ClientListen {
                 |e| tracing::warn!(error = %e, "could not UNLISTEN on a server: discarding it"),
             )
             .is_ok()
+    }
+
+    /// What the request at the start of `buf` asks of LISTEN
+    /// (`scan_request`); pg_listening_channels() matters only to a client
+    /// that listens (others get the empty set any server gives).
+    pub fn scan(
+        &self,
+        buf: &[u8],
+        statements: Option<&crate::session::prepared::ClientStatements>,
+    ) -> (Vec<String>, bool) {
+        if self.channels.is_empty() {
+            let (channels, _) = scan_request(buf, None, false);
+            return (channels, false);
+        }
+        scan_request(buf, statements, true)
+    }
+
+    /// Whether something must run on the server held before it goes back.
+    #[inline]
+    pub fn owes_cleanup(&self) -> bool {
+        self.on_server || self.marker_due
     }
 
     /// What to run on the server held before it goes back: UNLISTEN what
@@ -213,6 +242,7 @@ impl Drop for ClientListen {
 pub fn scan_request(
     buf: &[u8],
     statements: Option<&crate::session::prepared::ClientStatements>,
+    channels_asked: bool,
 ) -> (Vec<String>, bool) {
     use crate::protocol::frame::{HEADER_LEN, peek_header};
     use crate::protocol::inspect::take_cstr;
@@ -224,13 +254,21 @@ pub fn scan_request(
         let body = &buf[off + HEADER_LEN..off + h.total];
         off += h.total;
         let bound;
+        // Without the channels asked for, only a statement that begins with
+        // LISTEN matters: its text is not searched for its end.
         let text = match h.tag {
+            b'Q' if !channels_asked && !begins_with_listen(body) => None,
             b'Q' => take_cstr(body).map(|(q, _)| q),
-            b'P' => take_cstr(body)
-                .and_then(|(_, rest)| take_cstr(rest))
-                .map(|(q, _)| q),
-            // A statement prepared earlier runs now.
-            b'B' => {
+            // (The name is short, and most often empty: no memchr call.)
+            b'P' => skip_name(body).and_then(|rest| {
+                if !channels_asked && !begins_with_listen(rest) {
+                    return None;
+                }
+                take_cstr(rest).map(|(q, _)| q)
+            }),
+            // A statement prepared earlier runs now (its LISTEN was seen
+            // when it was parsed).
+            b'B' if channels_asked => {
                 bound = take_cstr(body)
                     .and_then(|(_, rest)| take_cstr(rest))
                     .and_then(|(name, _)| {
@@ -247,13 +285,13 @@ pub fn scan_request(
             _ => None,
         };
         let Some(text) = text else {
-            continue;
+            if channels_asked {
+                continue;
+            }
+            break;
         };
-        lists |= calls_listening_channels(text);
-        let head = crate::sql::lex::strip_leading_comments_bytes(text);
-        if head
-            .get(..6)
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"listen"))
+        lists |= channels_asked && calls_listening_channels(text);
+        if begins_with_listen(text)
             && let Ok(sql) = std::str::from_utf8(text)
         {
             for stmt in crate::sql::lex::statements(sql) {
@@ -264,11 +302,34 @@ pub fn scan_request(
                 }
             }
         }
-        if h.tag == b'Q' {
+        // Without the channels asked for, a LISTEN that begins the request
+        // is what the hub must see first (one later in a batch is seen as
+        // it goes out).
+        if h.tag == b'Q' || !channels_asked {
             break;
         }
     }
     (channels, lists)
+}
+
+/// What follows the NUL-terminated name at the start of `body`.
+fn skip_name(body: &[u8]) -> Option<&[u8]> {
+    let end = body.iter().position(|&b| b == 0)?;
+    Some(&body[end + 1..])
+}
+
+/// Whether the statement text at the start of `sql` begins with LISTEN.
+fn begins_with_listen(sql: &[u8]) -> bool {
+    // Most statements begin with another letter.
+    if sql
+        .first()
+        .is_some_and(|c| c.is_ascii_alphabetic() && (c | 0x20) != b'l')
+    {
+        return false;
+    }
+    crate::sql::lex::strip_leading_comments_bytes(sql)
+        .get(..6)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"listen"))
 }
 
 /// Whether `pg_listening_channels` (any case) occurs in `sql`.
@@ -293,19 +354,22 @@ mod tests {
         let mut b = bytes::BytesMut::new();
         build::query(&mut b, "/* x */ LISTEN \"Jobs\"; LISTEN more");
         assert_eq!(
-            scan_request(&b, None),
+            scan_request(&b, None, true),
             (vec!["Jobs".to_string(), "more".to_string()], false)
         );
         let mut b = bytes::BytesMut::new();
         build::parse_unnamed(&mut b, "listen jobs");
         build::sync(&mut b);
         build::query(&mut b, "LISTEN later");
-        assert_eq!(scan_request(&b, None), (vec!["jobs".to_string()], false));
+        assert_eq!(
+            scan_request(&b, None, true),
+            (vec!["jobs".to_string()], false)
+        );
         let mut b = bytes::BytesMut::new();
         build::query(&mut b, "SELECT * FROM PG_LISTENING_CHANNELS()");
-        assert_eq!(scan_request(&b, None), (vec![], true));
+        assert_eq!(scan_request(&b, None, true), (vec![], true));
         let mut b = bytes::BytesMut::new();
         build::query(&mut b, "SELECT 'listen'");
-        assert_eq!(scan_request(&b, None), (vec![], false));
+        assert_eq!(scan_request(&b, None, true), (vec![], false));
     }
 }

@@ -146,16 +146,21 @@ pub(crate) fn run<'a>(
 }
 
 impl Pooled<'_> {
-    /// A LISTEN: the hub listens before the request goes out, so nothing
-    /// committed after the client's LISTEN is missed. Whether the request
-    /// calls pg_listening_channels() (and the client listens).
-    async fn before_request(&mut self, pipe: &mut Pipe, ctx: &Ctx<'_>) -> bool {
+    /// What the request buffered asks of LISTEN (`ClientListen::scan`):
+    /// read in place, since most requests neither LISTEN nor ask for the
+    /// channels, and then nothing is awaited.
+    async fn listens_ahead(&mut self, pipe: &mut Pipe, ctx: &Ctx<'_>) -> bool {
         let Some(l) = self.mux.listen.as_deref_mut() else {
             return false;
         };
         let statements = self.mux.statements.as_deref().map(|s| &s.client);
-        let found = super::listening::scan_request(pipe.client_buffer(), statements);
-        l.before_request(found, ctx.config).await
+        let (channels, lists) = l.scan(pipe.client_buffer(), statements);
+        if channels.is_empty() {
+            return lists;
+        }
+        // The hub listens before the request goes out, so nothing committed
+        // after the client's LISTEN is missed.
+        Box::pin(l.before_request((channels, lists), ctx.config)).await
     }
 
     /// One transaction (or request): checks out a server (unless `given`
@@ -169,7 +174,7 @@ impl Pooled<'_> {
     ) -> Option<Result<(), Error>> {
         // A LISTEN: the hub listens before the request goes out, so nothing
         // committed after the client's LISTEN is missed.
-        let lists = Box::pin(self.before_request(pipe, ctx)).await;
+        let lists = self.listens_ahead(pipe, ctx).await;
         let (mut checkout, role) = match given {
             Some(c) => (c, Target::Primary),
             None => {
@@ -229,8 +234,8 @@ impl Pooled<'_> {
                 // sender of what the transaction notified.
                 let learnt = learnt
                     && match self.mux.listen.as_deref_mut() {
-                        Some(l) => Box::pin(l.cleanup(checkout.server())).await,
-                        None => true,
+                        Some(l) if l.owes_cleanup() => Box::pin(l.cleanup(checkout.server())).await,
+                        _ => true,
                     };
                 if let Some(r) = self.mux.routing.as_mut() {
                     r.released();

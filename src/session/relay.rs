@@ -443,12 +443,17 @@ impl Pipe {
 
     /// Queues the notifications waiting for the client; Err when they
     /// stopped and the session must end.
+    #[inline]
     fn take_mail(&mut self) -> Result<(), crate::listen::Closed> {
-        // A client that does not read its socket leaves its notifications
-        // in its mailbox, which is bounded (max_notification_backlog).
         if !self.mail_waiting() {
             return Ok(());
         }
+        self.take_waiting_mail()
+    }
+
+    fn take_waiting_mail(&mut self) -> Result<(), crate::listen::Closed> {
+        // A client that does not read its socket leaves its notifications
+        // in its mailbox, which is bounded (max_notification_backlog).
         let Some(entry) = self.client_entry.as_ref() else {
             return Ok(());
         };
