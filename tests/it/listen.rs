@@ -200,6 +200,21 @@ async fn listen_follows_the_transaction_and_unlisten_stops_delivery() {
     assert_eq!(next(&mut rx).await, pair("lst_fence", "3"));
 }
 
+/// LISTEN pins nothing, so `on_session_state = "error"` does not refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_is_not_refused_where_pinning_is() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s = pooled("transaction", 2, "on_session_state = \"error\"").await;
+    let (c, mut rx) = listener(&s).await;
+    c.simple_query("LISTEN lst_strict").await.unwrap();
+    s.app()
+        .await
+        .simple_query("NOTIFY lst_strict, 'ok'")
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, pair("lst_strict", "ok"));
+}
+
 /// The pid of a notification a client sent itself is the pid sluice gave
 /// it (BackendKeyData), as drivers' tests check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
