@@ -47,12 +47,15 @@ impl Listens {
         let key = format!("{database}/{user}");
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = hubs.get(&key) {
+            // The pool's login as it is now (a reload, a SCRAM key learnt
+            // from a client): the next LISTEN connection uses it.
+            *h.target.lock().unwrap_or_else(|p| p.into_inner()) = target.clone();
             return h.clone();
         }
         let hub = Arc::new(Hub {
             database: database.to_string(),
             user: user.to_string(),
-            target: target.clone(),
+            target: Mutex::new(target.clone()),
             backlog,
             counters: self.clone(),
             state: Mutex::default(),
@@ -72,7 +75,7 @@ impl Listens {
 pub struct Hub {
     pub database: String,
     pub user: String,
-    target: ServerTarget,
+    target: Mutex<ServerTarget>,
     /// Bytes of notifications a client may have waiting.
     backlog: usize,
     counters: Arc<Listens>,

@@ -28,8 +28,6 @@ enum Lost {
 }
 
 pub(super) async fn run(hub: Arc<Hub>) {
-    let mut target = hub.target.clone();
-    target.application_name = "sluice listener".into();
     loop {
         {
             let mut s = hub.state();
@@ -38,6 +36,8 @@ pub(super) async fn run(hub: Arc<Hub>) {
                 return;
             }
         }
+        let mut target = hub.target.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        target.application_name = "sluice listener".into();
         let mut conn = match crate::server::login::connect(&target).await {
             Ok(r) => r.conn,
             Err(e) => {
