@@ -11,6 +11,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod clients;
 pub mod config;
 pub mod error;

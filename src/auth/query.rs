@@ -64,6 +64,7 @@ pub async fn lookup(
         connect_timeout: g.server_connect_timeout,
         tls: g.server_tls.clone(),
         application_name: "sluice auth_query".into(),
+        replication: false,
     };
     let mut conn = ServerConn::connect(&target).await?;
     let row = conn.query_row(&g.auth_query, &[name]).await?;

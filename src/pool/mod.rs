@@ -195,6 +195,7 @@ impl PoolSet {
             connect_timeout: g.server_connect_timeout,
             tls: g.server_tls.clone(),
             application_name: g.default_application_name.clone(),
+            replication: false,
         };
         let mut target = target;
         if key.role != Target::Primary

@@ -58,6 +58,7 @@ pub fn target(config: &Config, addr: &HostPort, dbname: &str) -> Option<ServerTa
         connect_timeout: config.general.server_connect_timeout,
         tls: config.general.server_tls.clone(),
         application_name: "sluice monitor".into(),
+        replication: false,
     })
 }
 

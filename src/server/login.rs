@@ -75,6 +75,8 @@ pub struct ServerTarget {
     /// Sent at login unless empty, so that a DBA can tell sluice's own
     /// connections apart in pg_stat_activity.
     pub application_name: String,
+    /// `replication=database`: a logical replication connection.
+    pub replication: bool,
 }
 
 /// What the server told us during login.
@@ -173,6 +175,9 @@ async fn login(conn: &mut Conn, t: &ServerTarget) -> Result<(), Error> {
     let mut params = vec![("user", t.user.as_str()), ("database", t.dbname.as_str())];
     if !t.application_name.is_empty() {
         params.push(("application_name", t.application_name.as_str()));
+    }
+    if t.replication {
+        params.push(("replication", "database"));
     }
     build::startup(&mut out, &params);
     conn.write_all(&out).await?;

@@ -1,0 +1,81 @@
+//! The result cache's source of invalidations against a real primary: a
+//! logical replication stream (temporary slot, pgoutput) that names the
+//! tables each committed transaction changed, whoever made the change.
+
+use sluice::cache::stream::ChangeStream;
+use sluice::cache::wal::Change;
+
+use crate::harness::{Cluster, DB, config_for};
+
+fn tables(c: &[Change]) -> Vec<String> {
+    c.iter()
+        .flat_map(|c| match c {
+            Change::Tables { tables, .. } => tables
+                .iter()
+                .map(|(s, n)| format!("{s}.{n}"))
+                .collect::<Vec<_>>(),
+            Change::Schema { .. } => vec!["(schema)".to_string()],
+        })
+        .collect()
+}
+
+async fn next(s: &mut ChangeStream) -> Vec<Change> {
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.next())
+        .await
+        .expect("changes within 20s")
+        .expect("the stream is open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_name_their_tables_from_any_client() {
+    let cluster = Cluster::shared();
+    cluster.primary.psql(
+        DB,
+        "CREATE TABLE cs_orders (id int PRIMARY KEY, note text); \
+         CREATE TABLE cs_other (x int PRIMARY KEY); \
+         CREATE PUBLICATION cs_pub FOR TABLE cs_orders, cs_other",
+    );
+    let toml = config_for(
+        cluster,
+        "monitor_user = \"postgres\"",
+        "[users.postgres]\npassword = \"unused\"\n",
+    );
+    let config = sluice::config::Config::parse(&toml).unwrap();
+    let db = &config.databases[DB];
+    let target = sluice::route::monitor::target(&config, &db.primary, &db.dbname).unwrap();
+    let mut s = ChangeStream::start(&target, "cs_slot", "cs_pub")
+        .await
+        .unwrap();
+    // Changes made directly on PostgreSQL, not through sluice.
+    cluster
+        .primary
+        .psql(DB, "INSERT INTO cs_orders VALUES (1, 'a')");
+    let first = next(&mut s).await;
+    assert_eq!(tables(&first), ["public.cs_orders"]);
+    let after_insert = s.applied;
+    assert!(after_insert > 0);
+    cluster.primary.psql(
+        DB,
+        "UPDATE cs_orders SET note = 'b'; INSERT INTO cs_other VALUES (1); DELETE FROM cs_other",
+    );
+    assert_eq!(
+        tables(&next(&mut s).await),
+        ["public.cs_orders", "public.cs_other"]
+    );
+    assert!(s.applied > after_insert, "the commit position moves on");
+    // A rolled-back transaction sends nothing: the TRUNCATE comes next.
+    cluster.primary.psql(
+        DB,
+        "DO $$ BEGIN INSERT INTO cs_orders VALUES (9, 'x'); RAISE EXCEPTION 'no'; \
+         EXCEPTION WHEN OTHERS THEN NULL; END $$",
+    );
+    cluster.primary.psql(DB, "TRUNCATE cs_other");
+    assert_eq!(tables(&next(&mut s).await), ["public.cs_other"]);
+    // A definition change: nothing cached can be trusted.
+    cluster.primary.psql(
+        DB,
+        "ALTER TABLE cs_orders ADD COLUMN z int; INSERT INTO cs_orders VALUES (2, 'c', 3)",
+    );
+    assert_eq!(tables(&next(&mut s).await), ["(schema)"]);
+    s.acknowledge().await.unwrap();
+}
