@@ -35,6 +35,19 @@ pub struct Header {
 
 /// Reads the header of the typed message at the start of `buf`.
 /// `Ok(None)` means fewer than five bytes are buffered.
+/// The whole, well-formed frames at the start of `buf` (type, body), in
+/// order; stops at the first incomplete or malformed one. For requests
+/// sluice kept or buffered whole.
+pub fn whole_frames(buf: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        let h = peek_header(&buf[off..], usize::MAX).ok()??;
+        let body = buf.get(off + HEADER_LEN..off + h.total)?;
+        off += h.total;
+        Some((h.tag, body))
+    })
+}
+
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<Header>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);

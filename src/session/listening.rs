@@ -244,19 +244,13 @@ pub fn scan_request(
     statements: Option<&crate::session::prepared::ClientStatements>,
     channels_asked: bool,
 ) -> (Vec<String>, bool) {
-    use crate::protocol::frame::{HEADER_LEN, peek_header};
     use crate::protocol::inspect::take_cstr;
     let (mut channels, mut lists) = (Vec::new(), false);
-    let mut off = 0;
-    while let Ok(Some(h)) = peek_header(&buf[off..], usize::MAX)
-        && off + h.total <= buf.len()
-    {
-        let body = &buf[off + HEADER_LEN..off + h.total];
-        off += h.total;
+    for (tag, body) in crate::protocol::frame::whole_frames(buf) {
         let bound;
         // Without the channels asked for, only a statement that begins with
         // LISTEN matters: its text is not searched for its end.
-        let text = match h.tag {
+        let text = match tag {
             b'Q' if !channels_asked && !begins_with_listen(body) => None,
             b'Q' => take_cstr(body).map(|(q, _)| q),
             // (The name is short, and most often empty: no memchr call.)
@@ -305,7 +299,7 @@ pub fn scan_request(
         // Without the channels asked for, a LISTEN that begins the request
         // is what the hub must see first (one later in a batch is seen as
         // it goes out).
-        if h.tag == b'Q' || !channels_asked {
+        if tag == b'Q' || !channels_asked {
             break;
         }
     }

@@ -313,13 +313,8 @@ impl ClientRouting {
             self.force_primary = true;
             self.topo.count_retry(why);
         }
-        let mut off = 0;
-        while let Ok(Some(h)) = peek_header(&request[off..], usize::MAX)
-            && off + h.total <= request.len()
-        {
-            let body = &request[off + HEADER_LEN..off + h.total];
-            off += h.total;
-            let text = match FrontendTag::from_byte(h.tag) {
+        for (tag, body) in crate::protocol::frame::whole_frames(request) {
+            let text = match FrontendTag::from_byte(tag) {
                 FrontendTag::Query => sql_of(body),
                 FrontendTag::Parse => take_cstr(body).and_then(|(_, rest)| sql_of(rest)),
                 FrontendTag::Bind => take_cstr(body)

@@ -532,18 +532,13 @@ impl Statements {
     /// duplicates. (Had a name existed before the request, its Parse would
     /// have failed first, and the request would not move.)
     pub fn forget_defined_by(&mut self, request: &[u8]) {
-        let mut off = 0;
-        while let Ok(Some(h)) = crate::protocol::frame::peek_header(&request[off..], usize::MAX)
-            && off + h.total <= request.len()
-        {
-            let body = &request[off + crate::protocol::frame::HEADER_LEN..off + h.total];
-            if FrontendTag::from_byte(h.tag) == FrontendTag::Parse
+        for (tag, body) in crate::protocol::frame::whole_frames(request) {
+            if FrontendTag::from_byte(tag) == FrontendTag::Parse
                 && let Some(v) = ext::parse_view(body)
                 && !v.name.is_empty()
             {
                 self.client.named.remove(v.name);
             }
-            off += h.total;
         }
     }
 
