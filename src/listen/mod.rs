@@ -214,16 +214,15 @@ impl Hub {
 
 /// A NotificationResponse.
 fn notification_frame(n: &senders::Notification) -> bytes::Bytes {
-    let mut b = BytesMut::with_capacity(4 + 4 + 4 + n.channel.len() + n.payload.len() + 2);
-    b.put_u8(b'A');
-    let len = 4 + 4 + n.channel.len() + 1 + n.payload.len() + 1;
-    b.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    b.put_i32(n.pid);
-    b.put_slice(n.channel.as_bytes());
-    b.put_u8(0);
-    b.put_slice(n.payload.as_bytes());
-    b.put_u8(0);
-    b.freeze()
+    let mut out = BytesMut::with_capacity(n.channel.len() + n.payload.len() + 16);
+    crate::protocol::build::typed(&mut out, b'A', |b| {
+        b.put_i32(n.pid);
+        for s in [&n.channel, &n.payload] {
+            b.put_slice(s.as_bytes());
+            b.put_u8(0);
+        }
+    });
+    out.freeze()
 }
 
 /// A channel name as an SQL identifier (LISTEN "name").
