@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use crate::harness::wire::{Wire, message, query};
+use crate::harness::wire::{Wire, query};
 use crate::harness::{Cluster, DB, SCRAM_USER, Sluice, pooled, wait_until};
 
 /// Listen tests count the LISTEN connections on the shared primary: one
@@ -215,49 +215,47 @@ async fn listen_is_not_refused_where_pinning_is() {
     assert_eq!(next(&mut rx).await, pair("lst_strict", "ok"));
 }
 
+/// The pid at the start of a BackendKeyData or NotificationResponse body.
+fn pid_of(m: &crate::harness::wire::Msg) -> i32 {
+    i32::from_be_bytes(m.body[..4].try_into().unwrap())
+}
+
+/// A Wire login through sluice, and the pid sluice gave it.
+async fn wire_client(s: &Sluice) -> (Wire, i32) {
+    let (w, greeting) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
+    let key = greeting
+        .iter()
+        .find(|m| m.tag == b'K')
+        .expect("BackendKeyData");
+    (w, pid_of(key))
+}
+
+/// The pid of the next notification `w` gets.
+async fn next_notification_pid(w: &mut Wire) -> i32 {
+    loop {
+        let m = w.recv().await.expect("open");
+        if m.tag == b'A' {
+            return pid_of(&m);
+        }
+    }
+}
+
 /// The pid of a notification a client sent itself is the pid sluice gave
 /// it (BackendKeyData), as drivers' tests check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_notification_carries_the_clients_own_pid() {
     let _one = ONE_AT_A_TIME.lock().await;
     let s = pooled("transaction", 2, "").await;
-    let (mut w, greeting) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
-    let key = greeting
-        .iter()
-        .find(|m| m.tag == b'K')
-        .expect("BackendKeyData");
-    let pid = i32::from_be_bytes(key.body[..4].try_into().unwrap());
+    let (mut w, pid) = wire_client(&s).await;
     w.send(&query("LISTEN lst_self")).await;
     w.recv_until(b'Z').await;
     w.send(&query("NOTIFY lst_self, 'me'")).await;
-    let mut got = None;
-    while got.is_none() {
-        let m = w.recv().await.expect("open");
-        if m.tag == b'A' {
-            got = Some(i32::from_be_bytes(m.body[..4].try_into().unwrap()));
-        }
-    }
-    assert_eq!(got, Some(pid));
+    assert_eq!(next_notification_pid(&mut w).await, pid);
     // From another client: that client's pid.
-    let (mut other, greeting) = Wire::login(s.port, SCRAM_USER.0, SCRAM_USER.1, DB, &[]).await;
-    let other_pid = greeting
-        .iter()
-        .find(|m| m.tag == b'K')
-        .map(|k| i32::from_be_bytes(k.body[..4].try_into().unwrap()))
-        .unwrap();
+    let (mut other, other_pid) = wire_client(&s).await;
     other.send(&query("NOTIFY lst_self, 'you'")).await;
     other.recv_until(b'Z').await;
-    let m = loop {
-        let m = w.recv().await.expect("open");
-        if m.tag == b'A' {
-            break m;
-        }
-    };
-    assert_eq!(
-        i32::from_be_bytes(m.body[..4].try_into().unwrap()),
-        other_pid
-    );
-    let _ = message;
+    assert_eq!(next_notification_pid(&mut w).await, other_pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,5 +361,4 @@ async fn a_listener_that_never_reads_is_disconnected_with_a_clear_error() {
         error,
         Some((Some("FATAL".to_string()), Some("53400".to_string())))
     );
-    let _ = message;
 }
