@@ -146,6 +146,25 @@ pub(crate) fn run<'a>(
 }
 
 impl Pooled<'_> {
+    /// The session ends holding `checkout`: what its LISTENs left on an
+    /// idle server is undone first (server_reset_query may be empty), then
+    /// the server goes back or is closed as `finish` says.
+    async fn end(
+        &mut self,
+        mut checkout: Checkout,
+        end: RelayEnd,
+        ctx: &Ctx<'_>,
+    ) -> Result<(), Error> {
+        if let Some(l) = self.mux.listen.as_deref_mut()
+            && l.owes_cleanup()
+            && checkout.server().state.is_idle()
+        {
+            // (A server that fails it is closed by finish's own check.)
+            l.cleanup(checkout.server()).await;
+        }
+        finish(checkout, end, ctx.config).await
+    }
+
     /// What the request buffered asks of LISTEN (`ClientListen::scan`):
     /// read in place, since most requests neither LISTEN nor ask for the
     /// channels, and then nothing is awaited.
@@ -272,7 +291,7 @@ impl Pooled<'_> {
                 None
             }
             // Boxed: the end of a session takes no room in each transaction.
-            other => Some(Box::pin(finish(checkout, other, ctx.config)).await),
+            other => Some(Box::pin(self.end(checkout, other, ctx)).await),
         }
     }
 }
