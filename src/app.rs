@@ -24,6 +24,8 @@ pub struct Shared {
     pub routes: crate::route::Routes,
     /// LISTEN hubs of transaction-pooled pools.
     pub listens: Arc<crate::listen::Listens>,
+    /// Result caches of databases with cache rules.
+    pub caches: crate::cache::live::Caches,
     pub cancels: CancelRegistry,
     /// One permit per connected client (max_client_conn).
     pub clients: Arc<Semaphore>,
@@ -77,6 +79,7 @@ impl Shared {
             pools: PoolSet::default(),
             routes: crate::route::Routes::default(),
             listens: Arc::default(),
+            caches: Default::default(),
             registry: Arc::default(),
             cancels: CancelRegistry::default(),
             clients: Arc::new(Semaphore::new(max)),
@@ -109,6 +112,7 @@ impl Shared {
         }
         self.pools.reload(&old, &new);
         self.routes.apply(&new);
+        self.caches.apply(&new);
         self.config.store(Arc::new(new));
         tracing::info!("configuration reloaded");
     }
@@ -137,6 +141,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     tokio::spawn(janitor(Arc::downgrade(&shared)));
     shared.routes.apply(&shared.config());
+    shared.caches.apply(&shared.config());
     // The accept loop polls every branch each time it wakes. `shutdown` (OS
     // signal streams) costs ~550 instructions a poll, so it is awaited in a
     // task of its own that reports through a oneshot, which is cheap to poll.

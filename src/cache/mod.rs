@@ -6,7 +6,9 @@
 //! store of results with its never-stale rules (`store`). Nothing is cached
 //! yet: the session neither records nor answers from it.
 
+pub mod live;
 pub mod reads;
+pub mod rules;
 pub mod store;
 pub mod stream;
 pub mod wal;

@@ -28,8 +28,8 @@ pub struct Key {
     /// Bind sent them (empty for a simple Query).
     pub bind: Vec<u8>,
     /// The session settings that can change a result (search_path,
-    /// TimeZone, DateStyle, ...), by name.
-    pub settings: Vec<(String, String)>,
+    /// TimeZone, DateStyle, ...), as `name=value` pairs.
+    pub settings: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -52,10 +52,25 @@ pub struct Store {
     max_bytes: usize,
     /// Changes applied up to this position.
     applied: u64,
-    /// By table name: the position of its last change applied.
-    changed: HashMap<String, u64>,
+    /// By table name: the position of its last change applied, and when.
+    changed: HashMap<String, (u64, Instant)>,
     /// The position of the last schema change (or loss of the stream).
     reset: u64,
+    /// Bumped by every `clear`: a read begun before it is not stored.
+    epoch: u64,
+}
+
+/// What a read that is to be stored saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Read {
+    /// Changes applied up to here were visible to it.
+    pub as_of: u64,
+    /// `Store::epoch` when it began.
+    pub epoch: u64,
+    pub began: Instant,
+    /// On the primary: a change applied this shortly before the read
+    /// began may not have been visible to it yet.
+    pub settle: Option<Duration>,
 }
 
 impl Store {
@@ -69,7 +84,17 @@ impl Store {
             applied: 0,
             changed: HashMap::new(),
             reset: 0,
+            epoch: 0,
         }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Up to where changes are applied: what a read beginning now sees at
@@ -78,12 +103,13 @@ impl Store {
         self.applied
     }
 
-    /// Applies what the stream says changed.
-    pub fn apply(&mut self, change: &Change) {
+    /// Applies what the stream says changed; how many entries went.
+    pub fn apply(&mut self, change: &Change, now: Instant) -> usize {
+        let before = self.entries.len();
         match change {
             Change::Tables { tables, lsn } => {
                 for (_, name) in tables {
-                    self.changed.insert(name.clone(), *lsn);
+                    self.changed.insert(name.clone(), (*lsn, now));
                     for key in self.readers.remove(name).unwrap_or_default() {
                         self.remove(&key);
                     }
@@ -95,6 +121,7 @@ impl Store {
                 self.applied = self.applied.max(*lsn);
             }
         }
+        before - self.entries.len()
     }
 
     /// Nothing in store is known good any more (a schema change, the
@@ -106,6 +133,7 @@ impl Store {
         self.order.clear();
         self.bytes = 0;
         self.reset = self.reset.max(lsn);
+        self.epoch += 1;
     }
 
     /// The stream moved on without changes the publication covers.
@@ -113,16 +141,19 @@ impl Store {
         self.applied = self.applied.max(lsn);
     }
 
-    /// Stores the result of a read that began when changes were applied
-    /// up to `as_of`. Not when a table it read changed after that (the
-    /// read may not have seen it), nor when it alone passes the budget.
-    pub fn insert(&mut self, key: Key, entry: Entry, as_of: u64) -> bool {
-        let size = entry.reply.len() + key.text.len() + key.bind.len() + 128;
-        let seen = self.reset <= as_of
-            && entry
-                .tables
-                .iter()
-                .all(|t| self.changed.get(&t.name).is_none_or(|at| *at <= as_of));
+    /// Stores the result of `read`. Not when a table it read changed past
+    /// what it saw (or, on the primary, just before it began), nor when the
+    /// store was cleared since it began, nor when it alone passes the budget.
+    pub fn insert(&mut self, key: Key, entry: Entry, read: Read) -> bool {
+        let size = size_of(&key, &entry.reply);
+        let unsettled = |at: Instant| read.settle.is_some_and(|s| at + s > read.began);
+        let seen = self.epoch == read.epoch
+            && self.reset <= read.as_of
+            && entry.tables.iter().all(|t| {
+                self.changed
+                    .get(&t.name)
+                    .is_none_or(|(lsn, at)| *lsn <= read.as_of && !unsettled(*at))
+            });
         if !seen || size > self.max_bytes {
             return false;
         }
@@ -156,7 +187,7 @@ impl Store {
 
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.entries.remove(key) {
-            self.bytes -= e.reply.len() + key.text.len() + key.bind.len() + 128;
+            self.bytes -= size_of(key, &e.reply);
             for t in &e.tables {
                 if let Some(r) = self.readers.get_mut(&t.name) {
                     r.remove(key);
@@ -175,6 +206,12 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// What an entry counts against the budget: its bytes, and a bound on
+/// the bookkeeping around them.
+fn size_of(key: &Key, reply: &Bytes) -> usize {
+    reply.len() + 2 * (key.text.len() + key.bind.len() + key.settings.len()) + 256
 }
 
 /// An entry for `reply`, reading `tables`, good for `ttl` from `now`.
@@ -196,7 +233,7 @@ mod tests {
             user: "u".into(),
             text: text.as_bytes().to_vec(),
             bind: Vec::new(),
-            settings: vec![("TimeZone".into(), "UTC".into())],
+            settings: b"TimeZone=UTC".to_vec(),
         }
     }
 
@@ -220,6 +257,15 @@ mod tests {
         }
     }
 
+    fn at(s: &Store, as_of: u64) -> Read {
+        Read {
+            as_of,
+            epoch: s.epoch(),
+            began: Instant::now(),
+            settle: None,
+        }
+    }
+
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
@@ -229,23 +275,23 @@ mod tests {
         assert!(s.insert(
             key("a"),
             entry(reply.clone(), tables(&["orders"]), now, HOUR),
-            0
+            at(&s, 0)
         ));
         assert!(s.insert(
             key("b"),
             entry(reply.clone(), tables(&["items"]), now, HOUR),
-            0
+            at(&s, 0)
         ));
         assert!(s.get(&key("a"), now, 0).is_some());
-        s.apply(&changed(&["orders"], 10));
+        s.apply(&changed(&["orders"], 10), Instant::now());
         assert!(s.get(&key("a"), now, 0).is_none());
         assert!(s.get(&key("b"), now, 0).is_some());
         // Other settings, another entry.
         let mut other = key("b");
-        other.settings[0].1 = "Europe/Paris".into();
+        other.settings = b"TimeZone=Europe/Paris".to_vec();
         assert!(s.get(&other, now, 0).is_none());
         // A schema change drops everything.
-        s.apply(&Change::Schema { lsn: 20 });
+        s.apply(&Change::Schema { lsn: 20 }, Instant::now());
         assert!(s.is_empty());
     }
 
@@ -254,24 +300,41 @@ mod tests {
         let (mut s, now) = (Store::new(1 << 20), Instant::now());
         let as_of = s.applied();
         // A write to `orders` is applied while the read runs.
-        s.apply(&changed(&["orders"], 10));
+        s.apply(&changed(&["orders"], 10), Instant::now());
         let e = entry(
             Bytes::from_static(b"old rows"),
             tables(&["orders"]),
             now,
             HOUR,
         );
-        assert!(!s.insert(key("a"), e, as_of), "it may predate the write");
+        assert!(
+            !s.insert(key("a"), e, at(&s, as_of)),
+            "it may predate the write"
+        );
         let e = entry(
             Bytes::from_static(b"new rows"),
             tables(&["orders"]),
             now,
             HOUR,
         );
-        assert!(s.insert(key("a"), e, s.applied()));
+        assert!(s.insert(key("a"), e, at(&s, s.applied())));
+        let begun = at(&s, 40);
         s.clear(30);
         let e = entry(Bytes::from_static(b"rows"), tables(&["items"]), now, HOUR);
-        assert!(!s.insert(key("b"), e, 10), "begun before the reset");
+        assert!(!s.insert(key("b"), e, begun), "begun before the reset");
+        // On the primary, a change applied just before the read began may
+        // not have been visible to it yet.
+        s.apply(&changed(&["items"], 50), Instant::now());
+        let mut primary = at(&s, s.applied());
+        primary.settle = Some(Duration::from_secs(60));
+        let e = entry(Bytes::from_static(b"rows"), tables(&["items"]), now, HOUR);
+        assert!(!s.insert(key("b"), e, primary), "not settled");
+        primary.settle = None;
+        let e = entry(Bytes::from_static(b"rows"), tables(&["items"]), now, HOUR);
+        assert!(
+            s.insert(key("b"), e, primary),
+            "a replica at that position saw it"
+        );
     }
 
     #[test]
@@ -283,7 +346,7 @@ mod tests {
             now,
             Duration::from_secs(5),
         );
-        assert!(s.insert(key("a"), e, 0));
+        assert!(s.insert(key("a"), e, at(&s, 0)));
         // A writer whose commit ended at 50: not until the store is there.
         assert!(s.get(&key("a"), now, 50).is_none());
         s.caught_up(50);
@@ -293,16 +356,20 @@ mod tests {
 
     #[test]
     fn the_byte_budget_evicts_the_oldest() {
-        let (mut s, now) = (Store::new(600), Instant::now());
+        let (mut s, now) = (Store::new(800), Instant::now());
         let reply = Bytes::from(vec![0u8; 100]);
         for k in ["a", "b", "c"] {
-            assert!(s.insert(key(k), entry(reply.clone(), tables(&["t"]), now, HOUR), 0));
+            assert!(s.insert(
+                key(k),
+                entry(reply.clone(), tables(&["t"]), now, HOUR),
+                at(&s, 0)
+            ));
         }
-        assert_eq!(s.len(), 2, "two fit in 600 bytes");
+        assert_eq!(s.len(), 2, "two fit in 800 bytes");
         assert!(s.get(&key("a"), now, 0).is_none());
         let big = Bytes::from(vec![0u8; 1000]);
-        assert!(!s.insert(key("d"), entry(big, tables(&["t"]), now, HOUR), 0));
-        s.apply(&changed(&["t"], 5));
+        assert!(!s.insert(key("d"), entry(big, tables(&["t"]), now, HOUR), at(&s, 0)));
+        s.apply(&changed(&["t"], 5), Instant::now());
         assert!(s.is_empty());
         assert_eq!(s.bytes, 0);
     }

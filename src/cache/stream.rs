@@ -31,6 +31,7 @@ pub struct ChangeStream {
     decoder: Decoder,
     /// The end of the last commit decoded (what the cache is fresh up to).
     pub applied: u64,
+    owes_reply: bool,
 }
 
 impl ChangeStream {
@@ -58,7 +59,7 @@ impl ChangeStream {
         command(
             &mut conn,
             &format!(
-                "START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}')"
+                "START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{publication}', messages 'true')"
             ),
             true,
         )
@@ -67,49 +68,66 @@ impl ChangeStream {
             conn,
             decoder: Decoder::default(),
             applied: 0,
+            owes_reply: false,
         })
     }
 
-    /// The next committed changes (answering keepalives on the way).
-    pub async fn next(&mut self) -> Result<Vec<Change>, StreamError> {
-        loop {
-            let f = self.conn.read_frame(MAX_FRAME).await?;
-            match f.tag {
-                b'd' => match self.decoder.copy_data(f.body())? {
-                    Frame::Changes(c) if c.is_empty() => {}
-                    Frame::Changes(c) => {
-                        if let Some(lsn) = c.iter().map(change_lsn).max() {
-                            self.applied = self.applied.max(lsn);
-                        }
-                        return Ok(c);
+    /// The next frame's meaning. Its one await is the read, so it may be
+    /// dropped unfinished (raced against a timer) without losing a byte.
+    pub async fn next(&mut self) -> Result<Event, StreamError> {
+        let f = self.conn.read_frame(MAX_FRAME).await?;
+        match f.tag {
+            b'd' => match self.decoder.copy_data(f.body())? {
+                Frame::Changes(c) if c.is_empty() => Ok(Event::Nothing),
+                Frame::Changes(c) => {
+                    if let Some(lsn) = c.iter().map(change_lsn).max() {
+                        self.applied = self.applied.max(lsn);
                     }
-                    Frame::Keepalive { wal_end, reply } => {
-                        // Nothing the publication covers happened up to
-                        // the server's WAL end: the cache is that fresh.
-                        self.applied = self.applied.max(wal_end);
-                        if reply {
-                            self.acknowledge().await?;
-                        }
-                    }
-                },
-                b'E' => {
-                    let e = ErrorFields::parse(f.body());
-                    return Err(StreamError::Refused(e.message_or_default().to_string()));
+                    Ok(Event::Changes(c))
                 }
-                _ => {}
+                Frame::Keepalive { wal_end, reply } => {
+                    // Everything the server decoded up to its send position
+                    // came before this: the cache is that fresh.
+                    self.applied = self.applied.max(wal_end);
+                    self.owes_reply |= reply;
+                    Ok(Event::CaughtUp(self.applied))
+                }
+            },
+            b'E' => {
+                let e = ErrorFields::parse(f.body());
+                Err(StreamError::Refused(e.message_or_default().to_string()))
             }
+            _ => Ok(Event::Nothing),
         }
     }
 
-    /// Tells the server what was applied, so it can let go of its WAL.
-    pub async fn acknowledge(&mut self) -> Result<(), StreamError> {
+    /// Tells the server what was applied (so it can let go of its WAL),
+    /// asking for a keepalive back with `ping`; also answers a keepalive
+    /// that asked for a reply.
+    pub async fn acknowledge(&mut self, ping: bool) -> Result<(), StreamError> {
+        self.owes_reply = false;
         let mut out = BytesMut::new();
         build::typed(&mut out, b'd', |b| {
-            b.extend_from_slice(&status_update(self.applied))
+            b.extend_from_slice(&status_update(self.applied, ping))
         });
         self.conn.write_all(&out).await?;
         Ok(())
     }
+
+    /// A keepalive asked for an answer that has not gone yet.
+    pub fn owes_reply(&self) -> bool {
+        self.owes_reply
+    }
+}
+
+/// What one frame of the stream says.
+#[derive(Debug)]
+pub enum Event {
+    /// Transactions committed, in commit order.
+    Changes(Vec<Change>),
+    /// Nothing more the publication covers up to this position.
+    CaughtUp(u64),
+    Nothing,
 }
 
 fn change_lsn(c: &Change) -> u64 {

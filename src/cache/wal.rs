@@ -121,8 +121,24 @@ impl Decoder {
                     .collect();
                 Ok((!tables.is_empty()).then_some(Change::Tables { tables, lsn }))
             }
-            // Type, origin, logical decoding message: nothing cached.
-            Some(b'Y' | b'O' | b'M') => Ok(None),
+            // A logical decoding message with sluice's prefix: the DDL
+            // event trigger the README describes says a definition
+            // changed (at its transaction's commit, or now).
+            Some(b'M') => {
+                let transactional = m.get(1).is_some_and(|f| *f & 1 == 1);
+                let lsn = u64_at(m, 2)?;
+                let (prefix, _) = take_cstr(&m[10..]).ok_or(Malformed("message prefix"))?;
+                if prefix != DDL_PREFIX.as_bytes() {
+                    return Ok(None);
+                }
+                if transactional {
+                    self.schema_changed = true;
+                    return Ok(None);
+                }
+                Ok(Some(Change::Schema { lsn }))
+            }
+            // Type, origin: nothing cached.
+            Some(b'Y' | b'O') => Ok(None),
             _ => Err(Malformed("unknown pgoutput message")),
         }
     }
@@ -158,15 +174,21 @@ impl Decoder {
     }
 }
 
-/// A Standby Status Update: everything up to `lsn` is applied.
-pub fn status_update(lsn: u64) -> Vec<u8> {
+/// The prefix of the logical decoding messages (`pg_logical_emit_message`)
+/// that announce DDL.
+pub const DDL_PREFIX: &str = "sluice_cache";
+
+/// A Standby Status Update: everything up to `lsn` is applied; with
+/// `reply`, the server answers at once with a keepalive carrying how far
+/// it has sent (a ping).
+pub fn status_update(lsn: u64, reply: bool) -> Vec<u8> {
     let mut b = Vec::with_capacity(34);
     b.push(b'r');
     for _ in 0..3 {
         b.extend_from_slice(&lsn.to_be_bytes());
     }
     b.extend_from_slice(&0i64.to_be_bytes());
-    b.push(0);
+    b.push(u8::from(reply));
     b
 }
 
@@ -265,6 +287,6 @@ mod tests {
         assert!(d.copy_data(&xlog(b"I\0")).is_err());
         assert!(d.copy_data(&xlog(b"R\0\0\0\x07public")).is_err());
         assert!(d.copy_data(b"").is_err());
-        assert_eq!(status_update(5).len(), 34);
+        assert_eq!(status_update(5, false).len(), 34);
     }
 }

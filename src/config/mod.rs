@@ -1,6 +1,7 @@
 //! Configuration: `pooler.toml` read by serde (`raw`), then checked and
 //! converted into the typed `Config` the rest of sluice uses (`validate`).
 
+pub mod cache;
 mod raw;
 mod routing;
 pub use routing::PrimaryFunctions;
@@ -134,6 +135,8 @@ pub struct General {
     /// May use the console's SHOW commands only.
     pub stats_users: Vec<String>,
     pub routing: Routing,
+    /// The result cache's shared settings.
+    pub cache: cache::CacheSettings,
 }
 
 /// Read/write routing settings (databases with replicas).
@@ -248,6 +251,9 @@ pub struct Database {
     pub pool_mode: Option<PoolMode>,
     pub max_db_connections: Option<usize>,
     pub route: DbRoute,
+    /// `[[databases.NAME.cache]]`: which reads sluice answers itself
+    /// (none: the cache is off for this database).
+    pub cache: Vec<cache::CacheRule>,
 }
 
 #[derive(Clone, PartialEq, Eq)]

@@ -56,6 +56,10 @@ pub struct RawGeneral {
     pub admin_reserved_connections: u32,
     pub default_application_name: String,
     pub max_notification_backlog: String,
+    pub cache_size: String,
+    pub max_cache_lag: String,
+    pub cache_publication: String,
+    pub cache_settle: String,
     pub max_user_client_connections: u32,
     pub max_db_client_connections: u32,
     pub auth_hba_file: Option<String>,
@@ -118,6 +122,10 @@ impl Default for RawGeneral {
             admin_reserved_connections: 5,
             default_application_name: String::new(),
             max_notification_backlog: "1MB".into(),
+            cache_size: super::cache::DEFAULT_SIZE.into(),
+            max_cache_lag: super::cache::DEFAULT_MAX_LAG.into(),
+            cache_publication: super::cache::DEFAULT_PUBLICATION.into(),
+            cache_settle: super::cache::DEFAULT_SETTLE.into(),
             max_user_client_connections: 0,
             max_db_client_connections: 0,
             auth_hba_file: None,
@@ -156,6 +164,8 @@ pub struct RawDatabase {
     pub pool_mode: Option<String>,
     pub max_db_connections: Option<u32>,
     pub route: Option<String>,
+    #[serde(default)]
+    pub cache: Vec<super::cache::RawCacheRule>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,8 +166,16 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = on_session_state(g, p);
     let routing = super::routing::routing(g, &mut |k, m| p.add(k, m));
+    let cache = super::cache::settings(
+        &g.cache_size,
+        &g.max_cache_lag,
+        &g.cache_publication,
+        &g.cache_settle,
+        &mut |k, m| p.add(k, m),
+    );
     Some(General {
         routing: routing?,
+        cache: cache?,
         pool_mode: mode?,
         query_wait_timeout: query_wait_timeout?,
         server_connect_timeout: server_connect_timeout?,
@@ -375,6 +383,7 @@ fn database(name: &str, d: &RawDatabase, p: &mut Problems) -> Option<Database> {
         pool_mode: mode,
         max_db_connections: d.max_db_connections.map(|n| n as usize),
         route: super::routing::db_route(&key, d.route.as_deref(), &mut |k, m| p.add(k, m))?,
+        cache: super::cache::rules(&key, &d.cache, &mut |k, m| p.add(k, m))?,
     })
 }
 

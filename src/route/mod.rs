@@ -120,7 +120,9 @@ impl Routes {
         {
             let old = self.topologies.lock().unwrap_or_else(|p| p.into_inner());
             for (name, db) in &config.databases {
-                if db.replicas.is_empty() {
+                // The result cache reads the primary's samples too: a client
+                // that wrote reads its writes from it as from a replica.
+                if db.replicas.is_empty() && db.cache.is_empty() {
                     continue;
                 }
                 let want = replicas::Settings::from_config(config, db);

@@ -2,6 +2,7 @@
 //! authentication, the first server checkout, then the pool mode's loop
 //! (`session_mode` here, `pooled` for transaction and statement pooling).
 
+pub mod caching;
 pub mod cancel;
 mod cleanup;
 mod database_ddl;

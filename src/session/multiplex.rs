@@ -576,6 +576,27 @@ impl Multiplex {
         }
     }
 
+    /// The cached reply to the request `buf` holds, consumed; None when
+    /// it needs a server (a cacheable one is then recorded).
+    pub fn answer_from_cache(&mut self, buf: &mut BytesMut) -> Option<bytes::Bytes> {
+        if self.pins.is_pinned() {
+            return None;
+        }
+        let r = self.routing.as_deref_mut()?;
+        let c = r.cache.as_mut()?;
+        let vars = &self.vars;
+        let (statements, known) = match self.statements.as_deref_mut() {
+            Some(st) => (Some(&mut st.client), st.known.as_ref()),
+            None => (None, None),
+        };
+        let generation = known.map_or(0, |k| k.generation());
+        let path = search_path(vars);
+        let routing = Some((&*r.topo, &mut r.need));
+        c.answer(buf, vars, statements, routing, |rest| {
+            super::prepared::define(rest, path, generation)
+        })
+    }
+
     /// Answers a batch of known Parses / Closes ending in Sync without a
     /// server (see `Statements::answer_without_server`).
     pub fn answer_without_server(&mut self, buf: &mut BytesMut, max: usize) -> Answer {
@@ -631,12 +652,13 @@ impl Multiplex {
             }
             BackendTag::ReadyForQuery => match inspect::ready_status(body) {
                 Some(TxnStatus::Idle) => {
-                    if std::mem::take(&mut self.watch.ddl)
-                        && !self.failed
-                        && !self.rolled_back
-                        && let Some(st) = &self.statements
-                    {
-                        st.schema_changed();
+                    if std::mem::take(&mut self.watch.ddl) && !self.failed && !self.rolled_back {
+                        if let Some(st) = &self.statements {
+                            st.schema_changed();
+                        }
+                        if let Some(c) = self.routing.as_ref().and_then(|r| r.cache.as_ref()) {
+                            c.schema_changed();
+                        }
                     }
                     if let Some(l) = self.listen.as_deref_mut() {
                         l.ended(!self.failed && !self.rolled_back);

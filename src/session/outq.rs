@@ -18,12 +18,17 @@ pub struct OutQueue {
     head: Bytes,
     rest: VecDeque<Bytes>,
     len: usize,
+    /// A cacheable read's reply being recorded as it is queued.
+    pub record: Option<Box<super::caching::Recording>>,
 }
 
 impl OutQueue {
     pub fn push(&mut self, b: Bytes) {
         if b.is_empty() {
             return;
+        }
+        if let Some(r) = self.record.as_deref_mut() {
+            r.push(&b);
         }
         self.len += b.len();
         if self.head.is_empty() {

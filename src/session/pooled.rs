@@ -79,6 +79,12 @@ pub(crate) fn run<'a>(
                 .hub(&m.database, &m.user, &m.target, g.max_notification_backlog);
         mux.listen = Some(Box::new(ClientListen::new(hub, entry, key.pid)));
     }
+    if let Some(c) = ctx.shared.caches.get(&ctx.database)
+        && let Some(r) = mux.routing.as_deref_mut()
+    {
+        let user = &ctx.pool.manager().user;
+        r.cache = Some(super::caching::ClientCache::new(c, user));
+    }
     build::backend_key_data(&mut greeting, key.pid, key.secret);
     build::ready_for_query(&mut greeting, TxnStatus::Idle);
     pipe.send_client(greeting.freeze());
@@ -114,7 +120,15 @@ pub(crate) fn run<'a>(
                                 read_more = true;
                                 continue;
                             }
-                            Answer::NeedServer => None,
+                            Answer::NeedServer => {
+                                match s.mux.answer_from_cache(pipe.client_buffer()) {
+                                    Some(reply) => {
+                                        pipe.send_client(reply);
+                                        continue;
+                                    }
+                                    None => None,
+                                }
+                            }
                         }
                     }
                     Waited::Terminated | Waited::Gone => return Ok(()),
@@ -216,6 +230,13 @@ impl Pooled<'_> {
         ctx.client.set_state(ClientState::Active);
         ctx.client.hold(server.key.0, &server.addr);
         let mux = &mut self.mux;
+        if let Some(r) = mux.routing.as_deref_mut()
+            && let Some(c) = r.cache.as_mut()
+            && let Some(max) = c.recording()
+        {
+            c.checked_out(role, Some(&r.topo));
+            pipe.start_recording(max);
+        }
         let _outstanding = mux.routing.as_mut().and_then(|r| {
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
@@ -238,6 +259,15 @@ impl Pooled<'_> {
         };
         tracing::trace!(?end, "server given up");
         self.key.slot.disarm();
+        let recording = pipe.take_recording();
+        if let Some(c) = self
+            .mux
+            .routing
+            .as_deref_mut()
+            .and_then(|r| r.cache.as_mut())
+        {
+            c.finish(recording, matches!(end, RelayEnd::Release));
+        }
         match end {
             RelayEnd::Release => {
                 // Rare, so boxed: the usual transaction's future stays small.

@@ -33,6 +33,7 @@ use crate::signal::Signal;
 mod from_client;
 mod from_server;
 mod read;
+mod stamp;
 
 use read::{arming_is_safe, poll_read_armed, poll_read_idle};
 
@@ -181,8 +182,8 @@ pub struct Pipe {
     /// The request in flight is such a batch: it is not run a third time.
     retrying: bool,
     /// When the request and the transaction in flight began (pool stats).
-    query_start: Option<Instant>,
-    xact_start: Option<Instant>,
+    query_start: Option<stamp::Stamp>,
+    xact_start: Option<stamp::Stamp>,
     /// Bytes forwarded since the last flush into the pool's stats.
     received: u64,
     sent: u64,
@@ -241,6 +242,19 @@ impl Pipe {
     /// The client's buffered bytes, for answering without a server.
     pub fn client_buffer(&mut self) -> &mut BytesMut {
         &mut self.client.rbuf
+    }
+
+    /// Records what the client is sent from now on (a cacheable read's
+    /// reply), up to `max` bytes.
+    pub fn start_recording(&mut self, max: usize) {
+        self.to_client.record = Some(Box::new(super::caching::Recording {
+            max,
+            ..Default::default()
+        }));
+    }
+
+    pub fn take_recording(&mut self) -> Option<Box<super::caching::Recording>> {
+        self.to_client.record.take()
     }
 
     /// Queues bytes sluice made itself (greeting, notices, errors) for the client.

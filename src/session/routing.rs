@@ -68,6 +68,9 @@ pub struct ClientRouting {
     /// client's buffer, and its length: the first `check` on the replica it
     /// chose is about that same request, and need not classify it again.
     decided: Option<(Class, usize)>,
+    /// The database's result cache, when it has cache rules (kept here,
+    /// in the box, as it needs the routing's view of the primary).
+    pub cache: Option<super::caching::ClientCache>,
 }
 
 impl std::fmt::Debug for ClientRouting {
@@ -143,6 +146,7 @@ impl ClientRouting {
             force_primary: false,
             views: Vec::new(),
             decided: None,
+            cache: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! logical replication stream (temporary slot, pgoutput) that names the
 //! tables each committed transaction changed, whoever made the change.
 
-use sluice::cache::stream::ChangeStream;
+use sluice::cache::stream::{ChangeStream, Event};
 use sluice::cache::wal::Change;
 
 use crate::harness::{Cluster, DB, config_for};
@@ -20,10 +20,16 @@ fn tables(c: &[Change]) -> Vec<String> {
 }
 
 async fn next(s: &mut ChangeStream) -> Vec<Change> {
-    tokio::time::timeout(std::time::Duration::from_secs(20), s.next())
+    let changes = async {
+        loop {
+            if let Event::Changes(c) = s.next().await.expect("the stream is open") {
+                return c;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), changes)
         .await
         .expect("changes within 20s")
-        .expect("the stream is open")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,5 +83,30 @@ async fn committed_changes_name_their_tables_from_any_client() {
         "ALTER TABLE cs_orders ADD COLUMN z int; INSERT INTO cs_orders VALUES (2, 'c', 3)",
     );
     assert_eq!(tables(&next(&mut s).await), ["(schema)"]);
-    s.acknowledge().await.unwrap();
+    // DDL announced by the event trigger's message, no row changed.
+    cluster.primary.psql(
+        DB,
+        "SELECT pg_logical_emit_message(true, 'sluice_cache', 'ddl')",
+    );
+    assert_eq!(tables(&next(&mut s).await), ["(schema)"]);
+    // A ping: the server says at once how far it has sent.
+    let before = s.applied;
+    cluster.primary.psql(
+        DB,
+        "CREATE TABLE cs_unpublished (x int); INSERT INTO cs_unpublished VALUES (1)",
+    );
+    let caught = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            s.acknowledge(true).await.unwrap();
+            let one = std::time::Duration::from_millis(200);
+            if let Ok(Ok(Event::CaughtUp(lsn))) = tokio::time::timeout(one, s.next()).await
+                && lsn > before
+            {
+                return lsn;
+            }
+        }
+    })
+    .await
+    .expect("a keepalive answers the ping");
+    assert!(caught > before);
 }

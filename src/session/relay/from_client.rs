@@ -312,6 +312,9 @@ impl Pipe {
 
     pub(super) fn forward_client(&mut self, n: usize) {
         self.received += n as u64;
+        if let Some(r) = self.to_client.record.as_deref_mut() {
+            r.client_bytes += n;
+        }
         if n > 0 {
             let chunk = self.client.rbuf.split_to(n).freeze();
             self.to_server.push(chunk);
@@ -321,7 +324,7 @@ impl Pipe {
     /// Starts timing a request (and a transaction) when none is in flight.
     pub(super) fn request_started(&mut self, tag: FrontendTag) {
         if self.query_start.is_none() && starts_request(tag) {
-            let now = Instant::now();
+            let now = super::stamp::Stamp::at(Instant::now());
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }

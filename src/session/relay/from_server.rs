@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::time::Instant;
 
+use super::stamp::Stamp;
 use super::{Pipe, RelayEnd};
 use crate::error::ServerError;
 use crate::protocol::build;
@@ -337,17 +338,17 @@ impl Pipe {
             return;
         };
         if let Some(q) = self.query_start.take() {
-            st.query(now - q);
+            st.query(now - q.instant());
         }
         if !server_idle {
-            self.query_start = Some(now); // a pipelined request is next
+            self.query_start = Some(Stamp::at(now)); // a pipelined request is next
         }
         if status == Some(TxnStatus::Idle)
             && let Some(x) = self.xact_start.take()
         {
-            st.xact(now - x);
+            st.xact(now - x.instant());
             if self.query_start.is_some() {
-                self.xact_start = Some(now);
+                self.xact_start = Some(Stamp::at(now));
             }
         }
         st.bytes(
