@@ -146,7 +146,96 @@ fn counters(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         c.inc_by(value);
         r.register(Box::new(c))?;
     }
-    listening(r, shared)
+    listening(r, shared)?;
+    caching(r, shared)
+}
+
+/// The result caches: hits and misses, what was stored and dropped, and
+/// whether (and how far behind) each invalidation stream runs.
+fn caching(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let counter = |name: &str, help: &str| -> prometheus::Result<prometheus::IntCounterVec> {
+        let c = prometheus::IntCounterVec::new(Opts::new(name, help), &["database"])?;
+        r.register(Box::new(c.clone()))?;
+        Ok(c)
+    };
+    let hits = counter(
+        "sluice_cache_hits_total",
+        "Reads answered from the result cache",
+    )?;
+    let misses = counter(
+        "sluice_cache_misses_total",
+        "Cacheable reads that went to a server",
+    )?;
+    let stored = counter("sluice_cache_stored_total", "Results stored in the cache")?;
+    let not_stored = counter(
+        "sluice_cache_not_stored_total",
+        "Cacheable results not stored: too large, not a clean reply, or a change may have passed them",
+    )?;
+    let invalidated = counter(
+        "sluice_cache_invalidations_total",
+        "Cached results dropped because a table they read changed",
+    )?;
+    let resets = counter(
+        "sluice_cache_resets_total",
+        "Times the whole cache was emptied (schema change, stream lost)",
+    )?;
+    let losses = counter(
+        "sluice_cache_stream_losses_total",
+        "Times the invalidation stream was lost or could not start (caching off meanwhile)",
+    )?;
+    let entries = gauge_vec(
+        r,
+        "sluice_cache_entries",
+        "Results in the cache",
+        &["database"],
+    )?;
+    let bytes = gauge_vec(
+        r,
+        "sluice_cache_bytes",
+        "Bytes the cache holds",
+        &["database"],
+    )?;
+    let up = gauge_vec(
+        r,
+        "sluice_cache_stream_up",
+        "1 when the invalidation stream runs and the cache answers",
+        &["database"],
+    )?;
+    let lag = GaugeVec::new(
+        Opts::new(
+            "sluice_cache_lag_seconds",
+            "How long ago the primary was where the cache's invalidations are applied up to",
+        ),
+        &["database"],
+    )?;
+    r.register(Box::new(lag.clone()))?;
+    for c in shared.caches.all() {
+        let l = [c.database.as_str()];
+        let n = &c.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        hits.with_label_values(&l).inc_by(get(&n.hits));
+        misses.with_label_values(&l).inc_by(get(&n.misses));
+        stored.with_label_values(&l).inc_by(get(&n.stored));
+        not_stored.with_label_values(&l).inc_by(get(&n.not_stored));
+        invalidated
+            .with_label_values(&l)
+            .inc_by(get(&n.invalidated));
+        resets.with_label_values(&l).inc_by(get(&n.resets));
+        losses.with_label_values(&l).inc_by(get(&n.stream_losses));
+        let rep = c.report();
+        entries
+            .with_label_values(&l)
+            .set(i64::try_from(rep.entries).unwrap_or(i64::MAX));
+        bytes
+            .with_label_values(&l)
+            .set(i64::try_from(rep.bytes).unwrap_or(i64::MAX));
+        up.with_label_values(&l).set(i64::from(rep.streaming));
+        let topo = shared.routes.topology(&c.database);
+        if let Some(d) = c.lag(topo.as_deref()) {
+            lag.with_label_values(&l).set(d.as_secs_f64());
+        }
+    }
+    Ok(())
 }
 
 /// Listening clients and channels, per pool with a LISTEN hub.

@@ -101,6 +101,7 @@ async fn command(shared: &Shared, role: Role, sql: &str, out: &mut BytesMut) {
             "servers" => show::servers(shared),
             "lists" => show::lists(shared),
             "routing" => show::routing(shared),
+            "cache" => show::cache(shared),
             _ => {
                 let msg = format!("unknown SHOW: {what}");
                 return fail(out, (sqlstate::SYNTAX_ERROR, msg));

@@ -207,6 +207,64 @@ pub fn routing(shared: &Shared) -> Table {
     Table { columns, rows }
 }
 
+/// The result cache of each database with cache rules.
+pub fn cache(shared: &Shared) -> Table {
+    let columns = vec![
+        "database",
+        "streaming",
+        "entries",
+        "bytes",
+        "hits",
+        "misses",
+        "hit_ratio",
+        "stored",
+        "not_stored",
+        "invalidations",
+        "resets",
+        "stream_losses",
+        "lag_ms",
+        "applied_lsn",
+        "problem",
+    ];
+    let mut rows = Vec::new();
+    for c in shared.caches.all() {
+        let r = c.report();
+        let n = &c.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let (hits, misses) = (get(&n.hits), get(&n.misses));
+        let ratio = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        let topo = shared.routes.topology(&c.database);
+        let lag = c.lag(topo.as_deref()).map(|d| d.as_millis());
+        let trouble = c.trouble.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        rows.push(vec![
+            some(&c.database),
+            some(r.streaming),
+            some(r.entries),
+            some(r.bytes),
+            some(hits),
+            some(misses),
+            some(format!("{ratio:.3}")),
+            some(get(&n.stored)),
+            some(get(&n.not_stored)),
+            some(get(&n.invalidated)),
+            some(get(&n.resets)),
+            some(get(&n.stream_losses)),
+            lag.map(|l| l.to_string()),
+            some(format!(
+                "{:X}/{:X}",
+                r.applied >> 32,
+                r.applied & 0xffff_ffff
+            )),
+            trouble,
+        ]);
+    }
+    Table { columns, rows }
+}
+
 pub fn users(config: &Config) -> Table {
     let rows = config
         .users

@@ -203,6 +203,14 @@ impl DbCache {
         }
     }
 
+    /// How long ago the primary was where the store is now (the lag of
+    /// the invalidation stream), by the routing monitor's samples.
+    pub fn lag(&self, topo: Option<&crate::route::Topology>) -> Option<Duration> {
+        let t = topo?;
+        t.latest()?;
+        Some(t.lag_of(self.position().0, Instant::now()).0)
+    }
+
     fn heard_now(&self) {
         *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }

@@ -32,7 +32,6 @@ pub struct ClientCache {
 struct Pending {
     key: Key,
     candidate: Arc<Candidate>,
-    request_len: usize,
     applied: u64,
     epoch: u64,
     began: Instant,
@@ -48,8 +47,6 @@ pub struct Recording {
     pub len: usize,
     pub max: usize,
     pub over: bool,
-    /// Client bytes forwarded to the server meanwhile.
-    pub client_bytes: usize,
 }
 
 impl Recording {
@@ -294,7 +291,6 @@ impl ClientCache {
         self.pending = Some(Box::new(Pending {
             key,
             candidate,
-            request_len: len,
             applied,
             epoch,
             began,
@@ -334,12 +330,14 @@ impl ClientCache {
 
     /// The server went back after the recorded request (`released`: in a
     /// clean state): its reply is stored when it is one clean answer.
+    /// Anything else the client sent while the server was held would have
+    /// held the server until its own ReadyForQuery, which `clean_reply`
+    /// refuses: the reply recorded is the request's alone.
     pub fn finish(&mut self, recording: Option<Box<Recording>>, released: bool) {
         let Some(p) = self.pending.take() else {
             return;
         };
-        let Some(r) = recording.filter(|r| released && !r.over && r.client_bytes == p.request_len)
-        else {
+        let Some(r) = recording.filter(|r| released && !r.over) else {
             self.db.count_not_stored();
             return;
         };

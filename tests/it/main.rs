@@ -8,6 +8,7 @@ mod harness;
 mod admin;
 mod auth;
 mod bad_input;
+mod cache;
 mod cache_stream;
 mod cancel;
 mod cli;

@@ -312,9 +312,6 @@ impl Pipe {
 
     pub(super) fn forward_client(&mut self, n: usize) {
         self.received += n as u64;
-        if let Some(r) = self.to_client.record.as_deref_mut() {
-            r.client_bytes += n;
-        }
         if n > 0 {
             let chunk = self.client.rbuf.split_to(n).freeze();
             self.to_server.push(chunk);

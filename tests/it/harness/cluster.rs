@@ -113,7 +113,7 @@ fn template() -> &'static PathBuf {
             .expect("chmod server.key");
         let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\n\
                     synchronous_commit = off\nmax_connections = 300\nshared_buffers = 32MB\n\
-                    max_wal_senders = 10\nwal_level = logical\nhot_standby = on\nlogging_collector = off\n\
+                    max_wal_senders = 40\nmax_replication_slots = 40\nwal_level = logical\nhot_standby = on\nlogging_collector = off\n\
                     log_min_messages = warning\nssl = on\n";
         append(&data.join("postgresql.conf"), conf);
         give_to_postgres(&root);
