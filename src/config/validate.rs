@@ -124,16 +124,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
             .map_err(|e| format!("\"{}\" is not an address:port ({e})", g.listen_addr)),
     );
     let auth_type = auth_type(g, p);
-    let metrics_addr = match &g.metrics_addr {
-        None => Some(None),
-        Some(a) => p
-            .check(
-                "general.metrics_addr",
-                a.parse::<SocketAddr>()
-                    .map_err(|e| format!("\"{a}\" is not an address:port ({e})")),
-            )
-            .map(Some),
-    };
+    let metrics_addr = metrics_addr(g, p);
     let max_packet_size = p.check("general.max_packet_size", parse_size(&g.max_packet_size));
     let max_notification_backlog = p.check(
         "general.max_notification_backlog",
@@ -166,13 +157,7 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
     let reserve_pool_timeout = duration("reserve_pool_timeout", &g.reserve_pool_timeout, p);
     let reject_session_state = on_session_state(g, p);
     let routing = super::routing::routing(g, &mut |k, m| p.add(k, m));
-    let cache = super::cache::settings(
-        &g.cache_size,
-        &g.max_cache_lag,
-        &g.cache_publication,
-        &g.cache_settle,
-        &mut |k, m| p.add(k, m),
-    );
+    let cache = cache(g, p);
     Some(General {
         routing: routing?,
         cache: cache?,
@@ -221,6 +206,28 @@ fn general(g: &RawGeneral, p: &mut Problems) -> Option<General> {
         max_packet_size: max_packet_size?,
         auth_type: auth_type?,
     })
+}
+
+fn metrics_addr(g: &RawGeneral, p: &mut Problems) -> Option<Option<SocketAddr>> {
+    let Some(a) = &g.metrics_addr else {
+        return Some(None);
+    };
+    p.check(
+        "general.metrics_addr",
+        a.parse::<SocketAddr>()
+            .map_err(|e| format!("\"{a}\" is not an address:port ({e})")),
+    )
+    .map(Some)
+}
+
+fn cache(g: &RawGeneral, p: &mut Problems) -> Option<super::cache::CacheSettings> {
+    super::cache::settings(
+        &g.cache_size,
+        &g.max_cache_lag,
+        &g.cache_publication,
+        &g.cache_settle,
+        &mut |k, m| p.add(k, m),
+    )
 }
 
 /// Numbers and texts of [general] that have bounds of their own.

@@ -230,13 +230,7 @@ impl Pooled<'_> {
         ctx.client.set_state(ClientState::Active);
         ctx.client.hold(server.key.0, &server.addr);
         let mux = &mut self.mux;
-        if let Some(r) = mux.routing.as_deref_mut()
-            && let Some(c) = r.cache.as_mut()
-            && let Some(max) = c.recording()
-        {
-            c.checked_out(role, Some(&r.topo));
-            pipe.start_recording(max);
-        }
+        start_recording(mux, pipe, role);
         let _outstanding = mux.routing.as_mut().and_then(|r| {
             r.checked_out(role);
             Outstanding::new(&r.topo, role)
@@ -259,15 +253,7 @@ impl Pooled<'_> {
         };
         tracing::trace!(?end, "server given up");
         self.key.slot.disarm();
-        let recording = pipe.take_recording();
-        if let Some(c) = self
-            .mux
-            .routing
-            .as_deref_mut()
-            .and_then(|r| r.cache.as_mut())
-        {
-            c.finish(recording, matches!(end, RelayEnd::Release));
-        }
+        finish_recording(&mut self.mux, pipe, matches!(end, RelayEnd::Release));
         match end {
             RelayEnd::Release => {
                 // Rare, so boxed: the usual transaction's future stays small.
@@ -299,15 +285,7 @@ impl Pooled<'_> {
                 None
             }
             RelayEnd::ReplicaSilent { retry } => {
-                let server = checkout.server();
-                let target = crate::session::cancel::CancelTarget {
-                    addr: ctx.addr_of(role).clone(),
-                    pid: server.key.0,
-                    secret: server.key.1,
-                };
-                tracing::warn!(database = %ctx.database, replica = %target.addr, retry, "replica stopped answering with a request in flight: cancelled there and given up");
-                let timeout = ctx.config.general.server_connect_timeout;
-                tokio::spawn(async move { crate::session::cancel::send(&target, timeout).await });
+                cancel_silent(&mut checkout, ctx, role, retry);
                 if !retry {
                     let end = RelayEnd::ReplicaSilent { retry };
                     return Some(Box::pin(finish(checkout, end, ctx.config)).await);
@@ -324,6 +302,40 @@ impl Pooled<'_> {
             other => Some(Box::pin(self.end(checkout, other, ctx)).await),
         }
     }
+}
+
+/// A cached read that missed: its reply is recorded from the moment a
+/// server is held, as of the position that server has.
+fn start_recording(mux: &mut Multiplex, pipe: &mut Pipe, role: Target) {
+    if let Some(r) = mux.routing.as_deref_mut()
+        && let Some(c) = r.cache.as_mut()
+        && let Some(max) = c.recording()
+    {
+        c.checked_out(role, Some(&r.topo));
+        pipe.start_recording(max);
+    }
+}
+
+/// Stores what was recorded if the server went back cleanly.
+fn finish_recording(mux: &mut Multiplex, pipe: &mut Pipe, released: bool) {
+    let recording = pipe.take_recording();
+    if let Some(c) = mux.routing.as_deref_mut().and_then(|r| r.cache.as_mut()) {
+        c.finish(recording, released);
+    }
+}
+
+/// A replica that stopped answering mid-request: its query is cancelled
+/// there, in the background, before the connection is given up.
+fn cancel_silent(checkout: &mut Checkout, ctx: &Ctx<'_>, role: Target, retry: bool) {
+    let server = checkout.server();
+    let target = crate::session::cancel::CancelTarget {
+        addr: ctx.addr_of(role).clone(),
+        pid: server.key.0,
+        secret: server.key.1,
+    };
+    tracing::warn!(database = %ctx.database, replica = %target.addr, retry, "replica stopped answering with a request in flight: cancelled there and given up");
+    let timeout = ctx.config.general.server_connect_timeout;
+    tokio::spawn(async move { crate::session::cancel::send(&target, timeout).await });
 }
 
 /// After a transaction that may have changed session settings in ways the

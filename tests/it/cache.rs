@@ -495,13 +495,12 @@ async fn ddl_empties_the_cache_whoever_runs_it() {
             .simple_query("SELECT * FROM cd_t WHERE id = 1")
             .await
             .unwrap();
-        match rows.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.len()),
-            _ => None,
-        }) {
-            Some(n) => n,
-            None => 0,
-        }
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.len()),
+                _ => None,
+            })
+            .unwrap_or_default()
     };
     let before = hits(&s);
     wait_until(20, "a hit", || async {
