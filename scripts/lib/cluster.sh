@@ -12,7 +12,8 @@ cluster_dir() {
     if [ "$(id -u)" = 0 ]; then chown postgres "$DIR"; fi
 }
 
-# start_primary PORT [max_connections]
+# start_primary PORT [max_connections]: $PRIMARY_CONF, if set, goes into
+# its postgresql.conf too.
 start_primary() {
     as_pg "$PG_BIN/initdb" -D "$DIR/primary" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
     cat >> "$DIR/primary/postgresql.conf" <<CONF
@@ -20,6 +21,7 @@ port = $1
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DIR'
 max_connections = ${2:-200}
+${PRIMARY_CONF:-}
 CONF
     cat > "$DIR/primary/pg_hba.conf" <<HBA
 local all all trust
