@@ -10,7 +10,8 @@
 # cache_check.py found: reads checked against the checker's own writes and
 # against direct reads, and how many were stale (must be 0).
 # Knobs: DURATION (s per run), ROUNDS, CLIENTS, POOL, KEYS, WRITES, MODE
-# (pgbench -M), MAX_LAG (max_cache_lag), SCENARIOS, CHECKERS (threads).
+# (pgbench -M), MAX_LAG (max_cache_lag), SCENARIOS, TARGETS, CHECKERS
+# (threads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/prereqs.sh
@@ -31,7 +32,7 @@ MODE=${MODE:-simple}
 MAX_LAG=${MAX_LAG:-1s}
 CHECKERS=${CHECKERS:-2}
 SCENARIOS=${SCENARIOS:-"mixed select-only"}
-TARGETS="cache nocache pgbouncer direct"
+TARGETS=${TARGETS:-"cache nocache pgbouncer direct"}
 
 cluster_dir cache
 PLAIN_PID=

@@ -10,7 +10,8 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use sqlparser::ast::{
-    Expr, Ident, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, Visitor,
+    BinaryOperator, Expr, Ident, ObjectName, ObjectNamePart, Query, SetExpr, Statement,
+    TableFactor, Value, Visit, Visitor,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -106,8 +107,31 @@ const SESSION_VALUES: &[&str] = &[
     "user",
 ];
 
-/// The tables `sql` reads, when its result may be cached; None when not.
-pub fn cacheable(sql: &str) -> Option<BTreeSet<Table>> {
+/// What a cacheable statement reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readable {
+    pub tables: BTreeSet<Table>,
+    /// When it reads one table, once, and its WHERE requires a column to
+    /// equal an integer or a parameter: only rows with that value matter.
+    pub row: Option<RowKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowKey {
+    /// As PostgreSQL names it (unquoted names folded to lower case).
+    pub column: String,
+    pub value: KeyValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyValue {
+    Int(i64),
+    /// `$n`, as an index from 0.
+    Param(usize),
+}
+
+/// What `sql` reads, when its result may be cached; None when not.
+pub fn cacheable(sql: &str) -> Option<Readable> {
     let dialect = PostgreSqlDialect {};
     let stmts = Parser::new(&dialect)
         .with_recursion_limit(100)
@@ -124,12 +148,95 @@ pub fn cacheable(sql: &str) -> Option<BTreeSet<Table>> {
     if q.visit(&mut f).is_break() || f.tables.is_empty() {
         return None;
     }
-    Some(f.tables)
+    let row = if f.relations == 1 { row_key(q) } else { None };
+    Some(Readable {
+        tables: f.tables,
+        row,
+    })
+}
+
+/// `SELECT ... FROM t [alias] WHERE ... AND col = <integer or $n> AND ...`
+/// with no other table, CTE or set operation.
+fn row_key(q: &Query) -> Option<RowKey> {
+    if q.with.is_some() {
+        return None;
+    }
+    let SetExpr::Select(s) = q.body.as_ref() else {
+        return None;
+    };
+    let [from] = s.from.as_slice() else {
+        return None;
+    };
+    if !from.joins.is_empty() {
+        return None;
+    }
+    let TableFactor::Table { name, alias, .. } = &from.relation else {
+        return None;
+    };
+    let qualifier = match alias {
+        Some(a) => part(&a.name),
+        None => parts(name).pop()?,
+    };
+    key_in(s.selection.as_ref()?, &qualifier)
+}
+
+/// A conjunct of `e` that is `column = value`.
+fn key_in(e: &Expr, qualifier: &str) -> Option<RowKey> {
+    match e {
+        Expr::Nested(inner) => key_in(inner, qualifier),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => key_in(left, qualifier).or_else(|| key_in(right, qualifier)),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => column_is(left, right, qualifier).or_else(|| column_is(right, left, qualifier)),
+        _ => None,
+    }
+}
+
+fn column_is(column: &Expr, value: &Expr, qualifier: &str) -> Option<RowKey> {
+    let column = match column {
+        Expr::Identifier(i) => part(i),
+        Expr::CompoundIdentifier(ids) => match ids.as_slice() {
+            [q, c] if part(q) == qualifier => part(c),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let Expr::Value(v) = value else {
+        return None;
+    };
+    let value = match &v.value {
+        Value::Number(n, false) => KeyValue::Int(integer(n.as_bytes())?),
+        Value::SingleQuotedString(s) => KeyValue::Int(integer(s.as_bytes())?),
+        Value::Placeholder(p) => {
+            let n: usize = p.strip_prefix('$')?.parse().ok()?;
+            KeyValue::Param(n.checked_sub(1)?)
+        }
+        _ => return None,
+    };
+    Some(RowKey { column, value })
+}
+
+/// An integer written plainly (`-?[0-9]+`, in range): PostgreSQL reads it
+/// as that integer, and writes it back as `i64::to_string` does.
+pub fn integer(b: &[u8]) -> Option<i64> {
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 #[derive(Default)]
 struct Reads {
     tables: BTreeSet<Table>,
+    /// Relations named, counting repeats.
+    relations: usize,
 }
 
 fn part(i: &Ident) -> String {
@@ -173,6 +280,7 @@ impl Visitor for Reads {
             return ControlFlow::Break(());
         }
         self.tables.insert(Table { schema, name });
+        self.relations += 1;
         ControlFlow::Continue(())
     }
 
@@ -235,7 +343,8 @@ mod tests {
 
     fn names(sql: &str) -> Option<Vec<String>> {
         cacheable(sql).map(|t| {
-            t.into_iter()
+            t.tables
+                .into_iter()
                 .map(|t| match t.schema {
                     Some(s) => format!("{s}.{}", t.name),
                     None => t.name,
@@ -261,6 +370,59 @@ mod tests {
             Some(vec!["t".into(), "users".into()]),
             "a CTE's name counts too: dropping more than needed is fine"
         );
+    }
+
+    fn row(sql: &str) -> Option<(String, KeyValue)> {
+        cacheable(sql)
+            .expect("cacheable")
+            .row
+            .map(|r| (r.column, r.value))
+    }
+
+    #[test]
+    fn a_read_of_one_table_by_key_says_which_rows() {
+        let id = |v| Some(("id".to_string(), v));
+        assert_eq!(row("SELECT v FROM kv WHERE id = 5"), id(KeyValue::Int(5)));
+        assert_eq!(
+            row("SELECT v FROM kv WHERE ID = '-7'"),
+            id(KeyValue::Int(-7))
+        );
+        assert_eq!(
+            row("SELECT k.v FROM app.kv k WHERE k.v > 3 AND (7 = k.id)"),
+            id(KeyValue::Int(7))
+        );
+        assert_eq!(
+            row("SELECT v FROM kv WHERE id = $2"),
+            id(KeyValue::Param(1))
+        );
+        assert_eq!(
+            row("SELECT count(*) FROM kv WHERE \"Id\" = 1"),
+            Some(("Id".to_string(), KeyValue::Int(1)))
+        );
+        for sql in [
+            "SELECT v FROM kv",
+            "SELECT v FROM kv WHERE id = 5 OR v = 1",
+            "SELECT v FROM kv WHERE id = 5.0",
+            "SELECT v FROM kv WHERE id = '05x'",
+            "SELECT v FROM kv WHERE id = 5::int8",
+            "SELECT v FROM kv WHERE id = 99999999999999999999",
+            "SELECT v FROM kv WHERE id <> 5",
+            "SELECT v FROM kv WHERE NOT (id = 5)",
+            "SELECT v FROM kv WHERE other.id = 5",
+            // Other rows of the same table, or other tables.
+            "SELECT v, (SELECT max(v) FROM kv) FROM kv WHERE id = 5",
+            "SELECT v FROM kv WHERE id = 5 AND v IN (SELECT v FROM kv)",
+            "SELECT v FROM kv JOIN other USING (id) WHERE id = 5",
+            "SELECT v FROM kv, other WHERE kv.id = 5",
+            "WITH x AS (SELECT 1) SELECT v FROM kv WHERE id = 5",
+            "SELECT v FROM kv WHERE id = 5 UNION SELECT v FROM kv WHERE id = 6",
+        ] {
+            assert_eq!(row(sql), None, "{sql}");
+        }
+        assert_eq!(integer(b"0"), Some(0));
+        assert_eq!(integer(b"-"), None);
+        assert_eq!(integer(b"+1"), None);
+        assert_eq!(integer(b" 1"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use super::reads::{CacheHint, Table, cache_hint, cacheable};
+use super::reads::{CacheHint, RowKey, Table, cache_hint, cacheable};
 use crate::config::cache::CacheRule;
 
 /// A result bigger than this is not cached when no rule says otherwise.
@@ -60,6 +60,8 @@ impl Relations {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub tables: BTreeSet<Table>,
+    /// A read of one table (not a view) by key: which rows it depends on.
+    pub row: Option<RowKey>,
     pub ttl: Duration,
     pub max_entry_size: usize,
 }
@@ -105,7 +107,7 @@ pub fn candidate(sql: &str, rules: &[CacheRule], relations: &Relations) -> Optio
         return None;
     }
     let read = cacheable(sql)?;
-    let rule = rules.iter().find(|r| rule_takes(r, sql, &read));
+    let rule = rules.iter().find(|r| rule_takes(r, sql, &read.tables));
     let (ttl, max_entry_size) = match (hint, rule) {
         (CacheHint::Cache(Some(ttl)), r) => (ttl, r.map_or(HINT_MAX_ENTRY, |r| r.max_entry_size)),
         (_, Some(r)) => (r.ttl, r.max_entry_size),
@@ -114,13 +116,17 @@ pub fn candidate(sql: &str, rules: &[CacheRule], relations: &Relations) -> Optio
     };
     // A view is read through the tables a rule names for it.
     let mut tables = BTreeSet::new();
-    for t in read {
+    let mut row = read.row;
+    for t in read.tables {
         let name = spelled(&t);
         let view = rules
             .iter()
             .find_map(|r| r.views.get(&name).or_else(|| r.views.get(&t.name)));
         match view {
-            Some(base) => tables.extend(base.iter().map(|b| table_of(b))),
+            Some(base) => {
+                row = None;
+                tables.extend(base.iter().map(|b| table_of(b)));
+            }
             None => {
                 tables.insert(t);
             }
@@ -131,6 +137,7 @@ pub fn candidate(sql: &str, rules: &[CacheRule], relations: &Relations) -> Optio
         .all(|t| relations.covers(t))
         .then_some(Candidate {
             tables,
+            row,
             ttl,
             max_entry_size,
         })

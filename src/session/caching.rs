@@ -12,8 +12,9 @@ use bytes::{Bytes, BytesMut};
 use super::prepared::{ClientStatements, StmtDef};
 use super::vars::{SessionVars, Setting};
 use crate::cache::live::DbCache;
+use crate::cache::reads::{KeyValue, RowKey, integer};
 use crate::cache::rules::Candidate;
-use crate::cache::store::{Key, Read};
+use crate::cache::store::{Key, Read, Scope};
 use crate::protocol::extended as ext;
 use crate::protocol::frame::{HEADER_LEN, peek_header};
 use crate::protocol::inspect::take_cstr;
@@ -32,6 +33,7 @@ pub struct ClientCache {
 struct Pending {
     key: Key,
     candidate: Arc<Candidate>,
+    scope: Option<Scope>,
     applied: u64,
     epoch: u64,
     began: Instant,
@@ -75,6 +77,8 @@ pub struct Request<'b> {
     pub shape: Vec<u8>,
     /// The statement the batch parses (name, rest).
     pub parse: Option<(&'b [u8], &'b [u8])>,
+    /// The Bind's formats and values.
+    pub bind: Option<&'b [u8]>,
     pub simple: bool,
 }
 
@@ -102,6 +106,7 @@ pub fn request<'b>(buf: &'b [u8], statements: Option<&'b ClientStatements>) -> O
             text,
             shape: vec![b'Q'],
             parse: None,
+            bind: None,
             simple: true,
         });
     }
@@ -110,6 +115,7 @@ pub fn request<'b>(buf: &'b [u8], statements: Option<&'b ClientStatements>) -> O
     let mut parse: Option<(&[u8], &[u8])> = None;
     let mut text: Option<&[u8]> = None;
     let mut bound: Option<&[u8]> = None;
+    let mut values: Option<&[u8]> = None;
     let mut executed = false;
     loop {
         let h = peek_header(&buf[off..], usize::MAX).ok()??;
@@ -143,6 +149,7 @@ pub fn request<'b>(buf: &'b [u8], statements: Option<&'b ClientStatements>) -> O
                     }
                 };
                 bound = Some(v.statement);
+                values = Some(v.rest);
                 shape.extend_from_slice(&(v.rest.len() as u32).to_be_bytes());
                 shape.extend_from_slice(v.rest);
             }
@@ -159,12 +166,86 @@ pub fn request<'b>(buf: &'b [u8], statements: Option<&'b ClientStatements>) -> O
                     text: text?,
                     shape,
                     parse,
+                    bind: values,
                     simple: false,
                 });
             }
             _ => return None,
         }
     }
+}
+
+/// The rows a read by key depends on, with its parameter's value when the
+/// key is one: an integer in text, or a binary int2/int4/int8 (when the
+/// statement leaves the parameter's type to PostgreSQL or makes it one of
+/// those). Anything else: None, and the read counts as one of its table.
+pub fn scope_of(row: &RowKey, req: &Request<'_>) -> Option<Scope> {
+    let value = match row.value {
+        KeyValue::Int(i) => i,
+        KeyValue::Param(n) => {
+            let (binary, v) = param(req.bind?, n)?;
+            if !binary {
+                integer(v)?
+            } else {
+                let declared = param_type(req.text, n);
+                if !matches!(declared, None | Some(0 | 20 | 21 | 23)) {
+                    return None;
+                }
+                match v.len() {
+                    2 => i64::from(i16::from_be_bytes([v[0], v[1]])),
+                    4 => i64::from(i32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+                    8 => i64::from_be_bytes(v.try_into().ok()?),
+                    _ => return None,
+                }
+            }
+        }
+    };
+    Some(Scope {
+        column: row.column.clone(),
+        value: value.to_string(),
+    })
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<usize> {
+    b.get(at..at + 2)
+        .map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])))
+}
+
+/// A Bind's parameter `n`: whether binary, and its bytes (None for NULL).
+fn param(bind: &[u8], n: usize) -> Option<(bool, &[u8])> {
+    let formats = u16_at(bind, 0)?;
+    let format = match formats {
+        0 => 0,
+        1 => u16_at(bind, 2)?,
+        _ if n < formats => u16_at(bind, 2 + 2 * n)?,
+        _ => return None,
+    };
+    let mut off = 2 + 2 * formats;
+    let count = u16_at(bind, off)?;
+    off += 2;
+    if n >= count {
+        return None;
+    }
+    for i in 0..=n {
+        let len = i32::from_be_bytes(bind.get(off..off + 4)?.try_into().ok()?);
+        off += 4;
+        let len = usize::try_from(len).ok()?;
+        if i == n {
+            return Some((format == 1, bind.get(off..off + len)?));
+        }
+        off += len;
+    }
+    None
+}
+
+/// The type a Parse body (after its name) gives parameter `n`, if any.
+fn param_type(parse_rest: &[u8], n: usize) -> Option<u32> {
+    let (_, types) = take_cstr(parse_rest)?;
+    if n >= u16_at(types, 0)? {
+        return None;
+    }
+    let at = 2 + 4 * n;
+    Some(u32::from_be_bytes(types.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// The settings a result can depend on, as one key part: every reported
@@ -246,6 +327,7 @@ impl ClientCache {
             settings: settings_key(vars),
         };
         let len = req.len;
+        let scope = candidate.row.as_ref().and_then(|r| scope_of(r, &req));
         let parse = req.parse.map(|(n, r)| (n.to_vec(), r.to_vec()));
         let (applied, epoch) = self.db.position();
         let began = Instant::now();
@@ -291,6 +373,7 @@ impl ClientCache {
         self.pending = Some(Box::new(Pending {
             key,
             candidate,
+            scope,
             applied,
             epoch,
             began,
@@ -349,12 +432,13 @@ impl ClientCache {
             self.db.count_not_stored();
             return;
         };
-        let entry = crate::cache::store::entry(
+        let mut entry = crate::cache::store::entry(
             reply.freeze(),
             p.candidate.tables.clone(),
             Instant::now(),
             p.candidate.ttl,
         );
+        entry.scope = p.scope;
         self.db.insert(p.key, entry, read);
     }
 
@@ -442,6 +526,41 @@ mod tests {
         let r = request(&bind_only, Some(&s)).expect("bound");
         assert_eq!(r.text, &PARSE[1..]);
         assert!(request(&bind_only, None).is_none(), "unknown statement");
+    }
+
+    #[test]
+    fn a_read_by_key_takes_its_value_from_the_bind() {
+        let row = RowKey {
+            column: "k".into(),
+            value: KeyValue::Param(0),
+        };
+        let scope = |frames: &[(u8, &[u8])]| {
+            let b = batch(frames);
+            let r = request(&b, None).expect("a batch");
+            scope_of(&row, &r).map(|s| s.value)
+        };
+        let run = |parse: &[u8], bind: &[u8]| {
+            scope(&[(b'P', parse), (b'B', bind), (b'E', EXEC), (b'S', b"")])
+        };
+        assert_eq!(run(PARSE, BIND), Some("1".into()), "text");
+        let binary = b"\0\0\0\x01\0\x01\0\x01\0\0\0\x04\xff\xff\xff\xfe\0\0";
+        assert_eq!(run(PARSE, binary), Some("-2".into()), "binary int4");
+        let numeric = b"\0SELECT v FROM t WHERE k = $1\0\0\x01\0\0\x06\xa4";
+        assert_eq!(run(numeric, binary), None, "binary numeric");
+        let int8 = b"\0SELECT v FROM t WHERE k = $1\0\0\x01\0\0\0\x14";
+        let eight = b"\0\0\0\x01\0\x01\0\x01\0\0\0\x08\0\0\0\0\0\0\0\x07\0\0";
+        assert_eq!(run(int8, eight), Some("7".into()), "binary int8");
+        let spaced = b"\0\0\0\0\0\x01\0\0\0\x02 1\0\0";
+        assert_eq!(run(PARSE, spaced), None, "not written plainly");
+        let null = b"\0\0\0\0\0\x01\xff\xff\xff\xff\0\0";
+        assert_eq!(run(PARSE, null), None);
+        let literal = RowKey {
+            column: "k".into(),
+            value: KeyValue::Int(3),
+        };
+        let q = frame(b'Q', b"SELECT v FROM t WHERE k = 3\0");
+        let r = request(&q, None).unwrap();
+        assert_eq!(scope_of(&literal, &r).map(|s| s.value), Some("3".into()));
     }
 
     #[test]

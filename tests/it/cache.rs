@@ -331,6 +331,139 @@ async fn a_write_from_anywhere_is_never_followed_by_a_cached_old_answer() {
     assert_eq!(value(&reader, read).await.unwrap(), "77");
 }
 
+/// A read until it is answered from the cache, returning its rows' first
+/// column (a hit, checked by the hit counter).
+async fn cached_rows(s: &Sluice, c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let before = hits(s);
+        let got: Vec<String> = c
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        if hits(s) > before {
+            return got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{sql}: never answered from the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_by_key_outlives_writes_to_other_rows_and_never_its_own() {
+    let cluster = Cluster::shared();
+    publish(
+        cluster,
+        "pub_rk",
+        "CREATE TABLE rk_kv (id int PRIMARY KEY, v int); \
+         INSERT INTO rk_kv SELECT i, i * 10 FROM generate_series(1, 10) i",
+        "rk_kv",
+    );
+    let s = cached(cluster, "pub_rk", "tables = [\"rk_kv\"]\n", "").await;
+    let c = s.app().await;
+    let direct = direct(cluster).await;
+    direct
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .unwrap();
+    let settled = async || {
+        stream_has_applied(cluster, &s).await;
+        replica_has_replayed(cluster).await;
+    };
+    // A first change shows the stream rk_kv's identity (id, int4).
+    direct
+        .batch_execute("UPDATE rk_kv SET v = 100 WHERE id = 10")
+        .await
+        .unwrap();
+    settled().await;
+    let by_id = |id: i32| format!("SELECT v FROM rk_kv WHERE id = {id}");
+    assert_eq!(cached_rows(&s, &c, &by_id(1)).await, ["10"]);
+    assert_eq!(cached_rows(&s, &c, &by_id(20)).await, Vec::<String>::new());
+    assert_eq!(cached_rows(&s, &c, &by_id(4)).await, ["40"]);
+    let all = "SELECT count(*) FROM rk_kv";
+    assert_eq!(cached_rows(&s, &c, all).await, ["10"]);
+    // tokio-postgres binds its int4 parameter in binary.
+    let stmt = c
+        .prepare("SELECT v FROM rk_kv WHERE id = $1")
+        .await
+        .unwrap();
+    let prepared = async |id: i32| {
+        c.query_opt(&stmt, &[&id])
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, i32>(0))
+    };
+    let before = hits(&s);
+    wait_until(20, "the prepared read to be cached", || async {
+        prepared(2).await == Some(20) && hits(&s) > before
+    })
+    .await;
+
+    // Another row changes: reads of rows 1, 2, 4 and 20 stay cached; the
+    // read of every row does not.
+    direct
+        .batch_execute("UPDATE rk_kv SET v = 33 WHERE id = 3")
+        .await
+        .unwrap();
+    settled().await;
+    let invalidated = cache(&s).counters.invalidated.load(Ordering::Relaxed);
+    let before = hits(&s);
+    assert_eq!(value(&c, &by_id(1)).await.unwrap(), "10");
+    assert_eq!(prepared(2).await, Some(20));
+    assert_eq!(hits(&s) - before, 2, "both still answered from the cache");
+    assert_eq!(value(&c, all).await.unwrap(), "10");
+    assert_eq!(hits(&s) - before, 2, "the count went to a server");
+    assert_eq!(
+        cache(&s).counters.invalidated.load(Ordering::Relaxed),
+        invalidated
+    );
+
+    // Its own row: the new value, whoever wrote it.
+    direct
+        .batch_execute("UPDATE rk_kv SET v = 11 WHERE id = 1")
+        .await
+        .unwrap();
+    settled().await;
+    assert_eq!(value(&c, &by_id(1)).await.unwrap(), "11");
+    // A key that moves: both the old and the new key's reads are dropped.
+    direct
+        .batch_execute("UPDATE rk_kv SET id = 20 WHERE id = 4")
+        .await
+        .unwrap();
+    settled().await;
+    assert_eq!(value(&c, &by_id(20)).await.unwrap(), "40");
+    assert!(
+        c.simple_query(&by_id(4)).await.unwrap().len() == 2,
+        "no row: only RowDescription and CommandComplete"
+    );
+    // DELETE, INSERT, and a write through sluice itself.
+    direct
+        .batch_execute("DELETE FROM rk_kv WHERE id = 2")
+        .await
+        .unwrap();
+    settled().await;
+    assert_eq!(prepared(2).await, None);
+    c.batch_execute("INSERT INTO rk_kv VALUES (2, 22)")
+        .await
+        .unwrap();
+    assert_eq!(prepared(2).await, Some(22), "the writer reads its write");
+    // TRUNCATE drops every row's read.
+    assert_eq!(cached_rows(&s, &c, &by_id(1)).await, ["11"]);
+    direct.batch_execute("TRUNCATE rk_kv").await.unwrap();
+    settled().await;
+    assert!(c.query_opt(&stmt, &[&1i32]).await.unwrap().is_none());
+    assert_eq!(c.simple_query(&by_id(1)).await.unwrap().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_reads_its_write_at_once_with_a_slow_replica() {
     let cluster = Cluster::start_with_replica_conf("recovery_min_apply_delay = '500ms'");

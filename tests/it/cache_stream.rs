@@ -3,16 +3,29 @@
 //! tables each committed transaction changed, whoever made the change.
 
 use sluice::cache::stream::{ChangeStream, Event};
-use sluice::cache::wal::Change;
+use sluice::cache::wal::{Change, Rows};
 
 use crate::harness::{Cluster, DB, config_for};
 
+/// Each table changed as `schema.name[column=value ...]`, or `[all]`.
 fn tables(c: &[Change]) -> Vec<String> {
     c.iter()
         .flat_map(|c| match c {
             Change::Tables { tables, .. } => tables
                 .iter()
-                .map(|(s, n)| format!("{s}.{n}"))
+                .map(|((s, n), rows)| {
+                    let rows = match rows {
+                        Rows::All => "all".to_string(),
+                        Rows::Keys { columns, values } => values
+                            .iter()
+                            .map(|(i, v)| {
+                                format!("{}={}", columns[*i].0, String::from_utf8_lossy(v))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    };
+                    format!("{s}.{n}[{rows}]")
+                })
                 .collect::<Vec<_>>(),
             Change::Schema { .. } => vec!["(schema)".to_string()],
         })
@@ -57,16 +70,19 @@ async fn committed_changes_name_their_tables_from_any_client() {
         .primary
         .psql(DB, "INSERT INTO cs_orders VALUES (1, 'a')");
     let first = next(&mut s).await;
-    assert_eq!(tables(&first), ["public.cs_orders"]);
+    assert_eq!(tables(&first), ["public.cs_orders[id=1]"]);
     let after_insert = s.applied;
     assert!(after_insert > 0);
     cluster.primary.psql(
         DB,
-        "UPDATE cs_orders SET note = 'b'; INSERT INTO cs_other VALUES (1); DELETE FROM cs_other",
+        "UPDATE cs_orders SET note = 'b'; INSERT INTO cs_other VALUES (1), (2); \
+         DELETE FROM cs_other WHERE x = 1; UPDATE cs_other SET x = 5 WHERE x = 2",
     );
+    // The rows' identity before and after: an UPDATE that changes the key
+    // names both values.
     assert_eq!(
         tables(&next(&mut s).await),
-        ["public.cs_orders", "public.cs_other"]
+        ["public.cs_orders[id=1]", "public.cs_other[x=1 x=2 x=5]"]
     );
     assert!(s.applied > after_insert, "the commit position moves on");
     // A rolled-back transaction sends nothing: the TRUNCATE comes next.
@@ -76,7 +92,7 @@ async fn committed_changes_name_their_tables_from_any_client() {
          EXCEPTION WHEN OTHERS THEN NULL; END $$",
     );
     cluster.primary.psql(DB, "TRUNCATE cs_other");
-    assert_eq!(tables(&next(&mut s).await), ["public.cs_other"]);
+    assert_eq!(tables(&next(&mut s).await), ["public.cs_other[all]"]);
     // A definition change: nothing cached can be trusted.
     cluster.primary.psql(
         DB,
