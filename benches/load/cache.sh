@@ -10,7 +10,8 @@
 # cache_check.py found: reads checked against the checker's own writes and
 # against direct reads, and how many were stale (must be 0).
 # Knobs: DURATION (s per run), ROUNDS, CLIENTS, POOL, KEYS, WRITES, MODE
-# (pgbench -M), MAX_LAG (max_cache_lag), SCENARIOS, TARGETS, CHECKERS
+# (pgbench -M), MAX_LAG (max_cache_lag), SETTLE (cache_settle), SCENARIOS,
+# TARGETS, CHECKERS
 # (threads).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +31,7 @@ KEYS=${KEYS:-1000}
 WRITES=${WRITES:-5}
 MODE=${MODE:-simple}
 MAX_LAG=${MAX_LAG:-1s}
+SETTLE=${SETTLE:-100ms}
 CHECKERS=${CHECKERS:-2}
 SCENARIOS=${SCENARIOS:-"mixed select-only"}
 TARGETS=${TARGETS:-"cache nocache pgbouncer direct"}
@@ -79,6 +81,7 @@ PLAIN_PID=$SLUICE_PID
 sluice_toml "$CACHE_PORT" "$POOL" "max_client_conn = 2000
 monitor_user = \"cache_reader\"
 max_cache_lag = \"$MAX_LAG\"
+cache_settle = \"$SETTLE\"
 metrics_addr = \"127.0.0.1:$METRICS_PORT\"" '[[databases.app.cache]]
 tables = ["kv"]' '[users.cache_reader]
 password = "reader"' > "$DIR/pooler.toml"
@@ -164,7 +167,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "pgbench -M $MODE -c $CLIENTS -j 2 -T $DURATION, $KEYS keys (Zipf 1.1), $WRITES% writes in mixed, pool $POOL, max_cache_lag $MAX_LAG, $ROUNDS interleaved rounds"
+echo "pgbench -M $MODE -c $CLIENTS -j 2 -T $DURATION, $KEYS keys (Zipf 1.1), $WRITES% writes in mixed, pool $POOL, max_cache_lag $MAX_LAG, cache_settle $SETTLE, $ROUNDS interleaved rounds"
 printf "%-12s %-10s %-18s %-22s %-16s %-20s\n" scenario target tps "pooler cpu s/10k tx" "hit ratio" "stale/checked reads"
 for scenario in $SCENARIOS; do
     for target in $TARGETS; do

@@ -320,7 +320,15 @@ impl Caches {
     }
 }
 
-const PUBLISHED_SQL: &str = "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = ";
+/// The publication's tables, but for tables with inheritance children: a
+/// read of one sees its children's rows, whose changes come under their
+/// own names.
+const PUBLISHED_SQL: &str = "SELECT t.schemaname::text, t.tablename::text FROM pg_catalog.pg_publication_tables t \
+     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i \
+         JOIN pg_catalog.pg_class c ON c.oid = i.inhparent AND c.relkind = 'r' \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = t.schemaname AND c.relname = t.tablename) \
+     AND t.pubname = ";
 const RELATIONS_SQL: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')";

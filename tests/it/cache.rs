@@ -556,8 +556,9 @@ async fn what_is_never_cached() {
         "pub_cn",
         "CREATE TABLE cn_t (id int PRIMARY KEY, v text); INSERT INTO cn_t VALUES (1, 'x');
          CREATE TABLE cn_unpublished (id int PRIMARY KEY); CREATE VIEW cn_view AS SELECT * FROM cn_t;
-         INSERT INTO cn_t SELECT i, repeat('y', 5000) FROM generate_series(2, 400) i;",
-        "cn_t",
+         INSERT INTO cn_t SELECT i, repeat('y', 5000) FROM generate_series(2, 400) i;
+         CREATE TABLE cn_parent (id int PRIMARY KEY); CREATE TABLE cn_child () INHERITS (cn_parent);",
+        "cn_t, cn_parent, cn_child",
     );
     let s = cached(cluster, "pub_cn", "max_entry_size = \"64kB\"\n", "").await;
     let c = s.app().await;
@@ -567,6 +568,8 @@ async fn what_is_never_cached() {
         "SELECT v FROM cn_t WHERE id = 1 FOR UPDATE",
         "SELECT * FROM cn_unpublished",
         "SELECT * FROM cn_view",
+        // Its children's changes come under their names.
+        "SELECT * FROM cn_parent",
         "SELECT * FROM pg_class LIMIT 1",
         "/* sluice:nocache */ SELECT v FROM cn_t WHERE id = 1",
         "SELECT current_user, v FROM cn_t",
