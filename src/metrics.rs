@@ -209,6 +209,14 @@ fn caching(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         &["database"],
     )?;
     r.register(Box::new(lag.clone()))?;
+    let lag_bound = GaugeVec::new(
+        Opts::new(
+            "sluice_cache_lag_bound_seconds",
+            "max_cache_lag: past it, clients that have not written are not answered from the cache",
+        ),
+        &["database"],
+    )?;
+    r.register(Box::new(lag_bound.clone()))?;
     for c in shared.caches.all() {
         let l = [c.database.as_str()];
         let n = &c.counters;
@@ -230,6 +238,9 @@ fn caching(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
             .with_label_values(&l)
             .set(i64::try_from(rep.bytes).unwrap_or(i64::MAX));
         up.with_label_values(&l).set(i64::from(rep.streaming));
+        lag_bound
+            .with_label_values(&l)
+            .set(c.settings.max_lag.as_secs_f64());
         let topo = shared.routes.topology(&c.database);
         if let Some(d) = c.lag(topo.as_deref()) {
             lag.with_label_values(&l).set(d.as_secs_f64());

@@ -30,7 +30,7 @@ fn promtool(args: &[&str], dir: &Path) -> String {
 fn alert_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = deploy("prometheus");
     let out = promtool(&["check", "rules", "sluice-alerts.yml"], &dir);
-    assert!(out.contains("SUCCESS: 5 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     promtool(&["test", "rules", "sluice-alerts.test.yml"], &dir);
 }
 
@@ -70,10 +70,23 @@ impl Drop for Prometheus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_every_metric_the_dashboard_uses() {
     let metrics_port = free_port();
+    // A result cache too, for the cache panels and alerts.
+    let cluster = Cluster::shared();
+    cluster.primary.psql(
+        crate::harness::DB,
+        "CREATE TABLE IF NOT EXISTS prom_t (id int PRIMARY KEY); \
+         DROP PUBLICATION IF EXISTS prom_pub; CREATE PUBLICATION prom_pub FOR TABLE prom_t",
+    );
     let toml = config_for(
-        Cluster::shared(),
-        &format!("pool_mode = \"transaction\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\""),
-        "",
+        cluster,
+        &format!(
+            "pool_mode = \"transaction\"\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n\
+             monitor_user = \"postgres\"\ncache_publication = \"prom_pub\""
+        ),
+        &format!(
+            "[users.postgres]\npassword = \"unused\"\n[[databases.{}.cache]]\n",
+            crate::harness::DB
+        ),
     );
     let s = Sluice::start(&toml).await;
     let shared = s.shared.clone().unwrap();
@@ -88,12 +101,12 @@ async fn a_real_prometheus_scrapes_every_metric_the_dashboard_uses() {
     // sluice exports every name the dashboard and the rules query.
     wait_until(
         20,
-        "replica metrics (the monitor's first samples)",
+        "replica and cache metrics (the monitor's first samples, the stream up)",
         || async move {
-            http_get(metrics_port, "/metrics")
-                .await
-                .1
-                .contains("sluice_replica_in_rotation{")
+            let body = http_get(metrics_port, "/metrics").await.1;
+            body.contains("sluice_replica_in_rotation{")
+                && body.contains("sluice_cache_stream_up{database=\"app\"} 1")
+                && body.contains("sluice_cache_lag_seconds{")
         },
     )
     .await;
