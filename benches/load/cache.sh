@@ -8,7 +8,9 @@
 # Prints TPS, the pooler's CPU seconds per 10,000 transactions (from /proc),
 # the cache's hit ratio (from /metrics) and, for the mixed runs, what
 # cache_check.py found: reads checked against the checker's own writes and
-# against direct reads, and how many were stale (must be 0).
+# against direct reads, and how many were stale (must be 0); and the
+# client's CPU per transaction (pgbench, plus the checker in mixed runs),
+# which on a small machine bounds what any pooler can reach.
 # Knobs: DURATION (s per run), ROUNDS, CLIENTS, POOL, KEYS, WRITES, MODE
 # (pgbench -M), MAX_LAG (max_cache_lag), SETTLE (cache_settle), SCENARIOS,
 # TARGETS, CHECKERS
@@ -102,7 +104,15 @@ TICKS=$(getconf CLK_TCK)
 # max_cache_lag, plus the 20 ms LSN poll and a margin for the checker.
 BOUND=$(awk -v l="$MAX_LAG" 'BEGIN { v = l + 0; if (l ~ /ms$/) v /= 1000; printf "%.3f", v + 0.1 }')
 
-run() { # target scenario -> "tps cpu_s_per_10k hit_ratio stale"
+# CPU seconds this shell's finished children (pgbench, the checker) used,
+# into $DIR/children (`times` itself, not in a subshell of its own).
+child_cpu() {
+    times > "$DIR/times"
+    awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); print u[1] * 60 + u[2] + s[1] * 60 + s[2] }' \
+        "$DIR/times" > "$DIR/children"
+}
+
+run() { # target scenario -> "tps cpu_s_per_10k hit_ratio stale client_cpu_s_per_10k"
     local target=$1 scenario=$2 pid port
     case $target in
         cache) pid=$CACHE_PID port=$CACHE_PORT ;;
@@ -116,6 +126,9 @@ run() { # target scenario -> "tps cpu_s_per_10k hit_ratio stale"
     hits0=$(metric sluice_cache_hits_total)
     misses0=$(metric sluice_cache_misses_total)
     before=$(cpu_ticks "$pid")
+    local client0
+    child_cpu
+    client0=$(cat "$DIR/children")
     if [ "$scenario" = mixed ]; then
         python3 benches/load/cache_check.py "$dsn" "$primary" "$DURATION" "$KEYS" "$WRITES" "$BOUND" "$CHECKERS" \
             > "$DIR/check.out" 2> "$DIR/check.err" &
@@ -129,9 +142,12 @@ run() { # target scenario -> "tps cpu_s_per_10k hit_ratio stale"
         sed 's/^/  /' "$DIR/check.err" >&2
     fi
     after=$(cpu_ticks "$pid")
+    local client
+    child_cpu
+    client=$(awk -v a="$(cat "$DIR/children")" -v b="$client0" 'BEGIN { print a - b }')
     if ! grep -q "number of failed transactions: 0 " <<<"$out" || grep -qE "aborted|ERROR" <<<"$out"; then
         echo "pgbench failed on $target ($scenario): $(grep -m1 -E 'ERROR|aborted' <<<"$out")" >&2
-        echo "failed - - -"
+        echo "failed - - - -"
         return
     fi
     local tps tx extra=0 hits misses
@@ -146,33 +162,35 @@ run() { # target scenario -> "tps cpu_s_per_10k hit_ratio stale"
         stale=$(awk '{printf "%d/%d", $6 + $8, $2}' <<<"$checked")
     fi
     awk -v t="$tps" -v c=$((after - before)) -v hz="$TICKS" -v n="$tx" -v x="$extra" \
-        -v h="$hits" -v m="$misses" -v tg="$target" -v s="$stale" \
+        -v h="$hits" -v m="$misses" -v tg="$target" -v s="$stale" -v cl="$client" \
         'BEGIN { r = (tg == "cache" && h + m > 0) ? sprintf("%.1f%%", 100 * h / (h + m)) : "-";
                  cpu = (tg == "direct") ? "-" : sprintf("%.3f", c / hz / (n + x) * 10000);
-                 printf "%.0f %s %s %s\n", t, cpu, r, s }'
+                 printf "%.0f %s %s %s %.3f\n", t, cpu, r, s, cl / (n + x) * 10000 }'
 }
 
-declare -A TPS CPU HIT STALE
+declare -A TPS CPU HIT STALE CLIENT
 for round in $(seq 1 "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         for target in $TARGETS; do
-            read -r tps cpu hit stale <<<"$(run "$target" "$scenario")"
+            read -r tps cpu hit stale client <<<"$(run "$target" "$scenario")"
             TPS[$scenario,$target]="${TPS[$scenario,$target]:-} $tps"
             CPU[$scenario,$target]="${CPU[$scenario,$target]:-} $cpu"
             HIT[$scenario,$target]="${HIT[$scenario,$target]:-} $hit"
             STALE[$scenario,$target]="${STALE[$scenario,$target]:-} $stale"
-            echo "round $round  $scenario  $target: $tps tps, CPU ${cpu}s / 10k tx, hits $hit, stale/checked $stale" >&2
+            CLIENT[$scenario,$target]="${CLIENT[$scenario,$target]:-} $client"
+            echo "round $round  $scenario  $target: $tps tps, CPU ${cpu}s / 10k tx, hits $hit, stale/checked $stale, client CPU ${client}s / 10k tx" >&2
         done
     done
 done
 
 echo
 echo "pgbench -M $MODE -c $CLIENTS -j 2 -T $DURATION, $KEYS keys (Zipf 1.1), $WRITES% writes in mixed, pool $POOL, max_cache_lag $MAX_LAG, cache_settle $SETTLE, $ROUNDS interleaved rounds"
-printf "%-12s %-10s %-18s %-22s %-16s %-20s\n" scenario target tps "pooler cpu s/10k tx" "hit ratio" "stale/checked reads"
+printf "%-12s %-10s %-18s %-22s %-16s %-20s %s\n" scenario target tps "pooler cpu s/10k tx" "hit ratio" "stale/checked reads" "client cpu s/10k tx"
 for scenario in $SCENARIOS; do
     for target in $TARGETS; do
-        printf "%-12s %-10s %-18s %-22s %-16s %-20s\n" "$scenario" "$target" "${TPS[$scenario,$target]# }" \
-            "${CPU[$scenario,$target]# }" "${HIT[$scenario,$target]# }" "${STALE[$scenario,$target]# }"
+        printf "%-12s %-10s %-18s %-22s %-16s %-20s %s\n" "$scenario" "$target" "${TPS[$scenario,$target]# }" \
+            "${CPU[$scenario,$target]# }" "${HIT[$scenario,$target]# }" "${STALE[$scenario,$target]# }" \
+            "${CLIENT[$scenario,$target]# }"
     done
 done
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^sluice_cache_(invalidations|resets|stream_losses)_total' || true
