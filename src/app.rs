@@ -74,6 +74,7 @@ impl Shared {
     pub fn new(config: Config) -> Self {
         let max = config.general.max_client_conn;
         let operators = config.general.admin_reserved_connections;
+        let peer_id = config.peering.id;
         Self {
             config: ArcSwap::from_pointee(config),
             pools: PoolSet::default(),
@@ -81,7 +82,7 @@ impl Shared {
             listens: Arc::default(),
             caches: Default::default(),
             registry: Arc::default(),
-            cancels: CancelRegistry::default(),
+            cancels: CancelRegistry::for_peer(peer_id),
             clients: Arc::new(Semaphore::new(max)),
             operator_clients: Arc::new(Semaphore::new(operators)),
             stats: Arc::default(),

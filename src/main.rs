@@ -107,7 +107,11 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     };
     let rt = builder.enable_all().build()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.general.listen_addr).await?;
+        let listener = bind(config.general.listen_addr, config.peering.so_reuseport)?;
+        let peer_listener = match config.peering.listen_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
         let metrics = match config.general.metrics_addr {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
             None => None,
@@ -118,6 +122,9 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             tokio::spawn(sluice::metrics_http::serve(l, shared.clone()));
         }
         tokio::spawn(reload_on_sighup(shared.clone(), path));
+        if let Some(l) = peer_listener {
+            tokio::spawn(sluice::session::peer_cancel::serve(l, shared.clone()));
+        }
         // The accept loop runs on a worker, not on this thread: a session
         // spawned from a worker starts in that worker's own queue, where one
         // spawned from here would wake a worker (and this thread would be
@@ -125,6 +132,27 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(sluice::app::serve(listener, shared, shutdown_signal())).await??;
         Ok(())
     })
+}
+
+/// The client listener; with `so_reuseport`, several sluice processes
+/// bind the same address and the kernel spreads connections among them.
+fn bind(addr: std::net::SocketAddr, reuseport: bool) -> std::io::Result<tokio::net::TcpListener> {
+    let what =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("listen_addr {addr}: {e}"));
+    if !reuseport {
+        let l = std::net::TcpListener::bind(addr).map_err(what)?;
+        l.set_nonblocking(true)?;
+        return tokio::net::TcpListener::from_std(l);
+    }
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr).map_err(what)?;
+    socket.listen(1024)
 }
 
 /// SIGHUP re-reads the config file; a bad file is rejected whole and the

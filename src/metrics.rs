@@ -147,7 +147,34 @@ fn counters(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
         r.register(Box::new(c))?;
     }
     listening(r, shared)?;
+    cancelling(r, shared)?;
     caching(r, shared)
+}
+
+/// Cancel requests by what became of them, and those peers passed here.
+fn cancelling(r: &Registry, shared: &Shared) -> prometheus::Result<()> {
+    let f = &shared.cancels.forwarding;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let results = counter_vec(
+        r,
+        "sluice_cancel_requests_total",
+        "Cancel requests received: sent to the query's server (cancelled), passed to peers (forwarded), dropped (ignored: no query, unknown key), or over the forwarding budget (rate_limited)",
+        &["result"],
+    )?;
+    for (result, n) in [
+        ("cancelled", &f.cancelled),
+        ("forwarded", &f.forwarded),
+        ("ignored", &f.ignored),
+        ("rate_limited", &f.rate_limited),
+    ] {
+        results.with_label_values(&[result]).inc_by(get(n));
+    }
+    let from_peers = IntCounter::new(
+        "sluice_cancel_requests_from_peers_total",
+        "Cancel requests other sluice instances passed to this one",
+    )?;
+    from_peers.inc_by(get(&f.from_peers));
+    r.register(Box::new(from_peers))
 }
 
 /// The result caches: hits and misses, what was stored and dropped, and

@@ -29,6 +29,9 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "draining\n".into(),
         ),
         "/health" => (StatusCode::OK, "text/plain", "ok\n".into()),
+        // Alive, draining or not (a liveness probe must not kill a pod
+        // that is draining its clients).
+        "/live" => (StatusCode::OK, "text/plain", "alive\n".into()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -2,6 +2,7 @@
 //! converted into the typed `Config` the rest of sluice uses (`validate`).
 
 pub mod cache;
+pub mod peering;
 mod raw;
 mod routing;
 pub use routing::PrimaryFunctions;
@@ -60,6 +61,8 @@ pub struct Config {
     pub general: General,
     pub databases: BTreeMap<String, Database>,
     pub users: BTreeMap<String, User>,
+    /// This instance among others: cancel requests and listening sockets.
+    pub peering: peering::Peering,
 }
 
 #[derive(Debug, Clone)]

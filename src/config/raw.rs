@@ -14,6 +14,9 @@ pub struct RawConfig {
     pub databases: BTreeMap<String, RawDatabase>,
     #[serde(default)]
     pub users: BTreeMap<String, RawUser>,
+    /// Other sluice instances by peer id, for cancel requests.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +84,10 @@ pub struct RawGeneral {
     pub primary_functions: Vec<String>,
     pub replica_safe_functions: Vec<String>,
     pub monitor_user: Option<String>,
+    pub peer_id: u32,
+    pub peers_dns: Option<String>,
+    pub peer_listen_addr: Option<String>,
+    pub so_reuseport: bool,
 }
 
 impl Default for RawGeneral {
@@ -148,6 +155,10 @@ impl Default for RawGeneral {
             primary_functions: Vec::new(),
             replica_safe_functions: Vec::new(),
             monitor_user: None,
+            peer_id: 0,
+            peers_dns: None,
+            peer_listen_addr: None,
+            so_reuseport: false,
         }
     }
 }

@@ -42,6 +42,7 @@ impl Problems {
 pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut p = Problems::default();
     let general = general(&raw.general, &mut p);
+    let peering = super::peering::peering(&raw.general, &raw.peers, &mut |k, m| p.add(k, m));
     let databases: BTreeMap<String, Database> = raw
         .databases
         .iter()
@@ -74,11 +75,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
             "at least one [databases.NAME] section is required",
         );
     }
-    match general {
-        Some(general) if p.0.is_empty() => Ok(Config {
+    match (general, peering) {
+        (Some(general), Some(peering)) if p.0.is_empty() => Ok(Config {
             general,
             databases,
             users,
+            peering,
         }),
         _ => Err(p.0),
     }
@@ -343,7 +345,7 @@ fn server_tls(g: &RawGeneral, p: &mut Problems) -> Option<super::ServerTls> {
     Some(super::ServerTls { mode, connector })
 }
 
-fn host_port(s: &str) -> Result<HostPort, String> {
+pub(super) fn host_port(s: &str) -> Result<HostPort, String> {
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("\"{s}\" must be host:port"))?;

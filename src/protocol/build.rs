@@ -191,6 +191,14 @@ pub fn cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
     out.put_i32(secret);
 }
 
+/// A CancelRequest passed to a peer sluice (see `codes::PEER_CANCEL_REQUEST`).
+pub fn peer_cancel_request(out: &mut BytesMut, pid: i32, secret: i32) {
+    out.put_u32(16);
+    out.put_u32(super::tags::codes::PEER_CANCEL_REQUEST);
+    out.put_i32(pid);
+    out.put_i32(secret);
+}
+
 pub fn password(out: &mut BytesMut, password: &[u8]) {
     typed(out, b'p', |b| cstr(b, password));
 }

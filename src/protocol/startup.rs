@@ -11,6 +11,11 @@ pub enum StartupPacket {
         pid: i32,
         secret: i32,
     },
+    /// A cancel another sluice passes on: handled here or dropped.
+    PeerCancel {
+        pid: i32,
+        secret: i32,
+    },
     Startup(StartupParams),
     /// A protocol major version other than 3.
     Unsupported {
@@ -57,13 +62,17 @@ pub fn parse(packet: &[u8]) -> Result<StartupPacket, StartupError> {
         }
         codes::SSL_REQUEST => Ok(StartupPacket::SslRequest),
         codes::GSSENC_REQUEST => Ok(StartupPacket::GssEncRequest),
-        codes::CANCEL_REQUEST => {
+        codes::CANCEL_REQUEST | codes::PEER_CANCEL_REQUEST => {
             if body.len() != 8 {
                 return Err(StartupError::BadLength);
             }
             let (pid, rest) = take_i32(body).ok_or(StartupError::BadLength)?;
             let (secret, _) = take_i32(rest).ok_or(StartupError::BadLength)?;
-            Ok(StartupPacket::Cancel { pid, secret })
+            Ok(if code == codes::CANCEL_REQUEST {
+                StartupPacket::Cancel { pid, secret }
+            } else {
+                StartupPacket::PeerCancel { pid, secret }
+            })
         }
         _ => {
             let (major, minor) = ((code >> 16) as u16, (code & 0xffff) as u16);

@@ -124,4 +124,7 @@ pub mod codes {
     pub const SSL_REQUEST: u32 = 80_877_103;
     pub const GSSENC_REQUEST: u32 = 80_877_104;
     pub const CANCEL_REQUEST: u32 = 80_877_102;
+    /// sluice's own (1234.5690): a CancelRequest one sluice passes to a
+    /// peer, which never passes it on.
+    pub const PEER_CANCEL_REQUEST: u32 = 80_877_112;
 }

@@ -87,9 +87,22 @@ impl Drop for CancelKey<'_> {
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
     map: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+    /// This instance's peer id, written into every secret it hands out
+    /// (0: none). Set at start.
+    pub peer_id: u16,
+    /// Cancel requests this instance could not serve, passed to peers.
+    pub forwarding: super::peer_cancel::Forwarding,
 }
 
 impl CancelRegistry {
+    /// A registry whose secrets carry `peer_id` (0: none).
+    pub fn for_peer(peer_id: u16) -> Self {
+        Self {
+            peer_id,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i32, i32), Arc<CancelSlot>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -101,7 +114,7 @@ impl CancelRegistry {
         let slot = Arc::new(CancelSlot::default());
         let mut map = self.lock();
         loop {
-            let secret: i32 = rand::random();
+            let secret = super::peer_cancel::with_peer(rand::random(), self.peer_id);
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
                 e.insert(slot.clone());
                 return CancelKey {
@@ -124,15 +137,27 @@ impl CancelRegistry {
         slot.get()
     }
 
-    /// Forwards a client's CancelRequest to its server. Unknown keys, and
-    /// clients that hold no server, are ignored, as PostgreSQL ignores
-    /// unknown keys, so a late or forged cancel harms nobody.
-    pub async fn cancel(&self, pid: i32, secret: i32, connect_timeout: std::time::Duration) {
+    /// Forwards a client's CancelRequest to its server; false when the key
+    /// names no running query here. Unknown keys, and clients that hold no
+    /// server, are ignored, as PostgreSQL ignores unknown keys, so a late
+    /// or forged cancel harms nobody.
+    pub async fn cancel(
+        &self,
+        pid: i32,
+        secret: i32,
+        connect_timeout: std::time::Duration,
+    ) -> bool {
         let Some(t) = self.lookup(pid, secret) else {
-            tracing::debug!(pid, "cancel request for no running query ignored");
-            return;
+            return false;
         };
         send(&t, connect_timeout).await;
+        true
+    }
+
+    /// Whether the key belongs to a client of this instance (running a
+    /// query or not).
+    pub fn knows(&self, pid: i32, secret: i32) -> bool {
+        self.lock().contains_key(&(pid, secret))
     }
 }
 

@@ -11,6 +11,7 @@ mod listening;
 mod login;
 mod multiplex;
 mod outq;
+pub mod peer_cancel;
 mod pins;
 mod pooled;
 pub mod prepared;

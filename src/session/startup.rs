@@ -92,8 +92,11 @@ pub async fn open(mut conn: Conn, shared: &Shared) -> (Option<Conn>, Result<Open
                 }
             }
             StartupPacket::Cancel { pid, secret } => {
-                let timeout = shared.config().general.server_connect_timeout;
-                shared.cancels.cancel(pid, secret, timeout).await;
+                super::peer_cancel::handle(shared, pid, secret, false).await;
+                return (Some(conn), Ok(Opening::Cancelled));
+            }
+            StartupPacket::PeerCancel { pid, secret } => {
+                super::peer_cancel::handle(shared, pid, secret, true).await;
                 return (Some(conn), Ok(Opening::Cancelled));
             }
             StartupPacket::Startup(_) if tls.required && !conn.stream.is_tls() => {

@@ -19,6 +19,7 @@ mod limits;
 mod listen;
 mod metrics;
 mod passthrough;
+mod peers;
 mod pooling;
 mod prepared;
 mod prometheus;

@@ -59,8 +59,14 @@ pub struct Sluice {
 
 impl Sluice {
     pub async fn start(toml: &str) -> Self {
+        Self::start_on(toml, 0).await
+    }
+
+    /// `start` on a port chosen beforehand (0: any free one), for configs
+    /// that name it (peers).
+    pub async fn start_on(toml: &str, port: u16) -> Self {
         let config = sluice::config::Config::parse(toml).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = oneshot::channel::<()>();
         let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
