@@ -201,7 +201,8 @@ async fn drain(
         tracing::info!(clients = sessions.len(), "shutting down now");
         return Ok(());
     }
-    let _ = shared.draining.send(true);
+    // send_replace: send would not store it while no session subscribes.
+    shared.draining.send_replace(true);
     shared.registry.drain_all();
     let limit = shared.config().general.shutdown_timeout;
     tracing::info!(

@@ -15,6 +15,7 @@ mod cli;
 mod database_ddl;
 mod faults;
 mod hardening;
+mod kubernetes;
 mod limits;
 mod listen;
 mod metrics;

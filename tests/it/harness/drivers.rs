@@ -4,8 +4,9 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// Installs a driver once per test process if it is missing.
-fn ensure(kind: &'static str) {
+/// Installs a driver (and the Python tools of tests/clients) once per test
+/// process if it is missing: "python" or "node".
+pub fn ensure(kind: &'static str) {
     static PY: OnceLock<()> = OnceLock::new();
     static NODE: OnceLock<()> = OnceLock::new();
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
@@ -23,7 +24,7 @@ fn ensure(kind: &'static str) {
                 // psycopg 3.3 bundles libpq 17 or later (TLS cancel requests).
                 .args([
                     "-c",
-                    "import psycopg, asyncpg; assert tuple(map(int, psycopg.__version__.split('.')[:2])) >= (3, 3)",
+                    "import psycopg, asyncpg, kubernetes_validate; assert tuple(map(int, psycopg.__version__.split('.')[:2])) >= (3, 3)",
                 ])
                 .output()
                 .is_ok_and(|o| o.status.success());
