@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::cluster::free_port;
+use crate::harness::run::Process;
 use crate::harness::{Cluster, SCRAM_USER, wait_until};
 use crate::metrics::http_get;
 
@@ -96,16 +97,9 @@ fn every_manifest_validates_against_the_kubernetes_schemas() {
     assert!(!out.status.success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expects() {
-    let deployment = manifest("deployment.yaml");
-    assert!(
-        deployment.contains("readinessProbe:\n            httpGet:\n              path: /health")
-    );
-    assert!(deployment.contains("livenessProbe:\n            httpGet:\n              path: /live"));
-    let config = secret_config();
-    // The drain fits in the grace period, after the preStop pause.
-    let grace = number(&deployment, "terminationGracePeriodSeconds");
+/// The drain fits in the grace period, after the preStop pause.
+fn drain_fits_the_grace_period(deployment: &str, config: &str) {
+    let grace = number(deployment, "terminationGracePeriodSeconds");
     let shutdown: u64 = config
         .lines()
         .find_map(|l| l.strip_prefix("shutdown_timeout = \""))
@@ -118,10 +112,12 @@ async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expect
         shutdown + 5 < grace,
         "{shutdown} s + 5 s of preStop within {grace} s"
     );
+}
 
-    // This machine's addresses for the cluster's.
+/// The Secret's config with this machine's addresses for the cluster's,
+/// written to a file.
+fn local_config(config: &str, port: u16, metrics: u16) -> std::path::PathBuf {
     let cluster = Cluster::shared();
-    let (port, metrics) = (free_port(), free_port());
     let config = config
         .replace("0.0.0.0:6432", &format!("127.0.0.1:{port}"))
         .replace("0.0.0.0:9127", &format!("127.0.0.1:{metrics}"))
@@ -146,6 +142,20 @@ async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expect
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("k8s-{port}.toml"));
     std::fs::write(&path, &config).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expects() {
+    let deployment = manifest("deployment.yaml");
+    assert!(
+        deployment.contains("readinessProbe:\n            httpGet:\n              path: /health")
+    );
+    assert!(deployment.contains("livenessProbe:\n            httpGet:\n              path: /live"));
+    let config = secret_config();
+    drain_fits_the_grace_period(&deployment, &config);
+    let (port, metrics) = (free_port(), free_port());
+    let path = local_config(&config, port, metrics);
     let bin = env!("CARGO_BIN_EXE_sluice");
     let check = Command::new(bin)
         .args(["check-config", "--config"])
@@ -157,13 +167,15 @@ async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expect
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sluice = Process(
+        Command::new(bin)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(20, "ready", || async {
         tokio::net::TcpStream::connect(("127.0.0.1", metrics))
             .await
@@ -183,9 +195,10 @@ async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expect
         .unwrap();
     tokio::spawn(conn);
     c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pid = sluice.0.id().to_string();
     assert!(
         Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success()
@@ -200,21 +213,16 @@ async fn the_secrets_config_runs_and_answers_the_probes_as_the_deployment_expect
         "alive while draining"
     );
     c.batch_execute("COMMIT").await.unwrap();
-    let exited = tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = sluice.0.try_wait().unwrap() {
+            break status;
         }
-        let _ = child.kill();
-        None
-    })
-    .await
-    .unwrap();
-    assert!(
-        exited.is_some_and(|s| s.success()),
-        "exits once drained: {exited:?}"
-    );
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "exits once drained"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

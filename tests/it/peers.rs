@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sluice::session::peer_cancel::{MAX_FORWARDS_PER_SECOND, peer_of, with_peer};
 
 use crate::harness::cluster::free_port;
+use crate::harness::run::Process;
 use crate::harness::wire::query;
 use crate::harness::{Cluster, SCRAM_USER, Sluice, Wire, config_for, wait_until};
 
@@ -177,16 +178,6 @@ async fn peers_dns_asks_every_address_once_and_nothing_loops() {
     })
     .await;
     assert_eq!(forwarded(&a), 1, "A passed nothing on");
-}
-
-/// A sluice process, killed when dropped.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

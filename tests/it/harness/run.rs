@@ -17,3 +17,13 @@ pub async fn run_ok(mut cmd: Command) -> (String, String) {
     assert!(out.status.success(), "{shown} failed:\n{stdout}{stderr}");
     (stdout, stderr)
 }
+
+/// A child process (a sluice binary), killed and reaped when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
