@@ -126,7 +126,12 @@ pub async fn handle(shared: &Shared, pid: i32, secret: i32, from_peer: bool) {
         f.count(&f.ignored);
         return;
     }
-    let to = match route(&config.peering, secret, from_peer) {
+    // The id the keys were written with: read at start, not on reload.
+    let peering = Peering {
+        id: shared.cancels.peer_id,
+        ..config.peering.clone()
+    };
+    let to = match route(&peering, secret, from_peer) {
         Route::Drop => {
             tracing::debug!(pid, from_peer, "cancel request for no query here ignored");
             f.count(&f.ignored);
