@@ -43,6 +43,10 @@ pub struct Shared {
     pub config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
     /// The admin console's SHUTDOWN: a graceful drain, as SIGTERM.
     pub shutdown_request: tokio::sync::Notify,
+    /// A new process taking this one's clients over (`takeover_socket`).
+    pub takeover: crate::takeover::give::Giving,
+    /// Every client session, accepted or handed over: a drain waits for them.
+    pub sessions: tokio_util::task::TaskTracker,
 }
 
 /// How to stop: let clients finish their transactions, or not.
@@ -83,6 +87,8 @@ impl Shared {
             caches: Default::default(),
             registry: Arc::default(),
             cancels: CancelRegistry::for_peer(peer_id),
+            takeover: Default::default(),
+            sessions: tokio_util::task::TaskTracker::new(),
             clients: Arc::new(Semaphore::new(max)),
             operator_clients: Arc::new(Semaphore::new(operators)),
             stats: Arc::default(),
@@ -154,7 +160,7 @@ pub async fn serve(
     let requested = shared.shutdown_request.notified();
     tokio::pin!(requested);
     tracing::info!(addr = %listener.local_addr()?, "sluice listening");
-    let sessions = tokio_util::task::TaskTracker::new();
+    let sessions = shared.sessions.clone();
     loop {
         tokio::select! {
             how = &mut signalled => {
@@ -216,6 +222,10 @@ async fn drain(
             clients = sessions.len(),
             "shutdown_timeout reached: closing the rest"
         ),
+    }
+    // A takeover's last clients reach the new process before this exits.
+    if shared.takeover.active() {
+        shared.takeover.finish().await;
     }
     Ok(())
 }

@@ -23,6 +23,10 @@ pub enum Error {
     /// A server could not be reached or logged in to.
     #[error("{0}")]
     Server(#[from] ServerError),
+    /// The client was handed over to the process that took over: its
+    /// session ends here without a word or a close.
+    #[error("handed over to another sluice process")]
+    Moved,
 }
 
 impl Error {
@@ -46,7 +50,7 @@ impl Error {
     /// `None` means the client is gone or not worth answering.
     pub fn client_message(&self) -> Option<(String, String)> {
         match self {
-            Error::Io(_) | Error::Eof => None,
+            Error::Io(_) | Error::Eof | Error::Moved => None,
             Error::Frame(e @ FrameError::UnknownType(_)) => {
                 Some((sqlstate::PROTOCOL_VIOLATION.into(), e.to_string()))
             }

@@ -27,5 +27,6 @@ pub mod session;
 pub mod signal;
 pub mod sql;
 pub mod stats;
+pub mod takeover;
 
 pub use error::Error;

@@ -22,6 +22,10 @@ struct Cli {
     /// Log level or filter (trace, debug, info, warn, error; or a RUST_LOG-style filter).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
+    /// Take over the running sluice at takeover_socket: its listening
+    /// socket and, as they come to rest, its clients.
+    #[arg(long)]
+    takeover: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -81,7 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config, cli.config.clone()) {
+    match run(config, cli.config.clone(), cli.takeover) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf, takeover: bool) -> anyhow::Result<()> {
     // One thread (the default) is tokio's current-thread scheduler rather
     // than a work-stealing pool of one: no cross-thread queues or wake-ups,
     // the cheapest shape per transaction (see README, Performance). More
@@ -107,7 +111,19 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     };
     let rt = builder.enable_all().build()?;
     rt.block_on(async {
-        let listener = bind(config.general.listen_addr, config.peering.so_reuseport)?;
+        let socket = config.peering.takeover_socket.clone();
+        let (listener, from_old) = match (&socket, takeover) {
+            (Some(path), true) => {
+                let (l, conn) = sluice::takeover::take::connect(path)?;
+                l.set_nonblocking(true)?;
+                (tokio::net::TcpListener::from_std(l)?, Some(conn))
+            }
+            (None, true) => anyhow::bail!("--takeover needs takeover_socket in [general]"),
+            _ => (
+                bind(config.general.listen_addr, config.peering.so_reuseport)?,
+                None,
+            ),
+        };
         let peer_listener = match config.peering.listen_addr {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
             None => None,
@@ -124,6 +140,15 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(reload_on_sighup(shared.clone(), path));
         if let Some(l) = peer_listener {
             tokio::spawn(sluice::session::peer_cancel::serve(l, shared.clone()));
+        }
+        if let Some(conn) = from_old {
+            let runtime = tokio::runtime::Handle::current();
+            sluice::takeover::take::receive(conn, shared.clone(), runtime);
+        }
+        if let Some(path) = &socket {
+            use std::os::fd::AsFd;
+            let mine = listener.as_fd().try_clone_to_owned()?;
+            sluice::takeover::give::listen(path, mine, shared.clone())?;
         }
         // The accept loop runs on a worker, not on this thread: a session
         // spawned from a worker starts in that worker's own queue, where one

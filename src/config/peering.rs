@@ -27,6 +27,9 @@ pub struct Peering {
     pub listen_addr: Option<SocketAddr>,
     /// Bind `listen_addr` with SO_REUSEPORT. Read at start only.
     pub so_reuseport: bool,
+    /// The Unix socket a new process (`sluice --takeover`) asks on for this
+    /// one's listener and clients. Read at start only.
+    pub takeover_socket: Option<std::path::PathBuf>,
 }
 
 impl Peering {
@@ -108,6 +111,7 @@ pub fn peering(
         dns,
         listen_addr,
         so_reuseport: g.so_reuseport,
+        takeover_socket: g.takeover_socket.as_ref().map(std::path::PathBuf::from),
     })
 }
 

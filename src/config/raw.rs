@@ -88,6 +88,7 @@ pub struct RawGeneral {
     pub peers_dns: Option<String>,
     pub peer_listen_addr: Option<String>,
     pub so_reuseport: bool,
+    pub takeover_socket: Option<String>,
 }
 
 impl Default for RawGeneral {
@@ -159,6 +160,7 @@ impl Default for RawGeneral {
             peers_dns: None,
             peer_listen_addr: None,
             so_reuseport: false,
+            takeover_socket: None,
         }
     }
 }

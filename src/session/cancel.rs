@@ -127,6 +127,24 @@ impl CancelRegistry {
         }
     }
 
+    /// Registers a client under the key another process gave it (handed
+    /// over), or a fresh secret if that key is taken here.
+    pub fn register_exact(&self, pid: i32, secret: i32) -> CancelKey<'_> {
+        let slot = Arc::new(CancelSlot::default());
+        let mut map = self.lock();
+        if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
+            e.insert(slot.clone());
+            return CancelKey {
+                registry: self,
+                pid,
+                secret,
+                slot,
+            };
+        }
+        drop(map);
+        self.register(pid)
+    }
+
     /// Whether no key is registered (no pooled session is open).
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()

@@ -53,6 +53,9 @@ pub(crate) struct Entry {
     pub(super) greeting: BytesMut,
     /// The settings the client starts with.
     pub(super) vars: SessionVars,
+    /// A client another process handed over: no greeting, its own key
+    /// and statements.
+    pub(super) resumed: Option<Box<super::resume::Resumed>>,
 }
 
 /// A client's place under max_client_conn.
@@ -136,11 +139,9 @@ pub(super) async fn start<'a>(
     let (login, [user_place, db_place]) =
         admit(pipe, shared, config, &params, deadline, peer_ip).await?;
     let application_name = params
-        .params
-        .iter()
-        .find(|(k, _)| k == "application_name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+        .get("application_name")
+        .unwrap_or_default()
+        .to_string();
     if crate::admin::DATABASES.contains(&login.database.as_str())
         && let Some(role) = crate::admin::role(config, &login.user)
     {
@@ -227,6 +228,7 @@ pub(super) async fn start<'a>(
         checkout,
         greeting,
         vars,
+        resumed: None,
     });
     Ok(Started::Pooled(ctx, entry))
 }

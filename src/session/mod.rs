@@ -7,6 +7,7 @@ pub mod cancel;
 mod cleanup;
 mod database_ddl;
 mod expect;
+mod handover;
 mod listening;
 mod login;
 mod multiplex;
@@ -16,6 +17,7 @@ mod pins;
 mod pooled;
 pub mod prepared;
 pub mod relay;
+mod resume;
 pub mod routing;
 mod spare;
 pub mod startup;
@@ -40,6 +42,7 @@ use crate::protocol::tags::TxnStatus;
 use crate::signal::Signal;
 use login::{ClientSlot, Entry, Places, Started, start};
 use relay::{Pipe, RelayEnd, Timers};
+pub use resume::resume;
 use startup::Opening;
 
 /// Serves one accepted TCP connection to completion.
@@ -82,6 +85,10 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
                 "terminating connection due to administrator command (KILL)",
             ))
         });
+        // Handed over: the socket is the new process's now, not to close.
+        if matches!(result, Err(Error::Moved)) {
+            return;
+        }
         Box::pin(end(&mut pipe, result)).await;
     }
     .instrument(span)
@@ -140,7 +147,7 @@ async fn open(
 /// The session is over: tells the client why, when that is its business,
 /// and closes the connection (boxed by the caller: it takes no room in an
 /// idle client's task).
-async fn end(pipe: &mut Pipe, result: Result<(), Error>) {
+pub(super) async fn end(pipe: &mut Pipe, result: Result<(), Error>) {
     if let Err(e) = result {
         refuse(pipe, e).await;
     }

@@ -43,19 +43,9 @@ struct Pooled<'a> {
     key: CancelKey<'a>,
 }
 
-/// Serves a client in transaction or statement pooling. Plain setup first,
-/// then a future that holds only the `Pooled` state and the loop.
-pub(crate) fn run<'a>(
-    pipe: &'a mut Pipe,
-    entry: Entry,
-    ctx: &'a Ctx<'a>,
-) -> impl std::future::Future<Output = Result<(), Error>> + 'a {
-    let Entry {
-        mode,
-        checkout: first,
-        mut greeting,
-        vars,
-    } = entry;
+/// The client's view of its session: settings, statements, routing,
+/// LISTEN and the result cache, as its pool and config give them.
+fn multiplex(vars: SessionVars, mode: PoolMode, pipe: &Pipe, pid: i32, ctx: &Ctx<'_>) -> Multiplex {
     let statement_mode = mode == PoolMode::Statement;
     let g = &ctx.config.general;
     let mut mux = Multiplex::new(vars, g.reject_session_state, statement_mode);
@@ -70,14 +60,13 @@ pub(crate) fn run<'a>(
         })
     });
     mux.routing = ctx.routing().map(Box::new);
-    let key = ctx.shared.cancels.register(next_pid());
     if let Some(entry) = pipe.client_entry.clone() {
         let m = ctx.pool.manager();
         let hub =
             ctx.shared
                 .listens
                 .hub(&m.database, &m.user, &m.target, g.max_notification_backlog);
-        mux.listen = Some(Box::new(ClientListen::new(hub, entry, key.pid)));
+        mux.listen = Some(Box::new(ClientListen::new(hub, entry, pid)));
     }
     if let Some(c) = ctx.shared.caches.get(&ctx.database)
         && let Some(r) = mux.routing.as_deref_mut()
@@ -85,9 +74,37 @@ pub(crate) fn run<'a>(
         let user = &ctx.pool.manager().user;
         r.cache = Some(super::caching::ClientCache::new(c, user));
     }
-    build::backend_key_data(&mut greeting, key.pid, key.secret);
-    build::ready_for_query(&mut greeting, TxnStatus::Idle);
-    pipe.send_client(greeting.freeze());
+    mux
+}
+
+/// Serves a client in transaction or statement pooling. Plain setup first,
+/// then a future that holds only the `Pooled` state and the loop.
+pub(crate) fn run<'a>(
+    pipe: &'a mut Pipe,
+    entry: Entry,
+    ctx: &'a Ctx<'a>,
+) -> impl std::future::Future<Output = Result<(), Error>> + 'a {
+    let Entry {
+        mode,
+        checkout: first,
+        mut greeting,
+        vars,
+        resumed,
+    } = entry;
+    let key = match &resumed {
+        Some(r) => ctx.shared.cancels.register_exact(r.pid, r.secret),
+        None => ctx.shared.cancels.register(next_pid()),
+    };
+    let mut mux = multiplex(vars, mode, pipe, key.pid, ctx);
+    match resumed {
+        // Handed over: the client had its greeting from the old process.
+        Some(r) => super::handover::restore(&mut mux, *r, ctx),
+        None => {
+            build::backend_key_data(&mut greeting, key.pid, key.secret);
+            build::ready_for_query(&mut greeting, TxnStatus::Idle);
+            pipe.send_client(greeting.freeze());
+        }
+    }
     let mut s = Pooled { mux, key };
     // Boxed, like each transaction below: a login's first server.
     let mut first = first.map(Box::new);
@@ -144,6 +161,19 @@ pub(crate) fn run<'a>(
                         return Err(Error::refuse(code, message));
                     }
                     Waited::Shutdown => {
+                        // A new process takes over: clients at rest move.
+                        if ctx.shared.takeover.active()
+                            && Box::pin(super::handover::give(
+                                pipe,
+                                &s.mux,
+                                s.key.pid,
+                                s.key.secret,
+                                ctx,
+                            ))
+                            .await
+                        {
+                            return Err(Error::Moved);
+                        }
                         return Err(Error::refuse(
                             crate::protocol::sqlstate::ADMIN_SHUTDOWN,
                             "sluice is shutting down",

@@ -55,6 +55,23 @@ impl StmtDef {
         })
     }
 
+    /// A statement another process defined (`global`, its name there,
+    /// without a generation), under this pool's `generation`.
+    pub fn moved(global: &str, rest: &[u8], generation: u64, shape: Option<u64>) -> Arc<Self> {
+        let hashed = global.get(..HASHED_LEN).unwrap_or(global);
+        let def = StmtDef {
+            global: global_name(hashed, generation),
+            rest: Bytes::copy_from_slice(rest),
+            session: touches_session(rest),
+            generation,
+            shape: Default::default(),
+        };
+        if let Some(s) = shape {
+            let _ = def.shape.set(s);
+        }
+        Arc::new(def)
+    }
+
     /// The query text.
     pub fn text(&self) -> &[u8] {
         crate::protocol::inspect::take_cstr(&self.rest).map_or(&[][..], |(q, _)| q)
