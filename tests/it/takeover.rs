@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::cluster::{free_port, pg_bin};
 use crate::harness::run::Process;
-use crate::harness::wire::query;
+use crate::harness::wire::{message, query};
 use crate::harness::{Cluster, SCRAM_USER, Wire, config_for, wait_until};
 
 /// A config file for sluice binaries on `port` in transaction pooling,
@@ -143,6 +143,11 @@ async fn a_thousand_idle_clients_keep_their_connections_across_a_takeover() {
             w.send(&query(&format!("SET application_name = 'c{i}'")))
                 .await;
             w.recv_until(b'Z').await;
+            let mut parse = message(b'P', b"s1\0SELECT $1::int + 1\0\0\0");
+            parse.extend(message(b'S', b""));
+            w.send(&parse).await;
+            let reply = w.recv_until(b'Z').await;
+            assert!(reply.iter().any(|m| m.tag == b'1'), "{reply:?}");
         }
         clients.push(w);
     }
@@ -161,6 +166,14 @@ async fn a_thousand_idle_clients_keep_their_connections_across_a_takeover() {
                 row.body.windows(name.len()).any(|w| w == name.as_bytes()),
                 "client {i} kept its setting"
             );
+            // Its statement, prepared before the takeover, runs after it.
+            let mut run = message(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x0241\0\0");
+            run.extend(message(b'E', b"\0\0\0\0\0"));
+            run.extend(message(b'S', b""));
+            w.send(&run).await;
+            let reply = w.recv_until(b'Z').await;
+            let row = reply.iter().find(|m| m.tag == b'D').expect("a row");
+            assert!(row.body.ends_with(b"42"), "client {i}: {reply:?}");
         }
         answered += 1;
     }
