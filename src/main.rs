@@ -26,6 +26,10 @@ struct Cli {
     /// socket and, as they come to rest, its clients.
     #[arg(long)]
     takeover: bool,
+    /// Write the process id here once listening (removed at exit, unless
+    /// a process that took over wrote its own).
+    #[arg(long, value_name = "FILE")]
+    pidfile: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -42,11 +46,28 @@ enum LogFormat {
     Json,
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The levels `--log-level` takes by name; anything else must be a filter
+/// (`target=level`, comma-separated), or it is a mistake to report.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let filter_syntax = level.contains('=') || level.contains(',');
+    if !filter_syntax && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "unknown --log-level \"{level}\" (expected {}, or a filter such as sluice=debug,info)",
+            LEVELS.join(", ")
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("invalid --log-level \"{level}\": {e}"))
+}
+
+fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, not in files or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -77,7 +98,14 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_tracing(cli.log_format, &cli.log_level);
+    let filter = match log_filter(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(cli.log_format, filter);
     let config = match load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -85,7 +113,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match run(config, cli.config.clone(), cli.takeover) {
+    match run(
+        config,
+        cli.config.clone(),
+        cli.takeover,
+        cli.pidfile.as_deref(),
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -94,7 +127,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config, path: PathBuf, takeover: bool) -> anyhow::Result<()> {
+fn run(
+    config: Config,
+    path: PathBuf,
+    takeover: bool,
+    pidfile: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     // One thread (the default) is tokio's current-thread scheduler rather
     // than a work-stealing pool of one: no cross-thread queues or wake-ups,
     // the cheapest shape per transaction (see README, Performance). More
@@ -125,13 +163,18 @@ fn run(config: Config, path: PathBuf, takeover: bool) -> anyhow::Result<()> {
             ),
         };
         let peer_listener = match config.peering.listen_addr {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind_named("peer_listen_addr", addr).await?),
             None => None,
         };
         let metrics = match config.general.metrics_addr {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            Some(addr) => Some(bind_named("metrics_addr", addr).await?),
             None => None,
         };
+        let own_pid = format!("{}\n", std::process::id());
+        if let Some(p) = pidfile {
+            std::fs::write(p, &own_pid)
+                .map_err(|e| anyhow::anyhow!("--pidfile {}: {e}", p.display()))?;
+        }
         let shared = std::sync::Arc::new(sluice::app::Shared::new(config));
         *shared.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path.clone());
         if let Some(l) = metrics {
@@ -155,8 +198,23 @@ fn run(config: Config, path: PathBuf, takeover: bool) -> anyhow::Result<()> {
         // spawned from here would wake a worker (and this thread would be
         // woken per connection) through futexes.
         tokio::spawn(sluice::app::serve(listener, shared, shutdown_signal())).await??;
+        if let Some(p) = pidfile
+            && std::fs::read_to_string(p).is_ok_and(|s| s == own_pid)
+        {
+            let _ = std::fs::remove_file(p);
+        }
         Ok(())
     })
+}
+
+/// Binds `addr`, naming the key and the address when it cannot.
+async fn bind_named(
+    key: &str,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{key} {addr}: {e}")))
 }
 
 /// The client listener; with `so_reuseport`, several sluice processes
@@ -164,19 +222,17 @@ fn run(config: Config, path: PathBuf, takeover: bool) -> anyhow::Result<()> {
 fn bind(addr: std::net::SocketAddr, reuseport: bool) -> std::io::Result<tokio::net::TcpListener> {
     let what =
         |e: std::io::Error| std::io::Error::new(e.kind(), format!("listen_addr {addr}: {e}"));
-    if !reuseport {
-        let l = std::net::TcpListener::bind(addr).map_err(what)?;
-        l.set_nonblocking(true)?;
-        return tokio::net::TcpListener::from_std(l);
-    }
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    if reuseport {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr).map_err(what)?;
+    // tokio's own default backlog.
     socket.listen(1024)
 }
 

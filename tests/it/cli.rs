@@ -102,9 +102,12 @@ async fn serve_until_sigterm(general: &str) {
     let toml = config_for(Cluster::shared(), general, "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let path = temp_file(&format!("serve-{port}.toml"), &toml);
+    let pidfile = path.with_extension("pid");
     let mut child = Command::new(BIN)
         .args(["--config"])
         .arg(&path)
+        .arg("--pidfile")
+        .arg(&pidfile)
         .args(["--log-format", "json", "--log-level", "info"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -137,6 +140,11 @@ async fn serve_until_sigterm(general: &str) {
         5
     );
     cancel_a_running_query(&url, &c, port).await;
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        child.id().to_string(),
+        "--pidfile holds the process id"
+    );
 
     // SIGHUP with a broken file keeps the running config; a good one applies.
     let hup = || {
@@ -180,6 +188,7 @@ async fn serve_until_sigterm(general: &str) {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    assert!(!pidfile.exists(), "the pidfile goes at exit");
     reader.join().unwrap();
     let log = log.lock().unwrap().clone();
     assert!(
@@ -218,4 +227,39 @@ async fn cancel_a_running_query(url: &str, watcher: &tokio_postgres::Client, por
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let e = q.await.unwrap().unwrap_err();
     assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("57014"));
+}
+
+#[test]
+fn a_bad_log_level_or_a_taken_address_says_what_is_wrong_without_colour() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/pooler.toml");
+    let out = Command::new(BIN)
+        .args(["--config", example, "--log-level", "verbose"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown --log-level \"verbose\""), "{err}");
+    // A filter is still a level.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let toml = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("127.0.0.1:6432", &format!("127.0.0.1:{port}"));
+    let path = temp_file(&format!("taken-{port}.toml"), &toml);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--log-level", "sluice=debug,warn"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("listen_addr 127.0.0.1:{port}")) && err.contains("in use"),
+        "the address is named: {err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {err:?}"
+    );
 }
