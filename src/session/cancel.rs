@@ -111,18 +111,10 @@ impl CancelRegistry {
     /// the returned key is dropped (also when its session is killed). Its
     /// slot starts disarmed.
     pub fn register(&self, pid: i32) -> CancelKey<'_> {
-        let slot = Arc::new(CancelSlot::default());
-        let mut map = self.lock();
         loop {
             let secret = super::peer_cancel::with_peer(rand::random(), self.peer_id);
-            if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
-                e.insert(slot.clone());
-                return CancelKey {
-                    registry: self,
-                    pid,
-                    secret,
-                    slot,
-                };
+            if let Some(key) = self.claim(pid, secret) {
+                return key;
             }
         }
     }
@@ -130,19 +122,24 @@ impl CancelRegistry {
     /// Registers a client under the key another process gave it (handed
     /// over), or a fresh secret if that key is taken here.
     pub fn register_exact(&self, pid: i32, secret: i32) -> CancelKey<'_> {
-        let slot = Arc::new(CancelSlot::default());
+        self.claim(pid, secret)
+            .unwrap_or_else(|| self.register(pid))
+    }
+
+    /// The key (pid, secret) for a new client, unless another has it.
+    fn claim(&self, pid: i32, secret: i32) -> Option<CancelKey<'_>> {
         let mut map = self.lock();
-        if let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) {
-            e.insert(slot.clone());
-            return CancelKey {
-                registry: self,
-                pid,
-                secret,
-                slot,
-            };
-        }
-        drop(map);
-        self.register(pid)
+        let std::collections::hash_map::Entry::Vacant(e) = map.entry((pid, secret)) else {
+            return None;
+        };
+        let slot = Arc::new(CancelSlot::default());
+        e.insert(slot.clone());
+        Some(CancelKey {
+            registry: self,
+            pid,
+            secret,
+            slot,
+        })
     }
 
     /// Whether no key is registered (no pooled session is open).

@@ -78,17 +78,7 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
         );
         let serving = serve(&mut pipe, &shared, arrival, &registered.entry);
         // Dropping `serve` discards any server it holds.
-        let result = registered.entry.signals.unless(Signal::Kill, serving).await;
-        let result = result.unwrap_or_else(|| {
-            Err(Error::refuse(
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection due to administrator command (KILL)",
-            ))
-        });
-        // Handed over: the socket is the new process's now, not to close.
-        if matches!(result, Err(Error::Moved)) {
-            return;
-        }
+        let result = killed_or(registered.entry.signals.unless(Signal::Kill, serving).await);
         Box::pin(end(&mut pipe, result)).await;
     }
     .instrument(span)
@@ -148,10 +138,24 @@ async fn open(
 /// and closes the connection (boxed by the caller: it takes no room in an
 /// idle client's task).
 pub(super) async fn end(pipe: &mut Pipe, result: Result<(), Error>) {
+    // Handed over: the socket is the new process's now, not to close.
+    if matches!(result, Err(Error::Moved)) {
+        return;
+    }
     if let Err(e) = result {
         refuse(pipe, e).await;
     }
     pipe.client.close().await;
+}
+
+/// A session's result, None meaning the admin console's KILL ended it.
+pub(super) fn killed_or(result: Option<Result<(), Error>>) -> Result<(), Error> {
+    result.unwrap_or_else(|| {
+        Err(Error::refuse(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command (KILL)",
+        ))
+    })
 }
 
 /// Tells the client why its session ends, when that is the client's business.

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::login::Entry;
 use super::relay::Pipe;
 use super::vars::{SessionVars, Setting};
-use super::{Ctx, end};
+use super::{Ctx, end, killed_or};
 use crate::app::Shared;
 use crate::config::PoolMode;
 use crate::error::Error;
@@ -56,16 +56,7 @@ pub fn resume(
             let (ctx, entry) = enter(&shared, &config, moved, &registered.entry)?;
             super::pooled::run(&mut pipe, *entry, &ctx).await
         };
-        let result = registered.entry.signals.unless(Signal::Kill, serving).await;
-        let result = result.unwrap_or_else(|| {
-            Err(Error::refuse(
-                sqlstate::ADMIN_SHUTDOWN,
-                "terminating connection due to administrator command (KILL)",
-            ))
-        });
-        if matches!(result, Err(Error::Moved)) {
-            return;
-        }
+        let result = killed_or(registered.entry.signals.unless(Signal::Kill, serving).await);
         Box::pin(end(&mut pipe, result)).await;
     }
     .instrument(span)

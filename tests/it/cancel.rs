@@ -31,7 +31,8 @@ async fn cancel_stops_the_clients_running_query() {
     assert!(started.elapsed() < Duration::from_secs(20));
 }
 
-async fn raw_cancel(port: u16, pid: i32, secret: i32) {
+/// Sends a CancelRequest for (pid, secret) to sluice on `port`.
+pub async fn raw_cancel(port: u16, pid: i32, secret: i32) {
     let mut w = Wire::connect(port).await;
     let mut b = 16u32.to_be_bytes().to_vec();
     b.extend_from_slice(&80_877_102u32.to_be_bytes());

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use sluice::session::peer_cancel::{MAX_FORWARDS_PER_SECOND, peer_of, with_peer};
 
+use crate::cancel::raw_cancel;
 use crate::harness::cluster::free_port;
 use crate::harness::run::Process;
 use crate::harness::wire::query;
@@ -25,17 +26,6 @@ async fn instance(peer_id: u16, port: u16, more: &str, peers: &[(u16, u16)]) -> 
         &format!("[peers]\n{peers}"),
     );
     Sluice::start_on(&toml, port).await
-}
-
-/// Sends a CancelRequest for (pid, secret) to `port`.
-async fn cancel_at(port: u16, pid: i32, secret: i32) {
-    let mut w = Wire::connect(port).await;
-    let mut b = 16u32.to_be_bytes().to_vec();
-    b.extend_from_slice(&80_877_102u32.to_be_bytes());
-    b.extend_from_slice(&pid.to_be_bytes());
-    b.extend_from_slice(&secret.to_be_bytes());
-    w.send(&b).await;
-    assert!(w.recv().await.is_none(), "a cancel gets no reply");
 }
 
 /// A client of sluice on `port` that has started `SELECT pg_sleep(30)`:
@@ -108,20 +98,20 @@ async fn a_cancel_sent_to_the_other_instance_reaches_the_query() {
     let (mut w, pid, secret) = sleeping_client(a.port).await;
     assert_eq!(peer_of(secret), 1, "A's keys name A");
     let started = Instant::now();
-    cancel_at(b.port, pid, secret).await;
+    raw_cancel(b.port, pid, secret).await;
     was_cancelled(&mut w, started).await;
     assert_eq!((forwarded(&b), from_peers(&a)), (1, 1));
     assert_eq!(forwarded(&a), 0);
 
     // A key of no known peer, and 1,000 random keys: dropped, no error,
     // and at most the budget passed on.
-    cancel_at(b.port, 1, with_peer(5, 77)).await;
+    raw_cancel(b.port, 1, with_peer(5, 77)).await;
     assert_eq!(forwarded(&b), 1);
     let mut naming_a = 0;
     for _ in 0..1000 {
         let (pid, secret): (i32, i32) = (rand::random(), rand::random());
         naming_a += u64::from(peer_of(secret) == 1);
-        cancel_at(b.port, pid, secret).await;
+        raw_cancel(b.port, pid, secret).await;
     }
     assert!(forwarded(&b) - 1 <= naming_a, "only keys naming A go to A");
     let c = b.app().await;
@@ -144,7 +134,7 @@ async fn peers_dns_asks_every_address_once_and_nothing_loops() {
         &[(3, pa)],
     )
     .await;
-    cancel_at(a.port, 1, with_peer(5, 3)).await;
+    raw_cancel(a.port, 1, with_peer(5, 3)).await;
     wait_until(10, "B to get A's forward", || async { from_peers(&b) == 1 }).await;
     assert_eq!(forwarded(&a), 1);
     assert_eq!(
@@ -157,7 +147,7 @@ async fn peers_dns_asks_every_address_once_and_nothing_loops() {
     // to every address the name resolves to (here: A), where it cancels.
     let (mut w, pid, secret) = sleeping_client(a.port).await;
     let started = Instant::now();
-    cancel_at(b.port, pid, secret).await;
+    raw_cancel(b.port, pid, secret).await;
     was_cancelled(&mut w, started).await;
     assert_eq!(forwarded(&b), 1);
 
@@ -165,7 +155,7 @@ async fn peers_dns_asks_every_address_once_and_nothing_loops() {
     let started = Instant::now();
     for _ in 0..1000 {
         let secret = with_peer(rand::random(), 9);
-        cancel_at(b.port, rand::random(), secret).await;
+        raw_cancel(b.port, rand::random(), secret).await;
     }
     let seconds = started.elapsed().as_secs() + 1;
     let sent = forwarded(&b) - 1;
@@ -234,6 +224,6 @@ async fn processes_sharing_a_port_with_so_reuseport_cancel_each_others_queries()
     let (mut w, pid, secret) = sleeping_client(port).await;
     let other = if peer_of(secret) == 1 { l2 } else { l1 };
     let started = Instant::now();
-    cancel_at(other, pid, secret).await;
+    raw_cancel(other, pid, secret).await;
     was_cancelled(&mut w, started).await;
 }
