@@ -61,6 +61,7 @@ pub struct RawCacheRule {
     pub tables: Vec<String>,
     #[serde(default)]
     pub views: BTreeMap<String, Vec<String>>,
+    #[serde(default, deserialize_with = "super::units::opt_seconds_or_text")]
     pub ttl: Option<String>,
     pub max_entry_size: Option<String>,
 }

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod peering;
 mod raw;
 mod routing;
+mod suggest;
 pub use routing::PrimaryFunctions;
 pub mod units;
 mod validate;
@@ -307,8 +308,8 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: raw::RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: raw::RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax(suggest::did_you_mean(&e.to_string())))?;
         validate::validate(raw).map_err(ConfigError::Invalid)
     }
 

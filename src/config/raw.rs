@@ -29,19 +29,27 @@ pub struct RawGeneral {
     pub max_client_conn: u32,
     /// Runtime worker threads; 0 means one per CPU.
     pub worker_threads: u32,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub query_wait_timeout: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub server_connect_timeout: String,
     pub server_reset_query: String,
     pub max_packet_size: String,
     pub auth_type: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub server_lifetime: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub server_idle_timeout: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub client_idle_timeout: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub idle_transaction_timeout: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub query_timeout: String,
     pub on_session_state: String,
     pub trust_functions: bool,
     pub reserve_pool_size: u32,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub reserve_pool_timeout: String,
     pub max_db_connections: u32,
     pub max_user_connections: u32,
@@ -52,32 +60,43 @@ pub struct RawGeneral {
     pub client_tls_ca: Option<String>,
     pub server_tls_mode: String,
     pub server_tls_ca: Option<String>,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub client_login_timeout: String,
     pub auth_failure_limit: u32,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub auth_failure_window: String,
     pub auth_throttle_exempt: Vec<String>,
     pub admin_reserved_connections: u32,
     pub default_application_name: String,
     pub max_notification_backlog: String,
     pub cache_size: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub max_cache_lag: String,
     pub cache_publication: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub cache_settle: String,
     pub max_user_client_connections: u32,
     pub max_db_client_connections: u32,
     pub auth_hba_file: Option<String>,
     pub auth_user: Option<String>,
     pub auth_query: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub auth_query_ttl: String,
     pub max_user_connect_rate: u32,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub shutdown_timeout: String,
     pub metrics_addr: Option<String>,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub query_wait_notify: String,
     pub admin_users: Vec<String>,
     pub stats_users: Vec<String>,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub lsn_poll_interval: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub max_replica_lag: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub replica_ban_time: String,
+    #[serde(deserialize_with = "super::units::seconds_or_text")]
     pub replica_read_timeout: String,
     pub load_balance: String,
     pub consistency: String,

@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let p = problems(
-            "[general]\nquery_wait_timeout = \"30\"\nmax_packet_size = \"1TB\"\npool_mode = \"bogus\"\nauth_user = \"ghost\"\n\
+            "[general]\nquery_wait_timeout = \"30x\"\nmax_packet_size = \"1TB\"\npool_mode = \"bogus\"\nauth_user = \"ghost\"\n\
              [databases.app]\nprimary = \"nohost\"\n[users.u]\npassword = \"SCRAM-SHA-256$bad\"\n",
         );
         let joined = p.join("\n");

@@ -60,7 +60,9 @@ fn check_config_accepts_the_example_and_lists_every_problem() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("listen_adress"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listen_adress"), "{err}");
+    assert!(err.contains("did you mean `listen_addr`?"), "{err}");
 }
 
 type SharedLog = std::sync::Arc<std::sync::Mutex<String>>;

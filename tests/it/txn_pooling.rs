@@ -499,14 +499,20 @@ async fn pgbench_64_clients_over_8_servers() {
         )
         .await;
     }
-    let n = cluster.primary.psql(
-        "postgres",
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'benchtxn'",
-    );
-    assert!(
-        n.parse::<i64>().unwrap() <= 8,
-        "{n} server connections for a pool of 8"
-    );
+    // A server sluice closed may linger in pg_stat_activity while its
+    // backend exits; a ninth kept open would stay.
+    crate::harness::wait_until(
+        10,
+        "at most 8 server connections for a pool of 8",
+        || async {
+            let n = cluster.primary.psql(
+                "postgres",
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'benchtxn'",
+            );
+            n.parse::<i64>().unwrap() <= 8
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
