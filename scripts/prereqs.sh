@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what sluice's demo and tests need on a fresh Debian machine,
 # and only what is missing: PostgreSQL 15 server and client programs and an
-# OS user `postgres` (PostgreSQL refuses to run as root).
+# OS user `postgres` (PostgreSQL refuses to run as root). With `--tests`,
+# also what only the tests use (Prometheus and systemd-analyze, for the
+# deploy/ checks).
 set -euo pipefail
 
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -12,7 +14,11 @@ command -v cc >/dev/null || missing+=(gcc)
 # make: the jemalloc allocator is built from C source.
 command -v make >/dev/null || missing+=(make)
 # promtool and prometheus: the alert-rule and scrape tests (deploy/).
-command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+# systemd-analyze: the systemd unit's check (deploy/systemd).
+if [ "${1:-}" = --tests ]; then
+    command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -3,5 +3,5 @@
 # (unit tests and the integration suite against a real primary + replica).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/prereqs.sh
+bash scripts/prereqs.sh --tests
 cargo test --lib --bins --tests

@@ -28,6 +28,7 @@ mod route_retry;
 mod routing;
 mod schema_change;
 mod session_state;
+mod systemd;
 mod takeover;
 mod tls;
 mod tls_drivers;
