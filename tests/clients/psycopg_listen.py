@@ -48,5 +48,6 @@ me.execute("BEGIN")
 me.execute(f"LISTEN {ch}_never")
 me.execute("ROLLBACK")
 sender.execute(f"NOTIFY {ch}, 'gone'; NOTIFY {ch}_never, 'no'; NOTIFY {ch}_later, 'yes'")
-assert [n.payload for n in me.notifies(timeout=10, stop_after=1)] == ["yes"]
+got = [n.payload for n in me.notifies(timeout=10, stop_after=1)]
+assert got == ["yes"], got
 print("ok")
