@@ -201,14 +201,14 @@ impl ClientListen {
         scan_request(buf, statements, true)
     }
 
-    /// Whether something must run on the server held before it goes back.
-    #[inline]
     /// Whether the client listens, or has asked to (then it cannot move to
     /// another process: its channels are this one's hub's).
     pub fn is_listening(&self) -> bool {
         !self.channels.is_empty() || !self.wanted.is_empty()
     }
 
+    /// Whether something must run on the server held before it goes back.
+    #[inline]
     pub fn owes_cleanup(&self) -> bool {
         self.on_server || self.marker_due
     }
