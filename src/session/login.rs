@@ -169,16 +169,7 @@ pub(super) async fn start<'a>(
     let user = config.users.get(&user_name).or(looked_up.as_ref());
     let mode = config.pool_mode(db, user);
     let pool = shared.pools.get_or_create(config, &key, db, user);
-    // The names as the pool holds them: shared by its clients.
-    let (database, user_name) = {
-        let m = pool.manager();
-        (m.database.clone(), m.user.clone())
-    };
-    client.logged_in(crate::clients::Identity {
-        user: user_name.clone(),
-        database: database.clone(),
-        application_name,
-    });
+    let (database, user_name) = logged_in(&pool, client, application_name);
     if let (Some(k), crate::server::ServerPassword::PassThrough(pt)) =
         (client_key, &pool.manager().target.password)
     {
@@ -231,6 +222,23 @@ pub(super) async fn start<'a>(
         resumed: None,
     });
     Ok(Started::Pooled(ctx, entry))
+}
+
+/// The client is logged in to `pool`: SHOW CLIENTS shows who it is. The
+/// names as the pool holds them (shared by its clients).
+pub(super) fn logged_in(
+    pool: &ServerPool,
+    client: &crate::clients::ClientEntry,
+    application_name: String,
+) -> (std::sync::Arc<str>, std::sync::Arc<str>) {
+    let m = pool.manager();
+    let (database, user) = (m.database.clone(), m.user.clone());
+    client.logged_in(crate::clients::Identity {
+        user: user.clone(),
+        database: database.clone(),
+        application_name,
+    });
+    (database, user)
 }
 
 /// What a pooled client is told after its credentials: what authentication

@@ -53,15 +53,7 @@ use startup::Opening;
 /// as its largest state, and the idle wait of a logged-in client is the
 /// state that thousands of clients keep.
 pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Output = ()> {
-    let peer_addr = tcp.peer_addr().ok();
-    let local_addr = tcp.local_addr().ok();
-    let _ = tcp.set_nodelay(true);
-    // The address is formatted only when the span is enabled (info level).
-    let span = match peer_addr {
-        Some(peer) => tracing::info_span!("client", %peer),
-        None => tracing::info_span!("client", peer = ""),
-    };
-    let registered = shared.registry.register(peer_addr, local_addr);
+    let (peer_addr, span, registered) = arrived(&tcp, &shared);
     let deadline = login_deadline(&shared.config());
     let peer_ip = peer_addr.map(|a| a.ip());
     let opening = Box::pin(open(tcp, shared.clone(), deadline, peer_ip));
@@ -82,6 +74,28 @@ pub fn run(tcp: TcpStream, shared: Arc<Shared>) -> impl std::future::Future<Outp
         Box::pin(end(&mut pipe, result)).await;
     }
     .instrument(span)
+}
+
+/// A client's socket, accepted or handed over: its peer's address, the
+/// span its logs go in, and its entry in the registry (SHOW CLIENTS).
+fn arrived(
+    tcp: &TcpStream,
+    shared: &Shared,
+) -> (
+    Option<std::net::SocketAddr>,
+    tracing::Span,
+    crate::clients::Registered,
+) {
+    let peer_addr = tcp.peer_addr().ok();
+    let local_addr = tcp.local_addr().ok();
+    let _ = tcp.set_nodelay(true);
+    // The address is formatted only when the span is enabled (info level).
+    let span = match peer_addr {
+        Some(peer) => tracing::info_span!("client", %peer),
+        None => tracing::info_span!("client", peer = ""),
+    };
+    let registered = shared.registry.register(peer_addr, local_addr);
+    (peer_addr, span, registered)
 }
 
 /// A client past its startup packet, about to log in (kept boxed).

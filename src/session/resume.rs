@@ -36,14 +36,7 @@ pub fn resume(
     mut moved: Moved,
     shared: Arc<Shared>,
 ) -> impl std::future::Future<Output = ()> {
-    let peer_addr = tcp.peer_addr().ok();
-    let local_addr = tcp.local_addr().ok();
-    let _ = tcp.set_nodelay(true);
-    let span = match peer_addr {
-        Some(peer) => tracing::info_span!("client", %peer),
-        None => tracing::info_span!("client", peer = ""),
-    };
-    let registered = shared.registry.register(peer_addr, local_addr);
+    let (_, span, registered) = super::arrived(&tcp, &shared);
     async move {
         let max = shared.config().general.max_packet_size;
         let mut pipe = Pipe::new(Conn::new(PgStream::Plain(tcp)), max);
@@ -101,15 +94,7 @@ fn enter<'a>(
     );
     let key = PoolKey::primary(&moved.database, &moved.user);
     let pool = shared.pools.get_or_create(config, &key, db, user);
-    let (database, user_name) = {
-        let m = pool.manager();
-        (m.database.clone(), m.user.clone())
-    };
-    client.logged_in(crate::clients::Identity {
-        user: user_name.clone(),
-        database: database.clone(),
-        application_name: moved.application_name,
-    });
+    let (database, user_name) = super::login::logged_in(&pool, client, moved.application_name);
     let vars = SessionVars {
         reported: Arc::new(moved.reported.into_iter().collect()),
         extra: moved
