@@ -84,6 +84,48 @@ pub fn close_complete(out: &mut BytesMut) {
     typed(out, b'3', &[]);
 }
 
+fn u16_at(b: &[u8], at: usize) -> Option<usize> {
+    b.get(at..at + 2)
+        .map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])))
+}
+
+/// Parameter `n` of a Bind's rest (after its portal and statement names): whether binary, and its bytes (None for NULL).
+pub fn bind_param(bind: &[u8], n: usize) -> Option<(bool, &[u8])> {
+    let formats = u16_at(bind, 0)?;
+    let format = match formats {
+        0 => 0,
+        1 => u16_at(bind, 2)?,
+        _ if n < formats => u16_at(bind, 2 + 2 * n)?,
+        _ => return None,
+    };
+    let mut off = 2 + 2 * formats;
+    let count = u16_at(bind, off)?;
+    off += 2;
+    if n >= count {
+        return None;
+    }
+    for i in 0..=n {
+        let len = i32::from_be_bytes(bind.get(off..off + 4)?.try_into().ok()?);
+        off += 4;
+        let len = usize::try_from(len).ok()?;
+        if i == n {
+            return Some((format == 1, bind.get(off..off + len)?));
+        }
+        off += len;
+    }
+    None
+}
+
+/// The type a Parse body (after its name) gives parameter `n`, if any.
+pub fn parse_param_type(parse_rest: &[u8], n: usize) -> Option<u32> {
+    let (_, types) = take_cstr(parse_rest)?;
+    if n >= u16_at(types, 0)? {
+        return None;
+    }
+    let at = 2 + 4 * n;
+    Some(u32::from_be_bytes(types.get(at..at + 4)?.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,11 +183,11 @@ pub fn scope_of(row: &RowKey, req: &Request<'_>) -> Option<Scope> {
     let value = match row.value {
         KeyValue::Int(i) => i,
         KeyValue::Param(n) => {
-            let (binary, v) = param(req.bind?, n)?;
+            let (binary, v) = ext::bind_param(req.bind?, n)?;
             if !binary {
                 integer(v)?
             } else {
-                let declared = param_type(req.text, n);
+                let declared = ext::parse_param_type(req.text, n);
                 if !matches!(declared, None | Some(0 | 20 | 21 | 23)) {
                     return None;
                 }
@@ -204,48 +204,6 @@ pub fn scope_of(row: &RowKey, req: &Request<'_>) -> Option<Scope> {
         column: row.column.clone(),
         value: value.to_string(),
     })
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<usize> {
-    b.get(at..at + 2)
-        .map(|s| usize::from(u16::from_be_bytes([s[0], s[1]])))
-}
-
-/// A Bind's parameter `n`: whether binary, and its bytes (None for NULL).
-fn param(bind: &[u8], n: usize) -> Option<(bool, &[u8])> {
-    let formats = u16_at(bind, 0)?;
-    let format = match formats {
-        0 => 0,
-        1 => u16_at(bind, 2)?,
-        _ if n < formats => u16_at(bind, 2 + 2 * n)?,
-        _ => return None,
-    };
-    let mut off = 2 + 2 * formats;
-    let count = u16_at(bind, off)?;
-    off += 2;
-    if n >= count {
-        return None;
-    }
-    for i in 0..=n {
-        let len = i32::from_be_bytes(bind.get(off..off + 4)?.try_into().ok()?);
-        off += 4;
-        let len = usize::try_from(len).ok()?;
-        if i == n {
-            return Some((format == 1, bind.get(off..off + len)?));
-        }
-        off += len;
-    }
-    None
-}
-
-/// The type a Parse body (after its name) gives parameter `n`, if any.
-fn param_type(parse_rest: &[u8], n: usize) -> Option<u32> {
-    let (_, types) = take_cstr(parse_rest)?;
-    if n >= u16_at(types, 0)? {
-        return None;
-    }
-    let at = 2 + 4 * n;
-    Some(u32::from_be_bytes(types.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// The settings a result can depend on, as one key part: every reported
@@ -327,7 +285,6 @@ impl ClientCache {
             settings: settings_key(vars),
         };
         let len = req.len;
-        let scope = candidate.row.as_ref().and_then(|r| scope_of(r, &req));
         let parse = req.parse.map(|(n, r)| (n.to_vec(), r.to_vec()));
         let (applied, epoch) = self.db.position();
         let began = Instant::now();
@@ -370,6 +327,9 @@ impl ClientCache {
             return Some(e.reply.clone());
         }
         self.db.count_hit(false);
+        // Which rows the miss read: worked out for a miss only (a hit needs
+        // no scope, and hits are most requests).
+        let scope = candidate.row.as_ref().and_then(|r| scope_of(r, &req));
         self.pending = Some(Box::new(Pending {
             key,
             candidate,
