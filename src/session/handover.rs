@@ -31,8 +31,11 @@ pub(super) async fn give(
     if !movable {
         return false;
     }
-    // Replies still queued reach the client from here first.
-    pipe.flush_client().await;
+    // Replies still queued reach the client from here first; one that does
+    // not read them stays (the new process would never send them).
+    if !pipe.flush_client().await {
+        return false;
+    }
     let PgStream::Plain(tcp) = &pipe.client.stream else {
         return false;
     };

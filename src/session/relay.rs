@@ -262,14 +262,15 @@ impl Pipe {
         self.to_client.push(b);
     }
 
-    /// Sends what the client is still owed, within a time bound.
-    pub async fn flush_client(&mut self) {
+    /// Sends what the client is still owed, within a time bound; whether
+    /// all of it went.
+    pub async fn flush_client(&mut self) -> bool {
         let (client, q) = (&mut self.client.stream, &mut self.to_client);
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            poll_fn(|cx| q.poll_flush(client, cx)),
+        let flush = poll_fn(|cx| q.poll_flush(client, cx));
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), flush).await,
+            Ok(Ok(()))
         )
-        .await;
     }
 
     /// Without a server: flushes replies and waits for the client's next request.

@@ -39,9 +39,10 @@ impl Giving {
     /// Hands a client over: a descriptor of its socket and its state.
     /// False when no takeover runs or the new process is gone.
     pub fn client(&self, socket: OwnedFd, moved: &Moved) -> bool {
+        let state = moved.encode();
         let tx = self.lock_tx();
         tx.as_ref()
-            .is_some_and(|tx| tx.send((socket, moved.encode())).is_ok())
+            .is_some_and(|tx| tx.send((socket, state)).is_ok())
     }
 
     /// No more clients: the new process is told once all of them went.
