@@ -57,13 +57,14 @@ pub enum Route {
 /// goes. With `peers_dns`, a key naming no other known peer (even this
 /// one: instances that scale up and down may share an id, or have none)
 /// goes to every address.
-pub fn route(peering: &Peering, secret: i32, from_peer: bool) -> Route {
+/// `own` is the id this instance writes into its keys (read at start).
+pub fn route(peering: &Peering, own: u16, secret: i32, from_peer: bool) -> Route {
     if from_peer {
         return Route::Drop;
     }
     let peer = peer_of(secret);
-    if peering.id != 0
-        && peer != peering.id
+    if own != 0
+        && peer != own
         && let Some(addr) = peering.peers.get(&peer)
     {
         return Route::Peer(addr.clone());
@@ -126,12 +127,7 @@ pub async fn handle(shared: &Shared, pid: i32, secret: i32, from_peer: bool) {
         f.count(&f.ignored);
         return;
     }
-    // The id the keys were written with: read at start, not on reload.
-    let peering = Peering {
-        id: shared.cancels.peer_id,
-        ..config.peering.clone()
-    };
-    let to = match route(&peering, secret, from_peer) {
+    let to = match route(&config.peering, shared.cancels.peer_id, secret, from_peer) {
         Route::Drop => {
             tracing::debug!(pid, from_peer, "cancel request for no query here ignored");
             f.count(&f.ignored);
@@ -248,17 +244,21 @@ mod tests {
             ..Peering::default()
         };
         assert_eq!(
-            route(&peering, with_peer(5, 2), false),
+            route(&peering, peering.id, with_peer(5, 2), false),
             Route::Peer(hp("b"))
         );
         assert_eq!(
-            route(&peering, with_peer(5, 2), true),
+            route(&peering, peering.id, with_peer(5, 2), true),
             Route::Drop,
             "from a peer"
         );
-        assert_eq!(route(&peering, with_peer(5, 1), false), Route::Drop, "ours");
         assert_eq!(
-            route(&peering, with_peer(5, 9), false),
+            route(&peering, peering.id, with_peer(5, 1), false),
+            Route::Drop,
+            "ours"
+        );
+        assert_eq!(
+            route(&peering, peering.id, with_peer(5, 9), false),
             Route::Drop,
             "no such peer"
         );
@@ -267,21 +267,28 @@ mod tests {
             ..peering.clone()
         };
         let everyone = Route::Everyone(hp("sluice-peers"));
-        assert_eq!(route(&dns, with_peer(5, 9), false), everyone);
+        assert_eq!(route(&dns, dns.id, with_peer(5, 9), false), everyone);
         assert_eq!(
-            route(&dns, with_peer(5, 1), false),
+            route(&dns, dns.id, with_peer(5, 1), false),
             everyone,
             "ids may repeat"
         );
-        assert_eq!(route(&dns, with_peer(5, 2), false), Route::Peer(hp("b")));
-        assert_eq!(route(&dns, with_peer(5, 2), true), Route::Drop);
+        assert_eq!(
+            route(&dns, dns.id, with_peer(5, 2), false),
+            Route::Peer(hp("b"))
+        );
+        assert_eq!(route(&dns, dns.id, with_peer(5, 2), true), Route::Drop);
         let anonymous = Peering {
             dns: Some(hp("sluice-peers")),
             ..Peering::default()
         };
-        assert_eq!(route(&anonymous, 5, false), everyone, "no id needed");
         assert_eq!(
-            route(&Peering::default(), 5, false),
+            route(&anonymous, anonymous.id, 5, false),
+            everyone,
+            "no id needed"
+        );
+        assert_eq!(
+            route(&Peering::default(), 0, 5, false),
             Route::Drop,
             "no peering"
         );
