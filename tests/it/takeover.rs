@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::cluster::{free_port, pg_bin};
+use crate::harness::cluster::free_port;
 use crate::harness::run::Process;
 use crate::harness::wire::{message, query};
 use crate::harness::{Cluster, SCRAM_USER, Wire, config_for, wait_until};
@@ -100,19 +100,12 @@ async fn pgbench_runs_across_three_takeovers_without_a_failure_or_a_reconnect() 
     let mut current = sluice(&path, false);
     accepting(port).await;
     crate::tools::run_tool_at("pgbench", port, &["-i", "-q", "-s", "4", db]).await;
-    let mut bench = Command::new(pg_bin("pgbench"));
-    bench
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            SCRAM_USER.0,
-        ])
-        .args(["-n", "-M", "simple", "-c", "32", "-j", "2", "-T", "12", db])
-        .env("PGPASSWORD", SCRAM_USER.1)
-        .env("PGSSLMODE", "disable");
+    let mut bench = crate::tools::tool_command(
+        "pgbench",
+        port,
+        &["-n", "-M", "simple", "-c", "32", "-j", "2", "-T", "12", db],
+    );
+    bench.env("PGSSLMODE", "disable");
     let run = tokio::spawn(crate::harness::run::run_ok(bench));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -12,6 +12,12 @@ pub async fn run_tool(name: &str, s: &Sluice, args: &[&str]) -> String {
 
 /// `run_tool` against the sluice listening on `port`.
 pub async fn run_tool_at(name: &str, port: u16, args: &[&str]) -> String {
+    let (stdout, stderr) = crate::harness::run::run_ok(tool_command(name, port, args)).await;
+    stdout + &stderr
+}
+
+/// psql or pgbench as the SCRAM test user against sluice on `port`.
+pub fn tool_command(name: &str, port: u16, args: &[&str]) -> Command {
     let mut cmd = Command::new(pg_bin(name));
     cmd.args([
         "-h",
@@ -23,8 +29,7 @@ pub async fn run_tool_at(name: &str, port: u16, args: &[&str]) -> String {
     ])
     .args(args)
     .env("PGPASSWORD", SCRAM_USER.1);
-    let (stdout, stderr) = crate::harness::run::run_ok(cmd).await;
-    stdout + &stderr
+    cmd
 }
 
 /// A new database `name`, initialised with `pgbench -i` through a sluice
